@@ -1,0 +1,198 @@
+"""Running a conversion: pick entries, apply casts, fit the bundle to the target, write atomically.
+
+Fitting is where losses are decided: whatever the target cannot hold (a dtype, metadata,
+attrs, tables) is an error naming the entry and the way out, or with ``allow_lossy`` a
+warning in the report. Nothing is ever changed silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from dataclasses import dataclass, field
+
+from .. import dtypes as D
+from .. import formats
+from ..atomic import atomic_output
+from ..errors import (LossyConversionError, MlconvError, OptionError, OutputExistsError,
+                      UnsupportedError)
+from ..formats.base import Format, ReadOptions, WriteOptions
+from ..model import Bundle, Table, Tensor
+
+
+@dataclass
+class Report:
+    """What a conversion did. ``warnings`` lists every loss accepted with ``allow_lossy``."""
+
+    src: str | None
+    dst: str
+    src_format: str | None
+    dst_format: str
+    entries: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"src": self.src, "dst": self.dst, "src_format": self.src_format,
+                "dst_format": self.dst_format, "entries": self.entries,
+                "bytes_written": self.bytes_written, "seconds": round(self.seconds, 6),
+                "warnings": list(self.warnings)}
+
+
+def parse_casts(casts) -> dict[D.DType, D.DType]:
+    """``{"bfloat16": "float32"}`` or ``["bfloat16=float32"]`` -> {DType: DType}."""
+    if not casts:
+        return {}
+    pairs = casts.items() if isinstance(casts, dict) else (_split_cast(c) for c in casts)
+    out = {}
+    for a, b in pairs:
+        try:
+            src, dst = D.parse(a), D.parse(b)
+        except UnsupportedError as e:
+            raise OptionError(f"--cast: {e.message}") from None
+        if src.bits is None or dst.bits is None:
+            raise OptionError(f"--cast {src.value}={dst.value}: only numeric dtypes cast")
+        out[src] = dst
+    return out
+
+
+def _split_cast(text: str):
+    a, sep, b = str(text).partition("=")
+    if not sep or not a or not b:
+        raise OptionError(f"--cast expects SRC=DST (e.g. bfloat16=float32), got {text!r}")
+    return a.strip(), b.strip()
+
+
+def select_entries(bundle: Bundle, select=(), exclude=()) -> list[str]:
+    """Names kept by --select/--exclude globs; a glob also matches everything under a group."""
+    def hit(name, pattern):
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
+            name, pattern.rstrip("/") + "/*")
+
+    names = [n for n in bundle if not select or any(hit(n, p) for p in select)]
+    names = [n for n in names if not any(hit(n, p) for p in exclude)]
+    if select and not names:
+        raise MlconvError(f"no entry matches --select {' '.join(select)}", bundle.path)
+    return names
+
+
+def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
+        allow_lossy: bool = False) -> tuple[Bundle, list[str]]:
+    """A new Bundle holding only what ``fmt`` can hold, and the warnings for what changed."""
+    casts = parse_casts(casts)
+    caps = fmt.caps
+    warnings: list[str] = []
+    src = bundle.path
+
+    def loss(message: str, entry: str | None, way_out: str = "--allow-lossy"):
+        err = LossyConversionError(f"{message}; use {way_out}", src, entry)
+        if not allow_lossy:
+            raise err
+        warnings.append(str(err).replace(f"; use {way_out}", "", 1))
+
+    out = Bundle(path=bundle.path, format=bundle.format)
+    for name in select_entries(bundle, select, exclude):
+        entry = bundle[name]
+        if isinstance(entry, Table):
+            if not caps.tables:
+                loss(f"{fmt.id} cannot hold tables; the table would be dropped", name,
+                     "--exclude NAME or --allow-lossy")
+                continue
+        else:
+            if entry.dtype in casts:
+                entry = entry.cast(casts[entry.dtype])
+            if entry.dtype not in caps.dtypes:
+                entry = _fit_dtype(entry, name, fmt, allow_lossy, warnings, src)
+                if entry is None:
+                    continue
+        if entry.attrs and not caps.attrs:
+            loss(f"{fmt.id} has no per-entry attributes; {len(entry.attrs)} would be lost",
+                 name)
+        out[name] = entry
+    if bundle.metadata:
+        if caps.metadata:
+            out.metadata = dict(bundle.metadata)
+        else:
+            keys = ", ".join(sorted(bundle.metadata)[:5])
+            loss(f"{fmt.id} has no file metadata; {len(bundle.metadata)} key(s) would be "
+                 f"lost ({keys})", None)
+    if caps.max_entries is not None and len(out) > caps.max_entries:
+        raise UnsupportedError(
+            f"{fmt.id} holds {caps.max_entries} entry; the source has {len(out)} "
+            f"({', '.join(list(out)[:5])}{', ...' if len(out) > 5 else ''}); "
+            "use --select NAME", src)
+    if not out and len(bundle):
+        raise UnsupportedError(f"nothing left to write as {fmt.id}", src)
+    return out, warnings
+
+
+def _fit_dtype(t: Tensor, name, fmt, allow_lossy, warnings, src) -> Tensor | None:
+    fb = D.fallback(t.dtype, fmt.caps.dtypes)
+    if not allow_lossy:
+        way = f"--cast {t.dtype.value}={fb[0].value} or --allow-lossy" if fb else \
+            "--exclude NAME or --allow-lossy"
+        raise LossyConversionError(f"{fmt.id} cannot hold dtype {t.dtype.value}; use {way}",
+                                   src, name)
+    if fb is None:
+        warnings.append(str(LossyConversionError(
+            f"{fmt.id} cannot hold dtype {t.dtype.value}; entry dropped", src, name)))
+        return None
+    to, exact = fb
+    how = "values exact" if exact else "values rounded"
+    warnings.append(str(LossyConversionError(
+        f"{t.dtype.value} stored as {to.value} ({how})", src, name)))
+    return t.cast(to)
+
+
+def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
+          compression: str | None = None) -> int:
+    """Write a fitted bundle atomically; returns the size of the file written."""
+    if compression is not None and compression not in fmt.caps.compressions:
+        raise OptionError(f"{fmt.id} supports --compression "
+                          f"{'|'.join(fmt.caps.compressions)}, not {compression!r}")
+    dst = os.fspath(dst)
+    options = WriteOptions(compression=compression)
+    with atomic_output(dst, overwrite) as f:
+        fmt.write(bundle, f, dst, options)
+        size = os.fstat(f.fileno()).st_size
+    return size
+
+
+def convert(src, dst, *, from_format: str | None = None, to_format: str | None = None,
+            select=(), exclude=(), cast=None, allow_lossy: bool = False,
+            overwrite: bool = False, compression: str | None = None,
+            allow_external: bool = False) -> Report:
+    """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options."""
+    t0 = time.perf_counter()
+    src, dst = os.fspath(src), os.fspath(dst)
+    out_fmt = formats.for_output(dst, to_format)
+    in_fmt = formats.detect(src, from_format)
+    in_fmt.check_available()
+    out_fmt.check_available()
+    if not overwrite and os.path.lexists(dst):
+        raise OutputExistsError("output exists; use --force to replace it", dst)
+    with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
+        fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
+                               allow_lossy=allow_lossy)
+        size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression)
+    return Report(src, dst, in_fmt.id, out_fmt.id, len(fitted), size,
+                  time.perf_counter() - t0, warnings)
+
+
+def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
+         cast=None, allow_lossy: bool = False, overwrite: bool = True,
+         compression: str | None = None) -> Report:
+    """Write a Bundle or a mapping of names to arrays/Tensors/Tables to ``dst``."""
+    t0 = time.perf_counter()
+    dst = os.fspath(dst)
+    fmt = formats.for_output(dst, format)
+    fmt.check_available()
+    bundle = data if isinstance(data, Bundle) else Bundle(data)
+    if metadata is not None:
+        bundle.metadata = {str(k): str(v) for k, v in metadata.items()}
+    fitted, warnings = fit(bundle, fmt, casts=cast, allow_lossy=allow_lossy)
+    size = write(fitted, dst, fmt, overwrite=overwrite, compression=compression)
+    return Report(bundle.path, dst, bundle.format, fmt.id, len(fitted), size,
+                  time.perf_counter() - t0, warnings)

@@ -1,0 +1,54 @@
+"""What ``inspect`` reports: a JSON-able manifest of a file, from its headers only."""
+
+from __future__ import annotations
+
+import os
+
+from . import __version__, formats
+from .formats.base import ReadOptions
+from .model import Bundle, Table
+
+
+def entry_manifest(name: str, entry) -> dict:
+    if isinstance(entry, Table):
+        return {"name": name, "kind": "table", "rows": entry.num_rows,
+                "columns": [{"name": c, "type": t} for c, t in entry.columns],
+                "attrs": _jsonable(entry.attrs)}
+    return {"name": name, "kind": "tensor", "dtype": entry.dtype.value,
+            "shape": list(entry.shape), "nbytes": entry.nbytes,
+            "attrs": _jsonable(entry.attrs)}
+
+
+def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
+    return {
+        "mlconv": __version__,
+        "path": path,
+        "format": bundle.format,
+        "size": size,
+        "metadata": dict(bundle.metadata),
+        "entries": [entry_manifest(n, e) for n, e in bundle.items()],
+    }
+
+
+def inspect(path, format: str | None = None) -> dict:
+    """The manifest of ``path`` (valid against schemas/manifest.schema.json)."""
+    path = os.fspath(path)
+    fmt = formats.detect(path, format)
+    fmt.check_available()
+    with fmt.read(path, ReadOptions()) as bundle:
+        return bundle_manifest(bundle, path, os.path.getsize(path))
+
+
+def _jsonable(value):
+    """attrs as plain JSON values (numpy scalars/arrays become numbers/lists)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return str(value)

@@ -1,0 +1,303 @@
+"""The dtype table: the one place that maps mlconv's canonical dtypes to other libraries' codes.
+
+Each row gives the canonical name, the width in bits, the numpy/ml_dtypes type name, the npy
+descr (little-endian form, only for types numpy's own format names unambiguously) and the
+safetensors code. Later formats add a column here, never a mapping of their own.
+
+numpy is imported only when a numpy dtype is asked for, so ``inspect`` of a header stays cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import UnsupportedError
+
+
+class DType(str, enum.Enum):
+    """Canonical dtypes. The value is the canonical name used in every output."""
+
+    bool = "bool"
+    int8 = "int8"
+    int16 = "int16"
+    int32 = "int32"
+    int64 = "int64"
+    uint8 = "uint8"
+    uint16 = "uint16"
+    uint32 = "uint32"
+    uint64 = "uint64"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+    float64 = "float64"
+    complex64 = "complex64"
+    complex128 = "complex128"
+    float8_e4m3fn = "float8_e4m3fn"
+    float8_e5m2 = "float8_e5m2"
+    float8_e4m3fnuz = "float8_e4m3fnuz"
+    float8_e5m2fnuz = "float8_e5m2fnuz"
+    float8_e8m0fnu = "float8_e8m0fnu"
+    float4_e2m1fn = "float4_e2m1fn"
+    float6_e2m3fn = "float6_e2m3fn"
+    float6_e3m2fn = "float6_e3m2fn"
+    int4 = "int4"
+    uint4 = "uint4"
+    string = "string"  # text; fixed-width UCS4 in npy, variable elsewhere
+    bytes = "bytes"    # raw byte strings
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def info(self) -> "_Row":
+        return _ROWS[self]
+
+    @property
+    def bits(self) -> int | None:
+        """Bits per element on disk; None for variable-width string/bytes."""
+        return self.info.bits
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def is_subbyte(self) -> bool:
+        return self.bits is not None and self.bits < 8
+
+    def nbytes(self, shape: tuple[int, ...], itemsize: int | None = None) -> int | None:
+        """Bytes of a packed C-order payload of this shape, or None if not whole bytes."""
+        n = 1
+        for d in shape:
+            n *= d
+        if self.bits is None:
+            if itemsize is None:
+                raise ValueError(f"{self.value} needs an itemsize")
+            return n * itemsize
+        total_bits = n * self.bits
+        return total_bits // 8 if total_bits % 8 == 0 else None
+
+    def numpy(self):
+        """The numpy dtype (ml_dtypes for the types numpy lacks); string/bytes have none."""
+        return _numpy_dtype(self)
+
+
+@dataclass(frozen=True)
+class _Row:
+    bits: int | None
+    kind: str              # bool, int, uint, float, complex, string, bytes
+    numpy: str | None      # attribute of numpy (np.) or ml_dtypes (ml:)
+    npy: str | None        # npy descr, little-endian form
+    safetensors: str | None
+
+
+def _r(bits, kind, numpy, npy, st):
+    return _Row(bits, kind, numpy, npy, st)
+
+
+_ROWS: dict[DType, _Row] = {
+    DType.bool: _r(8, "bool", "np:bool_", "|b1", "BOOL"),
+    DType.int8: _r(8, "int", "np:int8", "|i1", "I8"),
+    DType.int16: _r(16, "int", "np:int16", "<i2", "I16"),
+    DType.int32: _r(32, "int", "np:int32", "<i4", "I32"),
+    DType.int64: _r(64, "int", "np:int64", "<i8", "I64"),
+    DType.uint8: _r(8, "uint", "np:uint8", "|u1", "U8"),
+    DType.uint16: _r(16, "uint", "np:uint16", "<u2", "U16"),
+    DType.uint32: _r(32, "uint", "np:uint32", "<u4", "U32"),
+    DType.uint64: _r(64, "uint", "np:uint64", "<u8", "U64"),
+    DType.float16: _r(16, "float", "np:float16", "<f2", "F16"),
+    DType.bfloat16: _r(16, "float", "ml:bfloat16", None, "BF16"),
+    DType.float32: _r(32, "float", "np:float32", "<f4", "F32"),
+    DType.float64: _r(64, "float", "np:float64", "<f8", "F64"),
+    DType.complex64: _r(64, "complex", "np:complex64", "<c8", "C64"),
+    DType.complex128: _r(128, "complex", "np:complex128", "<c16", None),
+    DType.float8_e4m3fn: _r(8, "float", "ml:float8_e4m3fn", None, "F8_E4M3"),
+    DType.float8_e5m2: _r(8, "float", "ml:float8_e5m2", None, "F8_E5M2"),
+    DType.float8_e4m3fnuz: _r(8, "float", "ml:float8_e4m3fnuz", None, "F8_E4M3FNUZ"),
+    DType.float8_e5m2fnuz: _r(8, "float", "ml:float8_e5m2fnuz", None, "F8_E5M2FNUZ"),
+    DType.float8_e8m0fnu: _r(8, "float", "ml:float8_e8m0fnu", None, "F8_E8M0"),
+    DType.float4_e2m1fn: _r(4, "float", "ml:float4_e2m1fn", None, "F4"),
+    DType.float6_e2m3fn: _r(6, "float", "ml:float6_e2m3fn", None, "F6_E2M3"),
+    DType.float6_e3m2fn: _r(6, "float", "ml:float6_e3m2fn", None, "F6_E3M2"),
+    DType.int4: _r(4, "int", "ml:int4", None, None),
+    DType.uint4: _r(4, "uint", "ml:uint4", None, None),
+    DType.string: _r(None, "string", None, None, None),
+    DType.bytes: _r(None, "bytes", None, None, None),
+}
+
+# Exact widenings tried in order when --allow-lossy must fit a dtype into a target that lacks it
+# (values are kept; only the dtype changes). complex128 has no exact widening: it rounds.
+_FALLBACK: dict[DType, tuple[DType, ...]] = {
+    DType.bfloat16: (DType.float32, DType.float64),
+    DType.float16: (DType.float32, DType.float64),
+    DType.float8_e4m3fn: (DType.float16, DType.float32, DType.float64),
+    DType.float8_e5m2: (DType.float16, DType.float32, DType.float64),
+    DType.float8_e4m3fnuz: (DType.float16, DType.float32, DType.float64),
+    DType.float8_e5m2fnuz: (DType.float16, DType.float32, DType.float64),
+    DType.float8_e8m0fnu: (DType.float32, DType.float64),
+    DType.float4_e2m1fn: (DType.float16, DType.float32, DType.float64),
+    DType.int4: (DType.int8, DType.int16, DType.int32, DType.int64),
+    DType.uint4: (DType.uint8, DType.uint16, DType.uint32, DType.uint64),
+    DType.complex128: (DType.complex64,),
+}
+
+NUMERIC = frozenset(d for d in DType if d.kind not in ("string", "bytes"))
+
+
+def parse(name: str | DType) -> DType:
+    """A canonical dtype from its name (also accepts numpy spellings like 'float' or 'f4')."""
+    if isinstance(name, DType):
+        return name
+    try:
+        return DType(name)
+    except ValueError:
+        pass
+    try:
+        return from_numpy(_np().dtype(name))
+    except (TypeError, UnsupportedError):
+        raise UnsupportedError(f"unknown dtype {name!r}") from None
+
+
+def fallback(dtype: DType, held: frozenset[DType]) -> tuple[DType, bool] | None:
+    """The dtype --allow-lossy uses when a target cannot hold ``dtype``: (dtype, exact)."""
+    for cand in _FALLBACK.get(dtype, ()):
+        if cand in held:
+            exact = not (dtype is DType.complex128)
+            return cand, exact
+    return None
+
+
+# --- numpy ------------------------------------------------------------------------------
+
+def _np():
+    import numpy
+
+    return numpy
+
+
+@lru_cache(maxsize=None)
+def _numpy_dtype(dtype: DType):
+    row = _ROWS[dtype]
+    if row.numpy is None:
+        raise UnsupportedError(f"{dtype.value} has no fixed numpy dtype")
+    lib, attr = row.numpy.split(":")
+    if lib == "ml":
+        import ml_dtypes
+
+        return _np().dtype(getattr(ml_dtypes, attr))
+    return _np().dtype(getattr(_np(), attr))
+
+
+@lru_cache(maxsize=None)
+def _by_numpy_name() -> dict[str, DType]:
+    out = {}
+    for d, row in _ROWS.items():
+        if row.numpy is not None:
+            out[_numpy_dtype(d).name] = d
+    return out
+
+
+def from_numpy(np_dtype) -> DType:
+    """Canonical dtype of a numpy dtype (any byte order); raises UnsupportedError otherwise."""
+    np = _np()
+    np_dtype = np.dtype(np_dtype)
+    if np_dtype.kind == "U":
+        return DType.string
+    if np_dtype.kind == "S":
+        return DType.bytes
+    if np_dtype.names is None and np_dtype.subdtype is None:
+        found = _by_numpy_name().get(np_dtype.newbyteorder("=").name)
+        if found is not None and np_dtype.kind != "V":
+            return found
+        # ml_dtypes types have kind 'V'; match them by their own type, never by size.
+        found = _by_numpy_name().get(np_dtype.name)
+        if found is not None and np_dtype.type is _numpy_dtype(found).type:
+            return found
+    raise UnsupportedError(f"numpy dtype {np_dtype.str!r} has no mlconv dtype")
+
+
+# --- npy descr ------------------------------------------------------------------------
+
+_NPY_BY_CODE = {row.npy[1:]: d for d, row in _ROWS.items() if row.npy}
+
+
+def from_npy_descr(descr: str) -> tuple[DType, str, int]:
+    """(dtype, byte order '<' or '>', itemsize) of a simple npy descr like '<f4' or '|S3'.
+
+    Raises UnsupportedError for anything else (structured, object, void, datetime, ...).
+    """
+    if not isinstance(descr, str) or len(descr) < 2:
+        raise UnsupportedError(f"npy dtype {descr!r} is not supported")
+    order, code = descr[0], descr[1:]
+    if order not in "<>|=":
+        order, code = "=", descr
+    order = ">" if order == ">" else "<"
+    if code in _NPY_BY_CODE:
+        d = _NPY_BY_CODE[code]
+        return d, order, d.bits // 8
+    kind, digits = code[:1], code[1:]
+    if kind in ("S", "U") and digits.isdigit() and int(digits) > 0:
+        width = int(digits)
+        return (DType.bytes, "|", width) if kind == "S" else (DType.string, order, 4 * width)
+    if kind == "O":
+        raise UnsupportedError(
+            f"npy dtype {descr!r} is a pickled object array; mlconv never unpickles")
+    if code == "f1":
+        raise UnsupportedError(
+            f"npy dtype {descr!r} is ambiguous (np.save writes float8_e5m2 this way)")
+    if kind == "V":
+        raise UnsupportedError(
+            f"npy dtype {descr!r} is opaque bytes (np.save writes bfloat16/float8 this way); "
+            "its real dtype is unknown")
+    raise UnsupportedError(f"npy dtype {descr!r} is not supported")
+
+
+def to_npy_descr(dtype: DType, itemsize: int | None = None) -> str | None:
+    """The npy descr for a dtype (None when npy cannot name it without ambiguity)."""
+    if dtype is DType.bytes:
+        return f"|S{itemsize}"
+    if dtype is DType.string:
+        return f"<U{itemsize // 4}"
+    return _ROWS[dtype].npy
+
+
+NPY_DTYPES = frozenset(d for d, row in _ROWS.items() if row.npy) | {DType.string, DType.bytes}
+
+
+# --- Arrow ------------------------------------------------------------------------------
+
+_ARROW = {
+    DType.bool: "bool_", DType.int8: "int8", DType.int16: "int16", DType.int32: "int32",
+    DType.int64: "int64", DType.uint8: "uint8", DType.uint16: "uint16", DType.uint32: "uint32",
+    DType.uint64: "uint64", DType.float16: "float16", DType.float32: "float32",
+    DType.float64: "float64", DType.string: "string", DType.bytes: "binary",
+}
+
+
+def to_arrow(dtype: DType):
+    """The pyarrow type of a canonical dtype that Arrow holds natively."""
+    import pyarrow as pa
+
+    name = _ARROW.get(dtype)
+    if name is None:
+        raise UnsupportedError(f"Arrow has no native type for {dtype.value}")
+    return getattr(pa, name)()
+
+
+# --- safetensors -------------------------------------------------------------------------
+
+_ST_BY_CODE = {row.safetensors: d for d, row in _ROWS.items() if row.safetensors}
+SAFETENSORS_DTYPES = frozenset(_ST_BY_CODE.values())
+
+
+def from_safetensors(code: str) -> DType:
+    try:
+        return _ST_BY_CODE[code]
+    except (KeyError, TypeError):
+        raise UnsupportedError(f"unknown safetensors dtype {code!r}") from None
+
+
+def to_safetensors(dtype: DType) -> str | None:
+    return _ROWS[dtype].safetensors

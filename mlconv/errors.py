@@ -1,0 +1,62 @@
+"""The exception hierarchy (SPEC §6). Every failure a user can cause is one of these.
+
+Each error names the file and, where there is one, the entry; ``str(err)`` is the one line
+the CLI prints: ``<what> (<file>[:<entry>])``.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class MlconvError(Exception):
+    """Base class of every error mlconv raises on purpose."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None,
+                 entry: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = os.fspath(path) if path is not None else None
+        self.entry = entry
+
+    def __str__(self) -> str:
+        where = self.path or ""
+        if self.entry is not None:
+            where = f"{where}:{self.entry}" if where else self.entry
+        return f"{self.message} ({where})" if where else self.message
+
+
+class FormatError(MlconvError, ValueError):
+    """The file is not a valid file of its format (corrupt, truncated, inconsistent)."""
+
+
+class UnsupportedError(MlconvError):
+    """The file is valid but uses something mlconv does not handle (yet)."""
+
+
+class MissingDependencyError(UnsupportedError, ImportError):
+    """An optional extra is needed: the message says which ``pip install mlconv[x]``."""
+
+
+class LossyConversionError(MlconvError):
+    """The target cannot hold something of the source; ``--cast``/``--allow-lossy`` are the way out."""
+
+
+class ValidationError(MlconvError):
+    """A file failed validation against its format or an expectation file."""
+
+
+class UnsafeInputError(MlconvError):
+    """The file asks for something unsafe (pickles, paths outside its folder, ...)."""
+
+
+class OutputExistsError(MlconvError, FileExistsError):
+    """The destination exists and overwriting was not asked for."""
+
+
+class OptionError(MlconvError, ValueError):
+    """An option or argument is wrong (the CLI exits 2, as for usage errors)."""
+
+
+class SourceNotFoundError(MlconvError, FileNotFoundError):
+    """The input file does not exist or cannot be read."""

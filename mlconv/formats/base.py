@@ -1,0 +1,78 @@
+"""What every format module declares: identity, detection, capabilities, reader and writer."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from ..dtypes import DType
+from ..errors import MissingDependencyError
+
+ALIGN = 4096  # data sections start here so outputs are mmap- and reflink-friendly
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    allow_external: bool = False  # follow links/files outside the file (same folder only)
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    compression: str | None = None  # None: the format's default
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    tensors: bool = True
+    tables: bool = False
+    dtypes: frozenset[DType] = frozenset()
+    metadata: bool = False           # file-level str -> str metadata
+    attrs: bool = False              # per-entry attrs
+    max_entries: int | None = None   # npy holds exactly one
+    zero_copy: bool = False          # readers hand out memory maps
+    compressions: tuple[str, ...] = ("none",)  # first one is the default
+
+    def as_dict(self) -> dict:
+        return {
+            "tensors": self.tensors, "tables": self.tables,
+            "dtypes": sorted(d.value for d in self.dtypes),
+            "metadata": self.metadata, "attrs": self.attrs,
+            "max_entries": self.max_entries, "zero_copy": self.zero_copy,
+            "compressions": list(self.compressions),
+        }
+
+
+@dataclass(frozen=True)
+class Format:
+    """A format's declaration. Modules subclass it and implement sniff/read/write."""
+
+    id: str
+    description: str
+    extensions: tuple[str, ...]
+    caps: Capabilities
+    requires: tuple[str, ...] = ()   # modules that must be importable
+    extra: str | None = None         # pip extra that brings them
+    can_read: bool = True
+    can_write: bool = True
+    magic: tuple[bytes, ...] = field(default=())
+
+    def sniff(self, head: bytes, size: int) -> bool:
+        """True when the first bytes look like this format. Never raises."""
+        return any(head.startswith(m) for m in self.magic)
+
+    def check_available(self) -> None:
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                extra = self.extra or self.id
+                raise MissingDependencyError(
+                    f"format {self.id} needs the {mod} package: pip install 'mlconv[{extra}]'")
+
+    def read(self, path: str, options: ReadOptions):
+        raise NotImplementedError
+
+    def write(self, bundle, f, path: str, options: WriteOptions) -> None:
+        """Write ``bundle`` to ``f`` (an unbuffered binary temp file); ``path`` names DST.
+
+        The bundle has already been fitted to ``caps`` by the caller (mlconv.convert).
+        """
+        raise NotImplementedError

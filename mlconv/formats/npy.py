@@ -1,0 +1,305 @@
+"""npy: one array per file (numpy's own format). Structured arrays read and write as Tables.
+
+We parse the header ourselves (no numpy needed to inspect, sizes checked against the file, a
+capped header length, never a pickle). Writers pad the header so data starts at 4 KiB.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import struct
+import tokenize
+
+from .. import dtypes as D
+from ..errors import FormatError, LossyConversionError, UnsafeInputError, UnsupportedError
+from ..fileio import Sink
+from ..model import Bundle, Table, Tensor
+from ..sources import FileMap, FileSource
+from .base import ALIGN, Capabilities, Format
+
+MAGIC = b"\x93NUMPY"
+MAX_HEADER = 1 << 18      # numpy itself refuses headers over 10 000 bytes by default
+NUMPY_HEADER_LIMIT = 10000
+_KEYS = {"descr", "fortran_order", "shape"}
+
+
+class Header:
+    """A checked npy header: what the array is and where its bytes start."""
+
+    def __init__(self, version, descr, fortran, shape, data_offset):
+        self.version = version
+        self.descr = descr
+        self.fortran = fortran
+        self.shape = shape
+        self.data_offset = data_offset
+        self.fields = None  # [(name, DType, byteorder, itemsize)] for structured arrays
+        if isinstance(descr, list):
+            self.fields, self.itemsize = _parse_fields(descr)
+            self.dtype, self.byteorder = None, "<"
+        else:
+            self.dtype, self.byteorder, self.itemsize = D.from_npy_descr(descr)
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.itemsize
+
+
+def _parse_fields(descr: list):
+    fields, itemsize = [], 0
+    for item in descr:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], str)):
+            raise UnsupportedError(f"structured npy field {item!r} (nested, titled or "
+                                   "sub-array fields) is not supported")
+        name, fdescr = item
+        if name == "" and fdescr.startswith("|V") and fdescr[2:].isdigit():
+            itemsize += int(fdescr[2:])  # numpy's padding between aligned fields
+            continue
+        dtype, order, size = D.from_npy_descr(fdescr)
+        fields.append((name, dtype, order, size))
+        itemsize += size
+    if not fields:
+        raise UnsupportedError("structured npy dtype with no fields")
+    return fields, itemsize
+
+
+def _literal(text: str):
+    """Evaluate the header dict safely; accepts Python 2's ``3L`` long literals."""
+    if "L" in text:
+        toks, prev = [], None
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if not (tok.type == tokenize.NAME and tok.string == "L"
+                    and prev is not None and prev.type == tokenize.NUMBER):
+                toks.append((tok.type, tok.string))
+            prev = tok
+        text = tokenize.untokenize(toks)
+    return ast.literal_eval(text)
+
+
+def _has_object(descr) -> bool:
+    if isinstance(descr, str):
+        return descr.lstrip("<>|=").startswith("O")
+    if isinstance(descr, list):
+        return any(isinstance(x, tuple) and len(x) >= 2 and _has_object(x[1]) for x in descr)
+    return False
+
+
+def parse_header(prefix: bytes, path, entry=None, limit: int | None = None) -> Header:
+    """Parse an npy header from the first bytes of the array (as many as ``needed`` says).
+
+    ``prefix`` must hold the whole header (see ``header_size``); ``limit`` is the number of
+    bytes available after it, checked against the declared data size.
+    """
+    size = header_size(prefix[:12], path, entry)
+    raw = prefix[size[0]:size[1]]
+    if len(raw) != size[1] - size[0]:
+        raise FormatError("truncated npy header", path, entry)
+    major = prefix[6]
+    try:
+        text = raw.decode("utf-8" if major >= 3 else "latin1")
+        d = _literal(text)
+    except (ValueError, SyntaxError, tokenize.TokenError, MemoryError, RecursionError,
+            UnicodeDecodeError, TypeError):
+        raise FormatError("npy header is not a valid Python literal", path, entry) from None
+    if not isinstance(d, dict) or set(d) != _KEYS:
+        raise FormatError(f"npy header must have exactly the keys {sorted(_KEYS)}", path, entry)
+    shape, fortran, descr = d["shape"], d["fortran_order"], d["descr"]
+    if not (isinstance(shape, tuple) and all(type(x) is int and x >= 0 for x in shape)):
+        raise FormatError(f"npy header has an invalid shape {shape!r}", path, entry)
+    if not isinstance(fortran, bool):
+        raise FormatError("npy header has an invalid fortran_order", path, entry)
+    if _has_object(descr):
+        raise UnsafeInputError(
+            f"npy dtype {descr!r} is a pickled object array; mlconv never unpickles",
+            path, entry)
+    try:
+        h = Header(f"{major}.{prefix[7]}", descr, fortran, shape, size[1])
+    except UnsupportedError as e:
+        raise UnsupportedError(e.message, path, entry) from None
+    if limit is not None and h.nbytes > limit:
+        raise FormatError(f"npy data truncated: shape {shape} needs {h.nbytes} bytes, "
+                          f"{limit} present", path, entry)
+    return h
+
+
+def header_size(first: bytes, path, entry=None) -> tuple[int, int]:
+    """(start, end) of the header text from the first 12 bytes; checks magic and the cap."""
+    if len(first) < 10 or not first.startswith(MAGIC):
+        raise FormatError("not an npy file (bad magic)", path, entry)
+    major = first[6]
+    if major == 1:
+        start, hlen = 10, struct.unpack("<H", first[8:10])[0]
+    elif major in (2, 3):
+        if len(first) < 12:
+            raise FormatError("truncated npy header", path, entry)
+        start, hlen = 12, struct.unpack("<I", first[8:12])[0]
+    else:
+        raise FormatError(f"unsupported npy version {major}.{first[7]}", path, entry)
+    if hlen > MAX_HEADER:
+        raise FormatError(f"npy header length {hlen} exceeds the {MAX_HEADER}-byte cap",
+                          path, entry)
+    return start, start + hlen
+
+
+def read_header(f, path, size: int, entry=None) -> Header:
+    first = f.read(12)
+    start, end = header_size(first, path, entry)
+    if end > size:
+        raise FormatError("truncated npy header", path, entry)
+    rest = f.read(end - len(first)) if end > len(first) else b""
+    return parse_header(first + rest, path, entry, limit=size - end)
+
+
+def make_header(descr, shape, fortran: bool = False, align: int = ALIGN) -> bytes:
+    """An npy header whose data starts on ``align`` (smaller when numpy's cap forbids it)."""
+    text = "{'descr': %r, 'fortran_order': %r, 'shape': %r, }" % (descr, fortran, tuple(shape))
+    try:
+        body, major = text.encode("latin1"), 1
+    except UnicodeEncodeError:
+        body, major = text.encode("utf-8"), 3
+    pre = 10 if major == 1 else 12
+    if pre + len(body) + 1 > 2 * ALIGN - 1 or pre + len(body) + 1 > NUMPY_HEADER_LIMIT:
+        align = 64
+    total = -(-(pre + len(body) + 1) // align) * align
+    if major == 1 and total - pre > 0xFFFF:
+        major, pre = 2, 12
+        total = -(-(pre + len(body) + 1) // align) * align
+    body = body + b" " * (total - pre - len(body) - 1) + b"\n"
+    length = struct.pack("<H", len(body)) if major == 1 else struct.pack("<I", len(body))
+    return MAGIC + bytes([major, 0]) + length + body
+
+
+# --- tables (structured arrays) ------------------------------------------------------------
+
+def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table:
+    """A Table over a 1-D structured array; ``get_array()`` returns it (memory-mapped)."""
+    if len(h.shape) != 1:
+        raise UnsupportedError(f"structured array of shape {h.shape} (only 1-D reads as a "
+                               "table)", path, entry)
+    columns = [(name, dt.value) for name, dt, _, _ in h.fields]
+
+    def schema():
+        import pyarrow as pa
+
+        return pa.schema([pa.field(name, D.to_arrow(dt)) for name, dt, _, _ in h.fields])
+
+    def batches(rows: int):
+        import pyarrow as pa
+
+        arr = get_array()
+        sch = schema()
+        for i in range(0, h.shape[0], rows):
+            block = arr[i:i + rows]
+            cols = []
+            for name, dt, _, _ in h.fields:
+                col = block[name]
+                if col.dtype.byteorder == ">":
+                    col = col.astype(col.dtype.newbyteorder("="))
+                try:
+                    cols.append(pa.array(col, type=sch.field(name).type))
+                except (UnicodeError, pa.ArrowInvalid) as e:
+                    raise FormatError(f"column {name!r} cannot be converted: {e}",
+                                      path, entry) from None
+            yield pa.RecordBatch.from_arrays(cols, schema=sch)
+
+    return Table(columns, h.shape[0], batches, schema, encoding=encoding)
+
+
+def _write_table(table: Table, sink, path, name) -> None:
+    import numpy as np
+
+    descr = table.encoding.get("npy_descr")
+    if descr is None:
+        descr = []
+        for col, typ in table.columns:
+            dt = D.parse(typ)
+            if dt.bits is None or D.to_npy_descr(dt) is None:
+                raise UnsupportedError(
+                    f"column {col!r} of type {typ} has no fixed-width npy dtype", path, name)
+            descr.append((col, D.to_npy_descr(dt)))
+    if table.num_rows is None:
+        raise UnsupportedError("table of unknown length cannot be written as npy", path, name)
+    rec = np.dtype(descr)
+    sink.write(make_header(descr, (table.num_rows,)))
+    written = 0
+    for batch in table.batches(65536):
+        out = np.zeros(batch.num_rows, dtype=rec)
+        for col in rec.names:
+            column = batch.column(col)
+            if column.null_count:
+                raise LossyConversionError(
+                    f"column {col!r} has nulls, which npy cannot hold", path, name)
+            out[col] = column.to_numpy(zero_copy_only=False)
+        sink.write(out.tobytes())
+        written += batch.num_rows
+    if written != table.num_rows:
+        raise FormatError(f"table yielded {written} rows, {table.num_rows} announced",
+                          path, name)
+
+
+# --- the format ------------------------------------------------------------------------------
+
+class Npy(Format):
+    def read(self, path: str, options) -> Bundle:
+        size = os.path.getsize(path)
+        name = os.path.splitext(os.path.basename(path))[0]
+        with open(path, "rb") as f:
+            h = read_header(f, path, size, name)
+        fmap = FileMap(path)
+        encoding = {"npy_version": h.version, "fortran_order": h.fortran}
+        bundle = Bundle(path=path, format=self.id)
+        if h.fields is not None:
+            encoding["npy_descr"] = h.descr
+
+            def get_array():
+                import numpy as np
+
+                raw = fmap.array()[h.data_offset:h.data_offset + h.nbytes]
+                return raw.view(np.dtype(h.descr))
+
+            bundle[name] = structured_table(h, get_array, encoding, path, name)
+        else:
+            src = FileSource(fmap, h.data_offset, h.dtype, h.shape, h.itemsize, h.byteorder,
+                             h.fortran, entry=name)
+            bundle[name] = Tensor(src, encoding=encoding)
+        bundle.on_close(fmap.close)
+        return bundle
+
+    def write(self, bundle: Bundle, f, path: str, options) -> None:
+        sink = Sink(f.fileno())
+        if len(bundle) != 1:
+            raise UnsupportedError(
+                f"npy holds exactly one array; the source has {len(bundle)} entries "
+                "(use --select NAME, or write .npz)", path)
+        (name, entry), = bundle.items()
+        if isinstance(entry, Table):
+            _write_table(entry, sink, path, name)
+            return
+        descr = D.to_npy_descr(entry.dtype, entry.itemsize)
+        if descr is None:
+            raise LossyConversionError(f"npy cannot hold {entry.dtype.value}", path, name)
+        sink.write(make_header(descr, entry.shape))
+        entry.write_to(sink)
+
+
+FORMAT = Npy(
+    id="npy",
+    description="NumPy array file",
+    extensions=(".npy",),
+    caps=Capabilities(tensors=True, tables=True, dtypes=D.NPY_DTYPES, max_entries=1,
+                      zero_copy=True),
+    magic=(MAGIC,),
+)
+
+
+__all__ = ["FORMAT", "Header", "parse_header", "header_size", "read_header", "make_header",
+           "structured_table"]

@@ -1,0 +1,179 @@
+"""The interchange model every reader yields and every writer takes (SPEC §2).
+
+- ``Tensor``: dtype, shape, ``attrs`` (meaning, survives conversion), ``encoding`` (on-disk
+  details only the same format applies) and lazy data (see ``mlconv.sources``).
+- ``Table``: an Arrow schema plus a stream of record batches, never the whole table at once.
+- ``Bundle``: an ordered mapping of ``/``-separated names to Tensors and Tables, plus
+  file-level ``metadata`` (str -> str).
+
+The model knows no file format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping
+
+from .dtypes import DType, from_numpy
+from .errors import FormatError
+from .fileio import CHUNK
+from .sources import ArraySource, CastSource, Source
+
+
+class Tensor:
+    kind = "tensor"
+
+    def __init__(self, source: Source, attrs: dict | None = None,
+                 encoding: dict | None = None):
+        self.source = source
+        self.attrs = dict(attrs or {})
+        self.encoding = dict(encoding or {})
+
+    @classmethod
+    def from_numpy(cls, arr, attrs: dict | None = None) -> "Tensor":
+        import numpy as np
+
+        arr = np.asarray(arr)
+        return cls(ArraySource(arr, from_numpy(arr.dtype)), attrs)
+
+    @property
+    def dtype(self) -> DType:
+        return self.source.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.shape
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element as numpy holds it (1 for sub-byte types)."""
+        return self.source.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the canonical payload (sub-byte types packed)."""
+        return self.source.nbytes
+
+    @property
+    def span(self):
+        """(path, offset, nbytes) when the payload lies verbatim in a file, else None."""
+        return self.source.span
+
+    def numpy(self):
+        """The data as a numpy array: a memory map wherever the file allows it."""
+        return self.source.array()
+
+    def chunks(self, size: int = CHUNK) -> Iterator[memoryview]:
+        """The canonical payload (C order, little-endian) in pieces of about ``size`` bytes."""
+        return self.source.chunks(size)
+
+    def write_to(self, sink) -> None:
+        """Append the canonical payload to a ``fileio.Sink``, file-to-file where possible."""
+        if self.span is not None:
+            sink.copy_from(*self.span)
+            return
+        start = sink.pos
+        for piece in self.chunks():
+            sink.write(piece)
+        if sink.pos - start != self.nbytes:
+            raise FormatError(f"data yielded {sink.pos - start} bytes, {self.nbytes} expected",
+                              getattr(self.source, "path", None),
+                              getattr(self.source, "entry", None))
+
+    def cast(self, dtype: DType) -> "Tensor":
+        """A lazy view of this tensor converted to ``dtype`` (numpy ``astype`` rules)."""
+        return Tensor(CastSource(self.source, dtype), self.attrs)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.dtype.value}, shape={self.shape})"
+
+
+class Table:
+    """A schema plus a stream of record batches.
+
+    ``columns`` is a cheap description ``[(name, type name)]`` for inspection without pyarrow;
+    ``batches(n)`` yields ``pyarrow.RecordBatch`` objects of at most ``n`` rows.
+    """
+
+    kind = "table"
+
+    def __init__(self, columns: list[tuple[str, str]], num_rows: int | None,
+                 batches: Callable[[int], Iterator], schema: Callable[[], object],
+                 attrs: dict | None = None, encoding: dict | None = None):
+        self.columns = list(columns)
+        self.num_rows = num_rows
+        self._batches = batches
+        self._schema = schema
+        self.attrs = dict(attrs or {})
+        self.encoding = dict(encoding or {})
+
+    @property
+    def schema(self):
+        """The ``pyarrow.Schema`` of the table."""
+        return self._schema()
+
+    def batches(self, rows: int = 65536) -> Iterator:
+        return self._batches(rows)
+
+    def __repr__(self) -> str:
+        return f"Table({len(self.columns)} columns, rows={self.num_rows})"
+
+
+Entry = Tensor | Table
+
+
+class Bundle(MutableMapping):
+    """An ordered mapping of hierarchical names to Tensors and Tables, plus file metadata.
+
+    A Bundle read from a file keeps that file's memory maps alive until ``close()``; arrays
+    already handed out stay valid after it.
+    """
+
+    def __init__(self, entries=None, metadata: dict[str, str] | None = None,
+                 path: str | None = None, format: str | None = None):
+        self._entries: dict[str, Entry] = {}
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.path = path
+        self.format = format
+        self._closers: list[Callable[[], None]] = []
+        for name, value in (entries or {}).items():
+            self[name] = value
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._entries[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        if not isinstance(value, (Tensor, Table)):
+            value = Tensor.from_numpy(value)
+        self._entries[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self._entries.items() if isinstance(v, Tensor)}
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        self._closers.append(fn)
+
+    def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k!r}: {v!r}" for k, v in self._entries.items())
+        return f"Bundle({{{inner}}}, metadata={self.metadata!r})"
+
+
+__all__ = ["DType", "Tensor", "Table", "Bundle"]

@@ -1,0 +1,295 @@
+"""Where a tensor's bytes come from, kept lazy until asked for.
+
+Every source offers the same two views of one tensor:
+
+- ``array()``: a numpy array (a memory map over the file where the bytes lie there as is);
+- ``chunks()``: the *canonical payload* in bounded pieces: C order, little-endian, sub-byte
+  types packed two to a byte (low nibble first), strings as numpy's fixed-width UCS4/bytes.
+
+``span`` is set when the canonical payload lies verbatim in a file, so a writer can copy it
+file-to-file in the kernel. A chunk is valid only until the next one is produced.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from .dtypes import DType
+from .errors import FormatError, UnsupportedError
+from .fileio import CHUNK
+
+
+def _np():
+    import numpy
+
+    return numpy
+
+
+def element_dtype(dtype: DType, itemsize: int, byteorder: str = "<"):
+    """numpy dtype of one stored element (byte order applied where it means anything)."""
+    np = _np()
+    if dtype is DType.string:
+        return np.dtype(f"{byteorder}U{itemsize // 4}")
+    if dtype is DType.bytes:
+        return np.dtype(f"S{itemsize}")
+    nd = dtype.numpy()
+    return nd.newbyteorder(byteorder) if nd.itemsize > 1 else nd
+
+
+def element_itemsize(dtype: DType, itemsize: int | None = None) -> int:
+    if dtype.bits is None:
+        if not itemsize:
+            raise ValueError(f"{dtype.value} needs an itemsize")
+        return itemsize
+    return max(1, dtype.bits // 8)
+
+
+def _need_nibbles(dtype: DType, entry=None):
+    if dtype.bits != 4:
+        raise UnsupportedError(
+            f"{dtype.value} is packed {dtype.bits} bits per value; mlconv copies it but "
+            "cannot unpack it to numpy", entry=entry)
+
+
+def unpack4(buf, dtype: DType, count: int):
+    """numpy array of ``count`` 4-bit values packed low nibble first."""
+    np = _np()
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    out = np.empty(raw.size * 2, dtype=np.uint8)
+    out[0::2] = raw & 0x0F
+    out[1::2] = raw >> 4
+    return out[:count].view(dtype.numpy())
+
+
+def pack4(values):
+    """Pack a flat array of 4-bit values (one per byte, as ml_dtypes holds them), low nibble first."""
+    np = _np()
+    raw = np.ascontiguousarray(values).view(np.uint8) & 0x0F
+    if raw.size % 2:
+        raw = np.concatenate([raw, np.zeros(1, np.uint8)])
+    return (raw[0::2] | (raw[1::2] << 4)).astype(np.uint8)
+
+
+def array_chunks(arr, dtype: DType, size: int = CHUNK, casting: str = "equiv", after=None):
+    """Canonical payload of ``arr`` as ``dtype``, in pieces of about ``size`` bytes.
+
+    Uses a buffered C-order nditer, so Fortran order, big-endian data and casts all stream
+    through a bounded buffer. ``after`` is called after each piece (to drop mapped pages).
+    """
+    np = _np()
+    if arr.size == 0:
+        return
+    if dtype.is_subbyte:
+        _need_nibbles(dtype)
+        flat = arr.reshape(-1) if arr.flags.c_contiguous else arr.ravel(order="C")
+        step = max(2, (size * 2) // 2 * 2)
+        for i in range(0, flat.size, step):
+            yield memoryview(pack4(flat[i:i + step].astype(dtype.numpy(), casting="unsafe")))
+        return
+    itemsize = arr.dtype.itemsize if dtype.bits is None else dtype.bits // 8
+    target = element_dtype(dtype, itemsize, "<")
+    if arr.flags.c_contiguous and arr.dtype == target:
+        raw = arr.reshape(-1).view(np.uint8)
+        step = max(target.itemsize, size // target.itemsize * target.itemsize)
+        for i in range(0, raw.size, step):
+            yield memoryview(raw[i:i + step])
+            if after is not None:
+                after()
+        return
+    step = max(1, size // target.itemsize)
+    it = np.nditer(arr, flags=["external_loop", "buffered", "zerosize_ok"],
+                   op_dtypes=[target], casting=casting, order="C", buffersize=step)
+    for piece in it:
+        yield memoryview(np.ascontiguousarray(piece)).cast("B")
+        if after is not None:
+            after()
+
+
+class Source:
+    """Lazy data of one tensor: dtype, shape and the two views described in the module doc."""
+
+    span: tuple[str, int, int] | None = None
+
+    def __init__(self, dtype: DType, shape: tuple[int, ...], itemsize: int | None = None):
+        self.dtype = dtype
+        self.shape = tuple(int(d) for d in shape)
+        self.itemsize = element_itemsize(dtype, itemsize)
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.nbytes(self.shape, self.itemsize)
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def array(self):
+        raise NotImplementedError
+
+    def chunks(self, size: int = CHUNK):
+        yield from array_chunks(self.array(), self.dtype, size)
+
+
+class ArraySource(Source):
+    """An in-memory numpy array (what users pass to ``mlconv.save``)."""
+
+    def __init__(self, arr, dtype: DType):
+        super().__init__(dtype, arr.shape, arr.dtype.itemsize if dtype.bits is None else None)
+        self._arr = arr
+
+    def array(self):
+        return self._arr
+
+
+class _Stored(Source):
+    """Bytes stored as numpy would: a byte order and C or Fortran order."""
+
+    def __init__(self, dtype, shape, itemsize=None, byteorder="<", fortran=False,
+                 path=None, entry=None):
+        super().__init__(dtype, shape, itemsize)
+        self.byteorder = byteorder
+        self.fortran = fortran and len(self.shape) > 1
+        self.path, self.entry = path, entry
+        self.verbatim = not self.fortran and (byteorder == "<" or self.itemsize == 1
+                                             or dtype.is_subbyte)
+
+    def _from_bytes(self, raw):
+        """An array over ``raw`` (uint8) in the stored layout; no copy except sub-byte unpacking."""
+        if self.dtype.is_subbyte:
+            _need_nibbles(self.dtype, self.entry)
+            return unpack4(raw, self.dtype, self.count).reshape(self.shape)
+        view = raw.view(element_dtype(self.dtype, self.itemsize, self.byteorder))
+        if self.fortran:
+            return view.reshape(self.shape[::-1]).T
+        return view.reshape(self.shape)
+
+
+class FileMap:
+    """One read-only memory map of a whole file, shared by the tensors that live in it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._mm = None
+
+    def array(self):
+        if self._mm is None:
+            np = _np()
+            if os.path.getsize(self.path) == 0:
+                self._mm = np.zeros(0, np.uint8)
+            else:
+                self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._mm
+
+    def drop_pages(self) -> None:
+        """Let the kernel reclaim pages we touched, so a streamed pass keeps RSS bounded."""
+        mm = getattr(self._mm, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self._mm = None
+
+
+class FileSource(_Stored):
+    """Bytes at a checked offset of a file: a memory-mapped view, copied file-to-file."""
+
+    def __init__(self, fmap: FileMap, offset: int, dtype, shape, itemsize=None,
+                 byteorder="<", fortran=False, entry=None):
+        super().__init__(dtype, shape, itemsize, byteorder, fortran, fmap.path, entry)
+        self.fmap = fmap
+        self.offset = offset
+        if self.verbatim:
+            self.span = (fmap.path, offset, self.nbytes)
+
+    def array(self):
+        raw = self.fmap.array()[self.offset:self.offset + self.nbytes]
+        return self._from_bytes(raw)
+
+    def chunks(self, size: int = CHUNK):
+        if not self.verbatim:
+            yield from array_chunks(self.array(), self.dtype, size, after=self.fmap.drop_pages)
+            return
+        # pread into one reused buffer: streaming through the map would grow RSS to the file
+        step = max(self.itemsize, size // self.itemsize * self.itemsize)
+        buf = bytearray(min(step, self.nbytes))
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset)
+            left = self.nbytes
+            while left:
+                n = f.readinto(memoryview(buf)[:min(step, left)])
+                if not n:
+                    raise FormatError("file shrank while reading", self.path, self.entry)
+                left -= n
+                yield memoryview(buf)[:n]
+
+
+class StreamSource(_Stored):
+    """Bytes behind a stream that can only be read forward (a deflated zip member)."""
+
+    def __init__(self, opener, dtype, shape, itemsize=None, byteorder="<", fortran=False,
+                 path=None, entry=None):
+        super().__init__(dtype, shape, itemsize, byteorder, fortran, path, entry)
+        self._opener = opener  # () -> context manager yielding a file positioned at the data
+
+    def _read(self, f, n: int) -> bytes:
+        data = f.read(n)
+        if len(data) != n:
+            raise FormatError(f"data truncated: {n} bytes expected, {len(data)} found",
+                              self.path, self.entry)
+        return data
+
+    def array(self):
+        np = _np()
+        with self._opener() as f:
+            raw = bytearray(self._read(f, self.nbytes))
+        return self._from_bytes(np.frombuffer(raw, dtype=np.uint8))
+
+    def chunks(self, size: int = CHUNK):
+        if self.fortran:
+            yield from array_chunks(self.array(), self.dtype, size)
+            return
+        np = _np()
+        step = max(self.itemsize, size // self.itemsize * self.itemsize)
+        with self._opener() as f:
+            left = self.nbytes
+            while left:
+                data = self._read(f, min(step, left))
+                left -= len(data)
+                if self.verbatim:
+                    yield memoryview(data)
+                else:
+                    stored = element_dtype(self.dtype, self.itemsize, self.byteorder)
+                    yield memoryview(np.frombuffer(data, stored).astype(stored.newbyteorder("<")))
+
+
+class CastSource(Source):
+    """Another source's values converted to ``dtype`` chunk by chunk (numpy ``astype`` rules)."""
+
+    def __init__(self, inner: Source, dtype: DType):
+        if dtype.bits is None or inner.dtype.bits is None:
+            raise UnsupportedError(f"cannot cast {inner.dtype.value} to {dtype.value}")
+        super().__init__(dtype, inner.shape)
+        self.inner = inner
+
+    def array(self):
+        return self.inner.array().astype(self.dtype.numpy(), casting="unsafe")
+
+    def chunks(self, size: int = CHUNK):
+        np = _np()
+        src = self.inner.dtype
+        left = self.count
+        for piece in self.inner.chunks(size):
+            if src.is_subbyte:
+                _need_nibbles(src)
+                values = unpack4(piece, src, min(left, len(piece) * 2))
+                left -= values.size
+            else:
+                values = np.frombuffer(piece, element_dtype(src, self.inner.itemsize))
+            yield from array_chunks(values, self.dtype, size * 2, casting="unsafe")
