@@ -14,7 +14,8 @@ import os as _os
 
 __version__ = "0.1.0"
 
-from . import formats as _formats  # noqa: E402
+from .formats import all_formats as _all_formats  # noqa: E402
+from .formats import detect as _detect  # noqa: E402
 from .convert import Report, convert, save  # noqa: E402
 from .describe import inspect  # noqa: E402
 from .dtypes import DType  # noqa: E402
@@ -26,7 +27,7 @@ from .model import Bundle, Table, Tensor  # noqa: E402
 def load(path, format: str | None = None, *, allow_external: bool = False) -> Bundle:
     """Read ``path`` lazily: headers now, tensor data (memory maps) when asked for."""
     path = _os.fspath(path)
-    fmt = _formats.detect(path, format)
+    fmt = _detect(path, format)
     fmt.check_available()
     return fmt.read(path, _ReadOptions(allow_external=allow_external))
 
@@ -40,7 +41,7 @@ def formats() -> list[dict]:
     """The registry: each format's id, extensions and capabilities."""
     return [{"id": f.id, "description": f.description, "extensions": list(f.extensions),
              "read": f.can_read, "write": f.can_write, "capabilities": f.caps.as_dict()}
-            for f in _formats.all_formats()]
+            for f in _all_formats()]
 
 
 __all__ = ["load", "open", "save", "convert", "inspect", "formats", "Bundle", "Tensor",

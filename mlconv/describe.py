@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from . import __version__, formats
+from . import __version__
+from .formats import detect
 from .formats.base import ReadOptions
 from .model import Bundle, Table
 
@@ -33,7 +34,7 @@ def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
 def inspect(path, format: str | None = None) -> dict:
     """The manifest of ``path`` (valid against schemas/manifest.schema.json)."""
     path = os.fspath(path)
-    fmt = formats.detect(path, format)
+    fmt = detect(path, format)
     fmt.check_available()
     with fmt.read(path, ReadOptions()) as bundle:
         return bundle_manifest(bundle, path, os.path.getsize(path))

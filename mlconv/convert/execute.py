@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import dtypes as D
-from .. import formats
+from ..formats import detect, for_output
 from ..atomic import atomic_output
 from ..errors import (LossyConversionError, MlconvError, OptionError, OutputExistsError,
                       UnsupportedError)
@@ -86,18 +86,18 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
     warnings: list[str] = []
     src = bundle.path
 
-    def loss(message: str, entry: str | None, way_out: str = "--allow-lossy"):
-        err = LossyConversionError(f"{message}; use {way_out}", src, entry)
+    def loss(what: str, entry: str | None, way_out: str = "--allow-lossy"):
+        """``what`` is lost: an error naming the way out, or a warning with allow_lossy."""
         if not allow_lossy:
-            raise err
-        warnings.append(str(err).replace(f"; use {way_out}", "", 1))
+            raise LossyConversionError(f"{what} would be lost; use {way_out}", src, entry)
+        warnings.append(str(LossyConversionError(f"{what} dropped", src, entry)))
 
     out = Bundle(path=bundle.path, format=bundle.format)
     for name in select_entries(bundle, select, exclude):
         entry = bundle[name]
         if isinstance(entry, Table):
             if not caps.tables:
-                loss(f"{fmt.id} cannot hold tables; the table would be dropped", name,
+                loss(f"{fmt.id} cannot hold tables: the table", name,
                      "--exclude NAME or --allow-lossy")
                 continue
         else:
@@ -108,7 +108,7 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
                 if entry is None:
                     continue
         if entry.attrs and not caps.attrs:
-            loss(f"{fmt.id} has no per-entry attributes; {len(entry.attrs)} would be lost",
+            loss(f"{fmt.id} has no per-entry attributes: {len(entry.attrs)} attribute(s)",
                  name)
         out[name] = entry
     if bundle.metadata:
@@ -116,8 +116,8 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
             out.metadata = dict(bundle.metadata)
         else:
             keys = ", ".join(sorted(bundle.metadata)[:5])
-            loss(f"{fmt.id} has no file metadata; {len(bundle.metadata)} key(s) would be "
-                 f"lost ({keys})", None)
+            loss(f"{fmt.id} has no file metadata: {len(bundle.metadata)} key(s) ({keys})",
+                 None)
     if caps.max_entries is not None and len(out) > caps.max_entries:
         raise UnsupportedError(
             f"{fmt.id} holds {caps.max_entries} entry; the source has {len(out)} "
@@ -167,8 +167,8 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options."""
     t0 = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
-    out_fmt = formats.for_output(dst, to_format)
-    in_fmt = formats.detect(src, from_format)
+    out_fmt = for_output(dst, to_format)
+    in_fmt = detect(src, from_format)
     in_fmt.check_available()
     out_fmt.check_available()
     if not overwrite and os.path.lexists(dst):
@@ -187,7 +187,7 @@ def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
     """Write a Bundle or a mapping of names to arrays/Tensors/Tables to ``dst``."""
     t0 = time.perf_counter()
     dst = os.fspath(dst)
-    fmt = formats.for_output(dst, format)
+    fmt = for_output(dst, format)
     fmt.check_available()
     bundle = data if isinstance(data, Bundle) else Bundle(data)
     if metadata is not None:

@@ -1,7 +1,7 @@
 """The format registry: which formats exist, how files are detected, capability lookup.
 
 Adding a format is one module in this package that defines ``FORMAT`` plus one line in
-``_MODULES``. Format modules import their heavy libraries only inside read/write.
+``IDS``. Format modules import their heavy libraries only inside read/write.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from ..errors import FormatError, OptionError, SourceNotFoundError
 from .base import Capabilities, Format, ReadOptions, WriteOptions
 
-_MODULES = (
+IDS = (
     "npy",
     "npz",
     "safetensors",
@@ -27,14 +27,14 @@ def get(format_id: str) -> Format:
     """The Format registered under ``format_id`` (lowercase id, e.g. 'safetensors')."""
     fid = (format_id or "").lower().lstrip(".")
     if fid not in _cache:
-        if fid not in _MODULES:
-            raise OptionError(f"unknown format {format_id!r}; known: {', '.join(_MODULES)}")
+        if fid not in IDS:
+            raise OptionError(f"unknown format {format_id!r}; known: {', '.join(IDS)}")
         _cache[fid] = importlib.import_module(f"{__name__}.{fid}").FORMAT
     return _cache[fid]
 
 
 def all_formats() -> list[Format]:
-    return [get(m) for m in _MODULES]
+    return [get(m) for m in IDS]
 
 
 def by_extension(path: str) -> Format | None:
@@ -88,5 +88,5 @@ def for_output(path, to_format: str | None = None) -> Format:
     return fmt
 
 
-__all__ = ["Capabilities", "Format", "ReadOptions", "WriteOptions", "get", "all_formats",
+__all__ = ["IDS", "Capabilities", "Format", "ReadOptions", "WriteOptions", "get", "all_formats",
            "detect", "for_output", "by_extension"]

@@ -1,0 +1,5 @@
+"""The click application (``mlconv``)."""
+
+from .main import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,145 @@
+"""The ``mlconv`` command: words in, exit codes out. The only place that prints or exits.
+
+Exit codes: 0 success, 1 the data is at fault (one line ``mlconv: error: ...``), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from ..formats import IDS
+from ..errors import MlconvError, OptionError
+from . import show
+
+FORMAT_IDS = click.Choice(list(IDS), case_sensitive=False)
+
+
+class DefaultToConvert(click.Group):
+    """``mlconv SRC DST`` means ``mlconv convert SRC DST``."""
+
+    def parse_args(self, ctx, args):
+        for i, arg in enumerate(args):
+            if arg in ("--help", "-h", "--version"):
+                break
+            if not arg.startswith("-"):
+                if arg not in self.commands:
+                    args = args[:i] + ["convert"] + args[i:]
+                break
+        return super().parse_args(ctx, args)
+
+
+def _debug_option(f):
+    return click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(f)
+
+
+def _run(ctx: click.Context, debug: bool, action):
+    """Run ``action``; user-caused failures become one line and exit 1 (2 for options)."""
+    debug = debug or bool((ctx.obj or {}).get("debug"))
+    try:
+        return action()
+    except MlconvError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"mlconv: error: {e}", err=True)
+        ctx.exit(2 if isinstance(e, OptionError) else 1)
+    except OSError as e:
+        if debug:
+            traceback.print_exc()
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        click.echo(f"mlconv: error: {e.strerror or e}{where}", err=True)
+        ctx.exit(1)
+
+
+@click.group(cls=DefaultToConvert, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlconv", prog_name="mlconv")
+@_debug_option
+@click.pass_context
+def cli(ctx, debug):
+    """Convert, inspect and validate ML files.
+
+    \b
+    mlconv SRC DST [options]      convert (same as `mlconv convert SRC DST`)
+    mlconv inspect FILE [--json]  entries, dtypes, shapes, metadata (headers only)
+    mlconv formats [--json]       the formats mlconv reads and writes
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
+@click.option("--to", "to_format", type=FORMAT_IDS, help="Output format (default: extension).")
+@click.option("--select", multiple=True, metavar="GLOB", help="Only these entries (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these entries out.")
+@click.option("--cast", multiple=True, metavar="SRC=DST",
+              help="Convert a dtype, e.g. --cast bfloat16=float32 (repeatable).")
+@click.option("--allow-lossy", is_flag=True,
+              help="Turn each loss (dtype widened, metadata dropped...) into a warning.")
+@click.option("--compression", metavar="NAME", help="Output compression (npz: none|deflate).")
+@click.option("--force", is_flag=True, help="Replace an existing DST.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_debug_option
+@click.pass_context
+def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
+            compression, force, as_json, debug):
+    """Convert SRC to DST (format from DST's extension or --to)."""
+    from ..convert import convert as run_convert
+
+    report = _run(ctx, debug, lambda: run_convert(
+        src, dst, from_format=from_format, to_format=to_format, select=select,
+        exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=force,
+        compression=compression))
+    for w in report.warnings:
+        click.echo(f"mlconv: warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(show.report_line(report))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_debug_option
+@click.pass_context
+def inspect(ctx, file, from_format, as_json, debug):
+    """Show a file's entries, dtypes, shapes and metadata (reads headers only)."""
+    from ..describe import inspect as run_inspect
+
+    manifest = _run(ctx, debug, lambda: run_inspect(file, from_format))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+    else:
+        click.echo(show.manifest_text(manifest))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def formats(as_json):
+    """List the formats mlconv reads and writes, with their capabilities."""
+    import mlconv
+
+    rows = mlconv.formats()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(show.formats_text(rows))
+
+
+def main(argv=None) -> None:
+    """Console entry point: a bug is one line too (--debug shows its traceback)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cli.main(args=args, prog_name="mlconv")
+    except Exception as e:  # a bug, not the user's doing; keep it to one line
+        if "--debug" in args:
+            traceback.print_exc()
+        click.echo(f"mlconv: internal error: {type(e).__name__}: {e} "
+                   "(a bug in mlconv; --debug shows the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,68 @@
+"""Plain, aligned text for people (the CLI's --json prints the same data for machines)."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in [header] + rows]
+    return "\n".join(lines)
+
+
+def manifest_text(m: dict) -> str:
+    out = [table([["path", m["path"]], ["format", m["format"]],
+                  ["size", human_bytes(m["size"])],
+                  ["entries", str(len(m["entries"]))]], ["", ""]).split("\n", 1)[1]]
+    if m["metadata"]:
+        out.append("")
+        out.append(table([[k, _one_line(v)] for k, v in m["metadata"].items()],
+                         ["metadata", "value"]))
+    rows = []
+    for e in m["entries"]:
+        if e["kind"] == "table":
+            rows.append([e["name"], "table", f"{len(e['columns'])} columns",
+                         f"{e['rows']} rows", "-"])
+            rows.extend([f"  .{c['name']}", "column", c["type"], "", ""]
+                        for c in e["columns"])
+        else:
+            rows.append([e["name"], "tensor", e["dtype"], str(e["shape"]),
+                         human_bytes(e["nbytes"])])
+    if rows:
+        out.append("")
+        out.append(table(rows, ["name", "kind", "dtype", "shape", "size"]))
+    return "\n".join(out)
+
+
+def formats_text(rows: list[dict]) -> str:
+    body = []
+    for f in rows:
+        caps = f["capabilities"]
+        mode = ("r" if f["read"] else "-") + ("w" if f["write"] else "-")
+        kinds = "+".join(k for k in ("tensors", "tables") if caps[k])
+        body.append([f["id"], mode, " ".join(f["extensions"]), kinds,
+                     "yes" if caps["metadata"] else "no",
+                     "yes" if caps["zero_copy"] else "no", f["description"]])
+    return table(body, ["format", "rw", "extensions", "holds", "metadata", "zero-copy",
+                        "description"])
+
+
+def report_line(r) -> str:
+    return (f"wrote {r.dst} ({r.dst_format}, {r.entries} entries, "
+            f"{human_bytes(r.bytes_written)}) in {r.seconds:.2f} s")
+
+
+def _one_line(v: str, limit: int = 80) -> str:
+    v = v.replace("\n", "\\n")
+    return v if len(v) <= limit else v[:limit - 3] + "..."

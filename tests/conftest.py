@@ -1,0 +1,30 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+CORPUS = Path(os.environ.get("MLCONV_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+def corpus_files(*formats_):
+    """manifest.json rows of the shared corpus for these formats (empty when absent)."""
+    manifest = CORPUS / "manifest.json"
+    if not manifest.exists():
+        return []
+    rows = json.loads(manifest.read_text())["files"]
+    return [r for r in rows if r["format"] in formats_]
+
+
+@pytest.fixture
+def corpus():
+    if not CORPUS.exists():
+        pytest.skip("shared corpus not present")
+    return CORPUS
+
+
+def listdir_clean(folder) -> list[str]:
+    """Names in a folder; used to prove no temp file is left behind."""
+    return sorted(os.listdir(folder))
