@@ -101,7 +101,7 @@ def array_chunks(arr, dtype: DType, size: int = CHUNK, casting: str = "equiv", a
     it = np.nditer(arr, flags=["external_loop", "buffered", "zerosize_ok"],
                    op_dtypes=[target], casting=casting, order="C", buffersize=step)
     for piece in it:
-        yield memoryview(np.ascontiguousarray(piece)).cast("B")
+        yield memoryview(np.ascontiguousarray(piece).view(np.uint8))
         if after is not None:
             after()
 
@@ -266,7 +266,8 @@ class StreamSource(_Stored):
                     yield memoryview(data)
                 else:
                     stored = element_dtype(self.dtype, self.itemsize, self.byteorder)
-                    yield memoryview(np.frombuffer(data, stored).astype(stored.newbyteorder("<")))
+                    le = np.frombuffer(data, stored).astype(stored.newbyteorder("<"))
+                    yield memoryview(le.view(np.uint8))
 
 
 class CastSource(Source):

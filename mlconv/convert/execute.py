@@ -119,10 +119,10 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
             loss(f"{fmt.id} has no file metadata: {len(bundle.metadata)} key(s) ({keys})",
                  None)
     if caps.max_entries is not None and len(out) > caps.max_entries:
+        names = ", ".join(list(out)[:5]) + (", ..." if len(out) > 5 else "")
         raise UnsupportedError(
-            f"{fmt.id} holds {caps.max_entries} entry; the source has {len(out)} "
-            f"({', '.join(list(out)[:5])}{', ...' if len(out) > 5 else ''}); "
-            "use --select NAME", src)
+            f"{fmt.id} holds {'one entry' if caps.max_entries == 1 else caps.max_entries}; "
+            f"the source has {len(out)} ({names}); use --select NAME", src)
     if not out and len(bundle):
         raise UnsupportedError(f"nothing left to write as {fmt.id}", src)
     return out, warnings
