@@ -1,0 +1,76 @@
+"""Timing whole processes: wall time and peak RSS of each child, runs alternated.
+
+Benchmarks are scripts, not tests: they print figures and never fail on them.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PY = sys.executable
+
+
+# A child's ru_maxrss starts at its parent's peak (kept across fork+exec), so where GNU time
+# exists it measures the command as its own child; otherwise our peak is a floor.
+GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+
+
+def run_once(cmd: list[str], cleanup=None) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one child process; raises if it fails."""
+    if cleanup:
+        cleanup()
+    os.sync()  # no dirty pages from the previous case slowing this one down
+    full = [GNU_TIME, "-f", "maxrss=%M", *cmd] if GNU_TIME else cmd
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {err}")
+    kib = usage.ru_maxrss
+    if GNU_TIME:
+        kib = int(err.strip().rsplit("maxrss=", 1)[1])
+    return elapsed, kib / 1024
+
+
+def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
+            baseline: str = "cp") -> dict[str, tuple[float, float]]:
+    """Run every case ``runs`` times, alternating; print medians, ratios and peak RSS."""
+    times = {name: [] for name in cases}
+    rss = {name: 0.0 for name in cases}
+    for name, (cmd, cleanup) in cases.items():  # warm-up: page cache, imports
+        run_once(cmd, cleanup)
+    order = list(cases)
+    for i in range(runs):
+        for name in order[i % len(order):] + order[:i % len(order)]:  # rotate who goes first
+            cmd, cleanup = cases[name]
+            t, r = run_once(cmd, cleanup)
+            times[name].append(t)
+            rss[name] = max(rss[name], r)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    base = med[baseline]
+    print(f"{'case':<34} {'median s':>9} {'x ' + baseline:>8} {'peak RSS MiB':>13}")
+    for name in cases:
+        print(f"{name:<34} {med[name]:>9.3f} {med[name] / base:>8.2f} {rss[name]:>13.1f}")
+    return {name: (med[name], rss[name]) for name in cases}
+
+
+def tempdir() -> str:
+    return tempfile.mkdtemp(prefix="mlconv-bench-")
+
+
+def remover(*paths):
+    def clean():
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+    return clean
