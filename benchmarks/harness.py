@@ -45,7 +45,7 @@ def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
     """Run every case ``runs`` times, alternating; print medians, ratios and peak RSS."""
     times = {name: [] for name in cases}
     rss = {name: 0.0 for name in cases}
-    for name, (cmd, cleanup) in cases.items():  # warm-up: page cache, imports
+    for cmd, cleanup in cases.values():  # warm-up: page cache, imports
         run_once(cmd, cleanup)
     order = list(cases)
     for i in range(runs):

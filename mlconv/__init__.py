@@ -14,14 +14,14 @@ import os as _os
 
 __version__ = "0.1.0"
 
-from .formats import all_formats as _all_formats  # noqa: E402
-from .formats import detect as _detect  # noqa: E402
-from .convert import Report, convert, save  # noqa: E402
-from .describe import inspect  # noqa: E402
-from .dtypes import DType  # noqa: E402
-from .errors import MlconvError  # noqa: E402
-from .formats.base import ReadOptions as _ReadOptions  # noqa: E402
-from .model import Bundle, Table, Tensor  # noqa: E402
+from .convert import Report, convert, save
+from .describe import inspect
+from .dtypes import DType
+from .errors import MlconvError
+from .formats import all_formats as _all_formats
+from .formats import detect as _detect
+from .formats.base import ReadOptions as _ReadOptions
+from .model import Bundle, Table, Tensor
 
 
 def load(path, format: str | None = None, *, allow_external: bool = False) -> Bundle:
@@ -32,7 +32,7 @@ def load(path, format: str | None = None, *, allow_external: bool = False) -> Bu
     return fmt.read(path, _ReadOptions(allow_external=allow_external))
 
 
-def open(path, format: str | None = None, *, allow_external: bool = False) -> Bundle:  # noqa: A001
+def open(path, format: str | None = None, *, allow_external: bool = False) -> Bundle:
     """Like ``load``; use it in a ``with`` block to release the file when done."""
     return load(path, format, allow_external=allow_external)
 
@@ -44,5 +44,18 @@ def formats() -> list[dict]:
             for f in _all_formats()]
 
 
-__all__ = ["load", "open", "save", "convert", "inspect", "formats", "Bundle", "Tensor",
-           "Table", "DType", "Report", "MlconvError", "__version__"]
+__all__ = [
+    "Bundle",
+    "DType",
+    "MlconvError",
+    "Report",
+    "Table",
+    "Tensor",
+    "__version__",
+    "convert",
+    "formats",
+    "inspect",
+    "load",
+    "open",
+    "save",
+]

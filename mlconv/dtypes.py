@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from .errors import UnsupportedError
 
@@ -51,7 +51,7 @@ class DType(str, enum.Enum):
         return self.value
 
     @property
-    def info(self) -> "_Row":
+    def info(self) -> _Row:
         return _ROWS[self]
 
     @property
@@ -164,7 +164,7 @@ def fallback(dtype: DType, held: frozenset[DType]) -> tuple[DType, bool] | None:
     """The dtype --allow-lossy uses when a target cannot hold ``dtype``: (dtype, exact)."""
     for cand in _FALLBACK.get(dtype, ()):
         if cand in held:
-            exact = not (dtype is DType.complex128)
+            exact = dtype is not DType.complex128
             return cand, exact
     return None
 
@@ -177,7 +177,7 @@ def _np():
     return numpy
 
 
-@lru_cache(maxsize=None)
+@cache
 def _numpy_dtype(dtype: DType):
     row = _ROWS[dtype]
     if row.numpy is None:
@@ -190,7 +190,7 @@ def _numpy_dtype(dtype: DType):
     return _np().dtype(getattr(_np(), attr))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _by_numpy_name() -> dict[str, DType]:
     out = {}
     for d, row in _ROWS.items():

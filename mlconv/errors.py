@@ -39,7 +39,7 @@ class MissingDependencyError(UnsupportedError, ImportError):
 
 
 class LossyConversionError(MlconvError):
-    """The target cannot hold something of the source; ``--cast``/``--allow-lossy`` are the way out."""
+    """The target cannot hold something of the source (``--cast``/``--allow-lossy`` help)."""
 
 
 class ValidationError(MlconvError):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
 
+from typing_extensions import Self
+
 from .dtypes import DType, from_numpy
 from .errors import FormatError
 from .fileio import CHUNK
@@ -29,7 +31,7 @@ class Tensor:
         self.encoding = dict(encoding or {})
 
     @classmethod
-    def from_numpy(cls, arr, attrs: dict | None = None) -> "Tensor":
+    def from_numpy(cls, arr, attrs: dict | None = None) -> Tensor:
         import numpy as np
 
         arr = np.asarray(arr)
@@ -79,7 +81,7 @@ class Tensor:
                               getattr(self.source, "path", None),
                               getattr(self.source, "entry", None))
 
-    def cast(self, dtype: DType) -> "Tensor":
+    def cast(self, dtype: DType) -> Tensor:
         """A lazy view of this tensor converted to ``dtype`` (numpy ``astype`` rules)."""
         return Tensor(CastSource(self.source, dtype), self.attrs)
 
@@ -165,7 +167,7 @@ class Bundle(MutableMapping):
         while self._closers:
             self._closers.pop()()
 
-    def __enter__(self) -> "Bundle":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -176,4 +178,4 @@ class Bundle(MutableMapping):
         return f"Bundle({{{inner}}}, metadata={self.metadata!r})"
 
 
-__all__ = ["DType", "Tensor", "Table", "Bundle"]
+__all__ = ["Bundle", "DType", "Table", "Tensor"]

@@ -63,7 +63,7 @@ def unpack4(buf, dtype: DType, count: int):
 
 
 def pack4(values):
-    """Pack a flat array of 4-bit values (one per byte, as ml_dtypes holds them), low nibble first."""
+    """Pack 4-bit values (one per byte, as ml_dtypes holds them) two per byte, low nibble first."""
     np = _np()
     raw = np.ascontiguousarray(values).view(np.uint8) & 0x0F
     if raw.size % 2:

@@ -22,6 +22,7 @@ def ids(rows):
     return [r["path"] for r in rows]
 
 
+@pytest.mark.filterwarnings("ignore:Reading `.npy` or `.npz` file required additional")
 @pytest.mark.parametrize("row", GOOD, ids=ids(GOOD))
 def test_good_files_read_like_the_reference(row):
     path = CORPUS / row["path"]
@@ -47,7 +48,7 @@ def test_good_files_read_like_the_reference(row):
             ref = np.load(path, allow_pickle=False)
             if entry.kind == "table":
                 rows = [r for batch in entry.batches(1) for r in batch.to_pylist()]
-                assert rows == [dict(zip(ref.dtype.names, r.tolist())) for r in ref]
+                assert rows == [dict(zip(ref.dtype.names, r.tolist(), strict=True)) for r in ref]
             else:
                 assert list(entry.shape) == summary["shape"]
                 got = entry.numpy()
@@ -83,10 +84,9 @@ def test_bad_files_are_refused_cleanly(tmp_path, row):
         b = mlconv.load(path)
         assert next(iter(b.values())).dtype.value == "string"
         return
-    with pytest.raises(MlconvError) as err:
-        with mlconv.open(path) as b:
-            for e in b.values():
-                e.numpy()
+    with pytest.raises(MlconvError) as err, mlconv.open(path) as b:
+        for e in b.values():
+            e.numpy()
     if "pickle" in row["features"]:
         assert "pickle" in str(err.value)
     dst = tmp_path / "out.safetensors"

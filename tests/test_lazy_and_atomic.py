@@ -1,10 +1,10 @@
 """Lazy reads (memory maps, headers only), atomic writes, tables from structured npy."""
 
+import json
 import os
 import struct
 import subprocess
 import sys
-import json
 
 import numpy as np
 import pytest
@@ -132,7 +132,7 @@ def test_casts_stream_and_match_numpy(tmp_path):
         assert payload(z["x"]) == payload(arr.astype(ml_dtypes.bfloat16).astype(np.float32))
     out2 = tmp_path / "o2.safetensors"
     mlconv.convert(src, out2, cast={"bfloat16": "float8_e4m3fn"})
-    code, shape, data = st_read(out2)[1]["x"]
+    code, _shape, data = st_read(out2)[1]["x"]
     expect = arr.astype(ml_dtypes.bfloat16).astype(ml_dtypes.float8_e4m3fn)
     assert code == "F8_E4M3" and data == payload(expect)
 

@@ -14,7 +14,8 @@ BYTE_DTYPES = sorted((d for d in D.NUMERIC if not d.is_subbyte), key=lambda d: d
 shapes = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dtype=st.sampled_from(BYTE_DTYPES), shape=shapes, seed=st.integers(0, 2 ** 16),
        order=st.sampled_from(["C", "F", ">"]), chunk=st.integers(1, 64))
 def test_chunks_are_the_canonical_payload(dtype, shape, seed, order, chunk):
@@ -28,8 +29,9 @@ def test_chunks_are_the_canonical_payload(dtype, shape, seed, order, chunk):
     assert b"".join(bytes(c) for c in t.chunks(chunk)) == payload(arr)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dtype=st.sampled_from(sorted(D.SAFETENSORS_DTYPES & D.NPY_DTYPES, key=lambda d: d.value)),
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(sorted(D.SAFETENSORS_DTYPES & D.NPY_DTYPES, key=str)),
        shape=shapes, seed=st.integers(0, 2 ** 16), fortran=st.booleans())
 def test_npy_to_safetensors_to_npz(tmp_path_factory, dtype, shape, seed, fortran):
     tmp = tmp_path_factory.mktemp("p")

@@ -72,7 +72,7 @@ def test_shapes_zero_d_and_zero_size(tmp_path, src_fmt, dst_fmt, shape):
     src, dst = tmp_path / f"x.{src_fmt}", tmp_path / f"y.{dst_fmt}"
     write_reference(src_fmt, src, "x", arr)
     mlconv.convert(src, dst)
-    code, got_shape, data = read_reference(dst_fmt, dst, "x")
+    _code, got_shape, data = read_reference(dst_fmt, dst, "x")
     assert tuple(got_shape) == shape and data == payload(arr)
 
 
@@ -114,7 +114,7 @@ def test_fortran_and_big_endian_npy_become_c_order_little_endian(tmp_path, order
     for fmt in FORMATS:
         dst = tmp_path / f"out.{fmt}"
         mlconv.convert(src, dst, overwrite=True)
-        code, shape, data = read_reference(fmt, dst, "x")
+        _code, shape, data = read_reference(fmt, dst, "x")
         assert shape == arr.shape and data == payload(arr)
     got = mlconv.load(src)["x"].numpy()
     assert got.shape == arr.shape and payload(got) == payload(arr)

@@ -11,8 +11,8 @@ import traceback
 
 import click
 
-from ..formats import IDS
 from ..errors import MlconvError, OptionError
+from ..formats import IDS
 from . import show
 
 FORMAT_IDS = click.Choice(list(IDS), case_sensitive=False)

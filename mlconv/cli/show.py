@@ -16,7 +16,7 @@ def human_bytes(n: int | None) -> str:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in [header] + rows]
     return "\n".join(lines)
 
@@ -59,7 +59,8 @@ def formats_text(rows: list[dict]) -> str:
 
 
 def report_line(r) -> str:
-    return (f"wrote {r.dst} ({r.dst_format}, {r.entries} entries, "
+    return (f"wrote {r.dst} ({r.dst_format}, {r.entries} "
+            f"{'entry' if r.entries == 1 else 'entries'}, "
             f"{human_bytes(r.bytes_written)}) in {r.seconds:.2f} s")
 
 

@@ -13,10 +13,15 @@ import time
 from dataclasses import dataclass, field
 
 from .. import dtypes as D
-from ..formats import detect, for_output
 from ..atomic import atomic_output
-from ..errors import (LossyConversionError, MlconvError, OptionError, OutputExistsError,
-                      UnsupportedError)
+from ..errors import (
+    LossyConversionError,
+    MlconvError,
+    OptionError,
+    OutputExistsError,
+    UnsupportedError,
+)
+from ..formats import detect, for_output
 from ..formats.base import Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
 

@@ -88,5 +88,15 @@ def for_output(path, to_format: str | None = None) -> Format:
     return fmt
 
 
-__all__ = ["IDS", "Capabilities", "Format", "ReadOptions", "WriteOptions", "get", "all_formats",
-           "detect", "for_output", "by_extension"]
+__all__ = [
+    "IDS",
+    "Capabilities",
+    "Format",
+    "ReadOptions",
+    "WriteOptions",
+    "all_formats",
+    "by_extension",
+    "detect",
+    "for_output",
+    "get",
+]

@@ -152,7 +152,7 @@ def header_size(first: bytes, path, entry=None) -> tuple[int, int]:
 
 def read_header(f, path, size: int, entry=None) -> Header:
     first = f.read(12)
-    start, end = header_size(first, path, entry)
+    _start, end = header_size(first, path, entry)
     if end > size:
         raise FormatError("truncated npy header", path, entry)
     rest = f.read(end - len(first)) if end > len(first) else b""
@@ -161,7 +161,7 @@ def read_header(f, path, size: int, entry=None) -> Header:
 
 def make_header(descr, shape, fortran: bool = False, align: int = ALIGN) -> bytes:
     """An npy header whose data starts on ``align`` (smaller when numpy's cap forbids it)."""
-    text = "{'descr': %r, 'fortran_order': %r, 'shape': %r, }" % (descr, fortran, tuple(shape))
+    text = f"{{'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': {tuple(shape)!r}, }}"
     try:
         body, major = text.encode("latin1"), 1
     except UnicodeEncodeError:
@@ -200,7 +200,7 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
         for i in range(0, h.shape[0], rows):
             block = arr[i:i + rows]
             cols = []
-            for name, dt, _, _ in h.fields:
+            for name, _, _, _ in h.fields:
                 col = block[name]
                 if col.dtype.byteorder == ">":
                     col = col.astype(col.dtype.newbyteorder("="))
@@ -301,5 +301,12 @@ FORMAT = Npy(
 )
 
 
-__all__ = ["FORMAT", "Header", "parse_header", "header_size", "read_header", "make_header",
-           "structured_table"]
+__all__ = [
+    "FORMAT",
+    "Header",
+    "header_size",
+    "make_header",
+    "parse_header",
+    "read_header",
+    "structured_table",
+]
