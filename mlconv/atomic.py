@@ -39,7 +39,8 @@ def atomic_output(dst, overwrite: bool = False):
     except OSError as e:
         raise MlconvError(f"cannot create output: {e.strerror}", dst) from None
     try:
-        with open(fd, "wb", buffering=0) as f:
+        os.close(fd)
+        with open(tmp, "wb", buffering=0) as f:  # by path: f.name is the temp file's path
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:

@@ -21,7 +21,7 @@ def entry_manifest(name: str, entry) -> dict:
 
 
 def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
-    return {
+    out = {
         "mlconv": __version__,
         "path": path,
         "format": bundle.format,
@@ -29,6 +29,11 @@ def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
         "metadata": dict(bundle.metadata),
         "entries": [entry_manifest(n, e) for n, e in bundle.items()],
     }
+    if bundle.group_attrs:
+        out["groups"] = {g or "/": _jsonable(a) for g, a in bundle.group_attrs.items()}
+    if bundle.skipped:
+        out["skipped"] = [{"name": n, "reason": r} for n, r in bundle.skipped.items()]
+    return out
 
 
 def inspect(path, format: str | None = None) -> dict:

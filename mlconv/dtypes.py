@@ -73,9 +73,7 @@ class DType(str, enum.Enum):
         for d in shape:
             n *= d
         if self.bits is None:
-            if itemsize is None:
-                raise ValueError(f"{self.value} needs an itemsize")
-            return n * itemsize
+            return None if itemsize is None else n * itemsize
         total_bits = n * self.bits
         return total_bits // 8 if total_bits % 8 == 0 else None
 

@@ -49,6 +49,9 @@ class Sink:
             self._advance(n)
             mv = mv[n:]
 
+    def seek(self, pos: int) -> None:
+        self.pos = os.lseek(self.fd, pos, os.SEEK_SET)
+
     def pad_to(self, alignment: int, fill: bytes = b"\0") -> None:
         gap = -self.pos % alignment
         if gap:

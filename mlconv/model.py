@@ -4,7 +4,8 @@
   details only the same format applies) and lazy data (see ``mlconv.sources``).
 - ``Table``: an Arrow schema plus a stream of record batches, never the whole table at once.
 - ``Bundle``: an ordered mapping of ``/``-separated names to Tensors and Tables, plus
-  file-level ``metadata`` (str -> str).
+  file-level ``metadata`` (str -> str), ``group_attrs`` (attrs of the groups along the
+  names) and ``skipped`` (entries the reader saw but cannot represent, with the reason).
 
 The model knows no file format.
 """
@@ -134,6 +135,8 @@ class Bundle(MutableMapping):
                  path: str | None = None, format: str | None = None):
         self._entries: dict[str, Entry] = {}
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.group_attrs: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}
         self.path = path
         self.format = format
         self._closers: list[Callable[[], None]] = []

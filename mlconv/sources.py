@@ -37,11 +37,10 @@ def element_dtype(dtype: DType, itemsize: int, byteorder: str = "<"):
     return nd.newbyteorder(byteorder) if nd.itemsize > 1 else nd
 
 
-def element_itemsize(dtype: DType, itemsize: int | None = None) -> int:
+def element_itemsize(dtype: DType, itemsize: int | None = None) -> int | None:
+    """Bytes per element; None for variable-width text whose width is known only once read."""
     if dtype.bits is None:
-        if not itemsize:
-            raise ValueError(f"{dtype.value} needs an itemsize")
-        return itemsize
+        return itemsize or None
     return max(1, dtype.bits // 8)
 
 

@@ -70,14 +70,19 @@ def _split_cast(text: str):
     return a.strip(), b.strip()
 
 
+def _hit(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
+        name, pattern.rstrip("/") + "/*")
+
+
+def _kept(name: str, select=(), exclude=()) -> bool:
+    return (not select or any(_hit(name, p) for p in select)) and \
+        not any(_hit(name, p) for p in exclude)
+
+
 def select_entries(bundle: Bundle, select=(), exclude=()) -> list[str]:
     """Names kept by --select/--exclude globs; a glob also matches everything under a group."""
-    def hit(name, pattern):
-        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
-            name, pattern.rstrip("/") + "/*")
-
-    names = [n for n in bundle if not select or any(hit(n, p) for p in select)]
-    names = [n for n in names if not any(hit(n, p) for p in exclude)]
+    names = [n for n in bundle if _kept(n, select, exclude)]
     if select and not names:
         raise MlconvError(f"no entry matches --select {' '.join(select)}", bundle.path)
     return names
@@ -98,7 +103,20 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
         warnings.append(str(LossyConversionError(f"{what} dropped", src, entry)))
 
     out = Bundle(path=bundle.path, format=bundle.format)
-    for name in select_entries(bundle, select, exclude):
+    names = select_entries(bundle, select, exclude)
+    for name, reason in bundle.skipped.items():
+        if _kept(name, select, exclude):
+            loss(f"{reason}: the entry", name, "--exclude NAME or --allow-lossy")
+    for group, attrs in bundle.group_attrs.items():
+        if not attrs or not any(n == group or n.startswith(group + "/") for n in names) \
+                and group:
+            continue
+        if caps.attrs:
+            out.group_attrs[group] = dict(attrs)
+        else:
+            loss(f"{fmt.id} has no group attributes: {len(attrs)} attribute(s) of group "
+                 f"{group or '/'}", group or None)
+    for name in names:
         entry = bundle[name]
         if isinstance(entry, Table):
             if not caps.tables:
@@ -106,6 +124,8 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
                      "--exclude NAME or --allow-lossy")
                 continue
         else:
+            if entry.itemsize is None:  # variable-width text: its width is known once read
+                entry = Tensor.from_numpy(entry.numpy(), entry.attrs)
             if entry.dtype in casts:
                 entry = entry.cast(casts[entry.dtype])
             if entry.dtype not in caps.dtypes:

@@ -16,6 +16,7 @@ IDS = (
     "npy",
     "npz",
     "safetensors",
+    "hdf5",
 )
 
 _SNIFF_BYTES = 64

@@ -14,6 +14,7 @@ ALIGN = 4096  # data sections start here so outputs are mmap- and reflink-friend
 @dataclass(frozen=True)
 class ReadOptions:
     allow_external: bool = False  # follow links/files outside the file (same folder only)
+    trusted: bool = False         # skip the crash guard for libraries that can crash (HDF5)
 
 
 @dataclass(frozen=True)

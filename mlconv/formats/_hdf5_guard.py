@@ -1,0 +1,98 @@
+"""The crash guard for HDF5: libhdf5 has a steady stream of memory-safety bugs on hostile
+files, so before a file is opened in this process a child process reads it first, under
+resource limits and a timeout. A child killed by a signal or out of time makes the file an
+error here; a child that raised an ordinary error lets this process open the file and raise
+the same clean error itself.
+
+The child runs the real reader (the whole object tree, every attribute, the pandas
+decoding) and decodes the first chunk of every dataset, so the in-process read walks code
+paths that already survived. Skip it for files you trust: ``ReadOptions(trusted=True)``,
+``mlconv.load(path, trusted=True)`` or ``MLCONV_HDF5_GUARD=0`` (about 0.3 s per file).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from ..errors import FormatError
+
+ENV = "MLCONV_HDF5_GUARD"
+TIMEOUT = 60                # seconds of wall time for the child
+MEMORY = 6 << 30            # bytes of address space for the child
+CPU = 60                    # seconds of CPU for the child
+_passed: set = set()        # files (path, size, mtime) already probed in this process
+
+_CHILD = ("import sys\n"
+          "from mlconv.formats._hdf5_guard import probe\n"
+          "sys.exit(probe(sys.argv[1], sys.argv[2] == '1'))\n")
+
+
+def _limits() -> None:  # runs in the child before exec
+    import resource
+
+    for what, value in ((resource.RLIMIT_AS, MEMORY), (resource.RLIMIT_CPU, CPU),
+                        (resource.RLIMIT_CORE, 0)):
+        try:
+            resource.setrlimit(what, (value, value))
+        except (ValueError, OSError):
+            pass
+
+
+def enabled(options) -> bool:
+    if getattr(options, "trusted", False):
+        return False
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def check(path: str, options) -> None:
+    """Raise FormatError if libhdf5 crashes or hangs on ``path`` in a child process."""
+    if not enabled(options):
+        return
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, options.allow_external)
+    if key in _passed:
+        return
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
+    env[ENV] = "0"
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _CHILD, path, "1" if options.allow_external else "0"],
+            capture_output=True, timeout=TIMEOUT, preexec_fn=_limits, env=env,
+            stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise FormatError(f"libhdf5 did not finish reading the file's structure within "
+                          f"{TIMEOUT} s (a hostile or corrupt file?)", path) from None
+    if res.returncode < 0:
+        try:
+            name = signal.Signals(-res.returncode).name
+        except ValueError:
+            name = f"signal {-res.returncode}"
+        raise FormatError(f"libhdf5 crashed ({name}) reading the file in mlconv's guard "
+                          "process: the file is corrupt or hostile", path)
+    if res.returncode == 0:
+        _passed.add(key)
+
+
+def probe(path: str, allow_external: bool) -> int:
+    """Child side: read everything but bulk data; 0 when fine, 1 on an ordinary error."""
+    from ..errors import MlconvError
+    from .base import ReadOptions
+    from .hdf5 import FORMAT
+
+    try:
+        with FORMAT.read(path, ReadOptions(allow_external=allow_external, trusted=True)) as b:
+            for entry in b.values():
+                try:
+                    if entry.kind == "table":
+                        next(iter(entry.batches(16)), None)
+                    else:
+                        next(iter(entry.chunks(1 << 16)), None)
+                except MlconvError:
+                    pass
+    except MlconvError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0

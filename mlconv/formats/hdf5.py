@@ -1,0 +1,612 @@
+"""HDF5 through h5py: groups are name hierarchy, datasets tensors, compound datasets tables.
+
+Reading: contiguous, unfiltered datasets of standard types are memory-mapped at their file
+offset (checked against the file size); chunked ones stream along the first axis. Only
+HDF5's built-in filters and lzf are used: no filter plugin is ever loaded. External links
+are followed only with ``allow_external`` and only into the same folder; external storage
+and virtual datasets are listed but their data is refused. pandas ``to_hdf`` files read as
+the DataFrame they hold (see ``_pandas_hdf``). Untrusted files are first walked by a child
+process (see ``_hdf5_guard``) so a libhdf5 crash is an error, not a dead process.
+
+Writing: tensors become contiguous datasets allocated up front, whose bytes are then copied
+in at their offsets (kernel copies where the source allows); data sections are 4 KiB
+aligned. Dtypes HDF5 lacks (bfloat16, float8) are stored as unsigned integers of the same
+width with a ``mlconv_dtype`` attribute naming the real dtype. Tables become compound
+datasets written batch by batch, with their Arrow schema in ``mlconv_arrow_schema``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .. import dtypes as D
+from ..dtypes import DType
+from ..errors import FormatError, MlconvError, UnsupportedError
+from ..fileio import CHUNK, Sink
+from ..model import Bundle, Table, Tensor
+from ..sources import FileMap, FileSource, Source, array_chunks
+from .base import ALIGN, Capabilities, Format
+
+MAGIC = b"\x89HDF\r\n\x1a\n"
+DTYPE_ATTR = "mlconv_dtype"
+SCHEMA_ATTR = "mlconv_arrow_schema"
+# HDF5's own filters plus lzf, which h5py registers itself; anything else is a plugin
+BUILTIN_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
+                   6: "scaleoffset", 32000: "lzf"}
+KNOWN_PLUGINS = {32001: "blosc", 307: "bzip2", 32004: "lz4", 32008: "bitshuffle",
+                 305: "lzo", 32015: "zstd", 32017: "sz", 32026: "blosc2"}
+MAX_RATIO = 1032  # a dataset declaring more than this times its stored bytes is a bomb
+MAX_EXTERNAL_DEPTH = 8
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+# --- attributes --------------------------------------------------------------------------
+
+def attr_value(value):
+    """An HDF5 attribute as a JSON-able value: text decoded, arrays as lists, never unpickled."""
+    import numpy as np
+
+    h5py = _h5py()
+    if isinstance(value, h5py.Empty):
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, h5py.Reference) or isinstance(value, h5py.RegionReference):
+        return "<object reference>"
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "O" or value.dtype.kind in "SUV" or value.dtype.names:
+            return [attr_value(v) for v in value.reshape(-1).tolist()] if value.ndim \
+                else attr_value(value[()])
+        return value.tolist()
+    if isinstance(value, np.void):
+        return bytes(value).hex()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [attr_value(v) for v in value]
+    return str(value)
+
+
+def read_attrs(obj, path, entry) -> dict:
+    out = {}
+    try:
+        for key in obj.attrs:
+            try:
+                out[key] = attr_value(obj.attrs[key])
+            except _H5_ERRORS as e:
+                out[key] = f"<unreadable attribute: {e}>"
+    except _H5_ERRORS as e:
+        raise FormatError(f"cannot read attributes: {e}", path, entry or "/") from None
+    return out
+
+
+def metadata_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# --- dataset sources ---------------------------------------------------------------------
+
+class H5Source(Source):
+    """A dataset read through h5py: whole for ``array()``, first-axis blocks for chunks."""
+
+    def __init__(self, ds, dtype: DType, view=None, unavailable: str | None = None,
+                 path=None, entry=None):
+        itemsize = ds.dtype.itemsize if dtype.bits is None and ds.dtype.kind != "O" else None
+        super().__init__(dtype, ds.shape, itemsize)
+        self.ds, self.view, self.unavailable = ds, view, unavailable
+        self.path, self.entry = path, entry
+
+    def _read(self, sel):
+        if self.unavailable:
+            raise UnsupportedError(self.unavailable, self.path, self.entry)
+        try:
+            arr = self.ds[sel]
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot read dataset: {e}", self.path, self.entry) from None
+        if self.dtype is DType.string and arr.dtype.kind == "O":
+            import numpy as np
+
+            arr = np.array([v.decode("utf-8") if isinstance(v, bytes) else v
+                            for v in arr.reshape(-1).tolist()], dtype=str).reshape(arr.shape)
+        return arr.view(self.view) if self.view is not None else arr
+
+    def array(self):
+        return self._read(())
+
+    def chunks(self, size: int = CHUNK):
+        if not self.shape or self.count == 0:
+            yield from array_chunks(self._read(()), self.dtype, size)
+            return
+        row = max(1, self.count // self.shape[0]) * (self.itemsize or 64)
+        step = max(1, size // row)
+        if self.ds.chunks:  # whole chunks per read: each chunk is decoded once
+            c = self.ds.chunks[0]
+            step = max(c, step // c * c)
+        for i in range(0, self.shape[0], step):
+            yield from array_chunks(self._read(slice(i, i + step)), self.dtype, size)
+
+
+def _standard_type(tid) -> bool:
+    """True for the IEEE/standard integer on-disk types a memory map can read as is."""
+    h5t = _h5py().h5t
+    std = [h5t.STD_I8LE, h5t.STD_I16LE, h5t.STD_I32LE, h5t.STD_I64LE, h5t.STD_U8LE,
+           h5t.STD_U16LE, h5t.STD_U32LE, h5t.STD_U64LE, h5t.IEEE_F32LE, h5t.IEEE_F64LE,
+           h5t.STD_I8BE, h5t.STD_I16BE, h5t.STD_I32BE, h5t.STD_I64BE, h5t.STD_U8BE,
+           h5t.STD_U16BE, h5t.STD_U32BE, h5t.STD_U64BE, h5t.IEEE_F32BE, h5t.IEEE_F64BE]
+    for name in ("IEEE_F16LE", "IEEE_F16BE"):
+        if hasattr(h5t, name):
+            std.append(getattr(h5t, name))
+    try:
+        return any(tid.equal(t) for t in std)
+    except _H5_ERRORS:
+        return False
+
+
+def _filters(dcpl) -> list[tuple[int, str]]:
+    out = []
+    for k in range(dcpl.get_nfilters()):
+        code, _flags, _values, name = dcpl.get_filter(k)
+        out.append((code, name.decode("latin1", "replace") if isinstance(name, bytes) else name))
+    return out
+
+
+def _why_unreadable(ds, nbytes: int | None) -> str | None:
+    """Why this dataset's data must not be read, or None."""
+    h5py = _h5py()
+    dcpl = ds.id.get_create_plist()
+    if ds.is_virtual:
+        return "virtual dataset: its data lives in other files, which mlconv does not follow"
+    if dcpl.get_external_count():
+        name = dcpl.get_external(0)[0]
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        return f"dataset stores its data in an external file ({name}), which mlconv refuses"
+    for code, name in _filters(dcpl):
+        if code not in BUILTIN_FILTERS:
+            label = KNOWN_PLUGINS.get(code, name or "unknown")
+            return (f"HDF5 filter '{label}' (id {code}) not available: mlconv reads only "
+                    "HDF5's built-in filters and lzf and never loads filter plugins")
+    if dcpl.get_layout() == h5py.h5d.CHUNKED and nbytes:
+        stored = ds.id.get_storage_size()
+        if nbytes > stored * MAX_RATIO + (64 << 20):
+            return (f"dataset declares {nbytes} bytes but stores {stored}: more than any "
+                    "filter could expand (a decompression bomb?)")
+    return None
+
+
+# --- reading ----------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, path: str, options):
+        self.path = path
+        self.options = options
+        self.size = os.path.getsize(path)
+        self.fmap = FileMap(path)
+        self.visited: set = set()
+        self.files: dict[str, object] = {}
+        self.bundle = Bundle(path=path, format="hdf5")
+
+    def open_file(self, path: str):
+        h5py = _h5py()
+        try:
+            return h5py.File(path, "r")
+        except _H5_ERRORS as e:
+            raise FormatError(f"not a readable HDF5 file: {e}", path) from None
+
+    def read(self) -> Bundle:
+        from . import _pandas_hdf
+
+        f = self.open_file(self.path)
+        self.bundle.on_close(f.close)
+        self.bundle.on_close(self.fmap.close)
+        try:
+            root = read_attrs(f, self.path, None)
+            self.bundle.metadata = {k: metadata_text(v) for k, v in root.items()}
+            self.walk(f, "", self.fmap, self.size, 0)
+            _pandas_hdf.fold_frames(self.bundle, f, self.path)
+        except BaseException:
+            self.bundle.close()
+            raise
+        return self.bundle
+
+    def walk(self, group, prefix: str, fmap, size: int, depth: int) -> None:
+        h5py = _h5py()
+        try:
+            names = list(group)
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot list group: {e}", self.path, prefix or "/") from None
+        for key in names:
+            name = f"{prefix}{key}"
+            try:
+                link = group.get(key, getlink=True)
+            except _H5_ERRORS as e:
+                raise FormatError(f"cannot read link: {e}", self.path, name) from None
+            if isinstance(link, h5py.SoftLink):
+                continue  # an alias: the object is listed under its hard-link name
+            if isinstance(link, h5py.ExternalLink):
+                self.external(link, name, depth)
+                continue
+            if not isinstance(link, h5py.HardLink):
+                self.bundle.skipped[name] = "user-defined link: mlconv cannot follow it"
+                continue
+            try:
+                obj = group[key]
+                ident = (obj.file.filename, _h5py().h5o.get_info(obj.id).addr)
+            except _H5_ERRORS as e:
+                raise FormatError(f"cannot open object: {e}", self.path, name) from None
+            if ident in self.visited:
+                continue  # a second hard link (or a cycle): listed once
+            self.visited.add(ident)
+            if isinstance(obj, h5py.Group):
+                attrs = read_attrs(obj, self.path, name)
+                if attrs:
+                    self.bundle.group_attrs[name] = attrs
+                self.walk(obj, name + "/", fmap, size, depth)
+            elif isinstance(obj, h5py.Dataset):
+                entry = self.dataset(obj, name, fmap, size)
+                if entry is not None:
+                    self.bundle[name] = entry
+            else:
+                self.bundle.skipped[name] = "named datatype (no data)"
+
+    def external(self, link, name: str, depth: int) -> None:
+        target = f"{link.filename}:{link.path}"
+        if not self.options.allow_external:
+            self.bundle.skipped[name] = (f"external link to {target} refused "
+                                         "(--allow-external follows links into the same folder)")
+            return
+        folder = os.path.dirname(os.path.realpath(self.path))
+        dest = os.path.realpath(os.path.join(folder, link.filename))
+        if os.path.isabs(link.filename) or os.path.dirname(dest) != folder:
+            self.bundle.skipped[name] = f"external link to {target} leaves the file's folder"
+            return
+        if not os.path.isfile(dest) or depth >= MAX_EXTERNAL_DEPTH:
+            self.bundle.skipped[name] = f"external link to {target}: target missing"
+            return
+        if dest not in self.files:
+            from . import _hdf5_guard
+
+            _hdf5_guard.check(dest, self.options)
+            other = self.open_file(dest)
+            self.bundle.on_close(other.close)
+            self.files[dest] = (other, FileMap(dest))
+        other, fmap = self.files[dest]
+        try:
+            obj = other[link.path]
+        except _H5_ERRORS:
+            self.bundle.skipped[name] = f"external link to {target}: target missing"
+            return
+        if isinstance(obj, _h5py().Dataset):
+            entry = self.dataset(obj, name, fmap, os.path.getsize(dest))
+            if entry is not None:
+                self.bundle[name] = entry
+        else:
+            self.walk(obj, name + "/", fmap, os.path.getsize(dest), depth + 1)
+
+    def dataset(self, ds, name: str, fmap, size: int):
+        h5py = _h5py()
+        try:
+            attrs = read_attrs(ds, self.path, name)
+            dt, shape = ds.dtype, ds.shape
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot read dataset header: {e}", self.path, name) from None
+        if shape is None:
+            self.bundle.skipped[name] = "dataset with a null dataspace (no shape, no data)"
+            return None
+        if dt.names is not None:
+            return self.table(ds, name, attrs)
+        if h5py.check_ref_dtype(dt) is not None:
+            self.bundle.skipped[name] = "object/region references are not supported"
+            return None
+        encoding = {}
+        view = None
+        string = h5py.check_string_dtype(dt)
+        if dt.kind == "O":
+            if string is None:
+                self.bundle.skipped[name] = "variable-length sequences are not supported"
+                return None
+            dtype = DType.string if string.encoding == "utf-8" else DType.bytes
+            encoding["h5_string"] = string.encoding
+            return Tensor(H5Source(ds, dtype, path=self.path, entry=name), attrs, encoding)
+        enum = h5py.check_enum_dtype(dt)
+        if enum is not None and dt != bool:
+            encoding["h5_enum"] = {str(k): int(v) for k, v in enum.items()}
+        real = attrs.get(DTYPE_ATTR)
+        try:
+            dtype = D.from_numpy(dt)
+            if isinstance(real, str) and real in DType.__members__:
+                stored = D.parse(real)
+                if stored.bits == dtype.bits and dtype.kind == "uint":
+                    dtype, view = stored, stored.numpy()
+                    attrs.pop(DTYPE_ATTR)
+        except UnsupportedError:
+            self.bundle.skipped[name] = f"HDF5 type {dt.str} has no mlconv dtype"
+            return None
+        if string is not None:
+            encoding["h5_string"] = string.encoding
+        nbytes = dtype.nbytes(shape, dt.itemsize)
+        try:
+            why = _why_unreadable(ds, nbytes)
+            offset = ds.id.get_offset()
+            plain = (ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
+                     and not why and offset is not None and nbytes
+                     and (dt.kind in "SU" or dt == bool or _standard_type(ds.id.get_type())))
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
+        if plain:
+            if offset + nbytes > size:
+                raise FormatError(f"dataset data ({nbytes} bytes at offset {offset}) extends "
+                                  f"past the end of the {size}-byte file", self.path, name)
+            order = ">" if dt.byteorder == ">" else "<"
+            src = FileSource(fmap, offset, dtype, shape, dt.itemsize, order, entry=name)
+        else:
+            src = H5Source(ds, dtype, view, why, self.path, name)
+        return Tensor(src, attrs, encoding)
+
+    def table(self, ds, name: str, attrs: dict):
+        from .. import tables
+
+        pa_schema = None
+        raw = attrs.pop(SCHEMA_ATTR, None)
+        try:
+            n = ds.shape[0] if ds.shape else 1
+            fields = _table_fields(ds.dtype)
+            schema = _own_schema(raw) if raw else None
+            columns = [(f, t) for f, t, _ in fields]
+        except UnsupportedError as e:
+            self.bundle.skipped[name] = f"compound dataset: {e.message}"
+            return None
+        if len(ds.shape) > 1:
+            self.bundle.skipped[name] = f"compound dataset of shape {ds.shape} (only 1-D)"
+            return None
+        why = _why_unreadable(ds, None)
+        path = self.path
+
+        def arrow_schema():
+            import pyarrow as pa
+
+            return schema or pa.schema([pa.field(f, t) for f, t, _ in fields])
+
+        def batches(rows: int):
+            import pyarrow as pa
+
+            if why:
+                raise UnsupportedError(why, path, name)
+            sch = arrow_schema()
+            step = rows
+            if ds.chunks:
+                step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0])
+            for i in range(0, n, step):
+                try:
+                    block = ds[i:i + step] if ds.shape else ds[()].reshape(1)
+                except _H5_ERRORS as e:
+                    raise FormatError(f"cannot read table rows: {e}", path, name) from None
+                cols = []
+                for (field, typ, _), target in zip(fields, sch, strict=True):
+                    arr = tables.to_arrow(block[field], typ, field, path, name)
+                    if arr.type != target.type:
+                        try:
+                            arr = arr.cast(target.type)
+                        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                            raise FormatError(f"column {field!r}: {e}", path, name) from None
+                    cols.append(arr)
+                yield pa.RecordBatch.from_arrays(cols, schema=sch)
+
+        pa_schema = schema
+        described = [(f, str(t)) for f, t in columns] if pa_schema is None else \
+            [(f.name, str(f.type)) for f in pa_schema]
+        return Table(_simple_names(described), n, batches, arrow_schema, attrs)
+
+
+def _simple_names(columns):
+    """Column types as canonical dtype names where Arrow's name differs only in spelling."""
+    alias = {"double": "float64", "float": "float32", "halffloat": "float16",
+             "binary": "bytes", "bool": "bool"}
+    return [(c, alias.get(t, t)) for c, t in columns]
+
+
+def _table_fields(np_dtype):
+    """[(name, arrow type, numpy dtype)] of a compound dtype, using h5py's string info."""
+    from .. import tables
+
+    h5py = _h5py()
+    out = []
+    for field in np_dtype.names:
+        fdt = np_dtype.fields[field][0]
+        base = fdt.subdtype[0] if fdt.subdtype else fdt
+        info = h5py.check_string_dtype(base)
+        text = info is not None and info.encoding == "utf-8"
+        vlen = None
+        if base.kind == "O":
+            if info is None:
+                raise UnsupportedError(f"field {field!r} holds variable-length sequences")
+            vlen = str if text else bytes
+        out.append((field, tables.arrow_type(fdt, text=text, vlen=vlen), fdt))
+    return out
+
+
+def _own_schema(raw):
+    """The Arrow schema mlconv stored beside a table (hex text of the IPC bytes)."""
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(raw)))
+    except (ValueError, TypeError, pa.ArrowInvalid) as e:
+        raise UnsupportedError(f"unreadable {SCHEMA_ATTR}: {e}") from None
+
+
+# --- writing ---------------------------------------------------------------------------
+
+def _storage(dtype: DType):
+    """(numpy dtype stored in HDF5, name for the mlconv_dtype attr or None)."""
+    import numpy as np
+
+    h5py = _h5py()
+    if dtype is DType.string:
+        return h5py.string_dtype("utf-8"), None
+    if dtype.numpy().kind == "V" or dtype.value.startswith("float8"):
+        return np.dtype(f"<u{dtype.bits // 8}"), dtype.value
+    return dtype.numpy().newbyteorder("<") if dtype.numpy().itemsize > 1 else dtype.numpy(), None
+
+
+def _write_attrs(obj, attrs: dict) -> None:
+    for k, v in attrs.items():
+        if isinstance(v, (dict, list)) and not _homogeneous(v):
+            v = json.dumps(v, ensure_ascii=False)
+        if v is None:
+            v = _h5py().Empty("f")
+        obj.attrs[k] = v
+
+
+def _homogeneous(v) -> bool:
+    if not isinstance(v, list) or not v:
+        return False
+    kinds = {type(x) for x in v}
+    return len(kinds) == 1 and kinds <= {int, float, str, bool}
+
+
+def _arrow_storage(field):
+    """(numpy field dtype, converter from an Arrow column to numpy) for a compound column."""
+    import numpy as np
+    import pyarrow as pa
+
+    h5py = _h5py()
+    t = field.type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if isinstance(t, pa.FixedShapeTensorType):
+        base, _ = _arrow_storage(pa.field(field.name, t.value_type))
+        return (base, tuple(t.shape)), lambda c: c.to_numpy_ndarray()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return h5py.string_dtype("utf-8"), lambda c: np.array(c.to_pylist(), dtype=object)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return h5py.string_dtype("ascii"), lambda c: np.array(c.to_pylist(), dtype=object)
+    if pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t):
+        return np.dtype("<i8"), lambda c: c.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_date32(t) or pa.types.is_time32(t):
+        return np.dtype("<i4"), lambda c: c.cast(pa.int32()).to_numpy(zero_copy_only=False)
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
+        return np.dtype(t.to_pandas_dtype()), lambda c: c.to_numpy(zero_copy_only=False)
+    raise UnsupportedError(f"column {field.name!r} of type {t} has no HDF5 compound type")
+
+
+class Hdf5(Format):
+    def sniff(self, head: bytes, size: int) -> bool:
+        return head.startswith(MAGIC)
+
+    def read(self, path: str, options) -> Bundle:
+        from . import _hdf5_guard
+
+        _hdf5_guard.check(path, options)
+        return _Reader(path, options).read()
+
+    def write(self, bundle: Bundle, f, path: str, options) -> None:
+        h5py = _h5py()
+        comp = options.compression or "none"
+        placed: list[tuple[int, Tensor]] = []
+        try:
+            with h5py.File(f.name, "w", track_order=True, alignment_threshold=ALIGN,
+                           alignment_interval=ALIGN) as h5:
+                _write_attrs(h5, bundle.metadata)
+                for group, attrs in bundle.group_attrs.items():
+                    _write_attrs(h5.require_group(group), attrs)
+                for name, entry in bundle.items():
+                    if isinstance(entry, Table):
+                        self._table(h5, name, entry, path)
+                        continue
+                    offset = self._tensor(h5, name, entry, comp, path)
+                    if offset is not None:
+                        placed.append((offset, entry))
+        except (ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
+            if isinstance(e, MlconvError):
+                raise
+            raise UnsupportedError(f"HDF5 refused the data: {e}", path) from None
+        sink = Sink(os.open(f.name, os.O_WRONLY))
+        try:
+            for offset, entry in placed:
+                sink.seek(offset)
+                entry.write_to(sink)
+        finally:
+            os.close(sink.fd)
+
+    def _tensor(self, h5, name, t: Tensor, comp, path):
+        """Create the dataset; returns the offset to copy the payload to (contiguous case)."""
+        h5py = _h5py()
+        stored, real = _storage(t.dtype)
+        if t.dtype is DType.bytes:
+            stored = f"S{t.itemsize}"
+        if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
+            kw = {}
+            if comp != "none" and t.shape and t.nbytes:
+                kw = {"compression": comp, "chunks": True}
+            data = t.numpy()
+            if t.dtype is DType.string:
+                data = data.astype(object)
+            elif real:
+                data = data.view(stored)
+            ds = h5.create_dataset(name, shape=t.shape, dtype=stored, **kw)
+            if t.shape and t.nbytes:
+                rows = max(1, CHUNK // max(1, t.nbytes // t.shape[0]))
+                for i in range(0, t.shape[0], rows):
+                    ds[i:i + rows] = data[i:i + rows]
+            elif t.count:
+                ds[()] = data
+        else:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            ds = h5.create_dataset(name, shape=t.shape, dtype=stored, dcpl=dcpl)
+        if real:
+            ds.attrs[DTYPE_ATTR] = real
+        _write_attrs(ds, t.attrs)
+        if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
+            return None
+        return ds.id.get_offset()
+
+    def _table(self, h5, name, table: Table, path):
+        import numpy as np
+
+        schema = table.schema
+        try:
+            fields = [(f.name, *_arrow_storage(f)) for f in schema]
+        except UnsupportedError as e:
+            raise UnsupportedError(e.message, path, name) from None
+        rec = np.dtype([(n, dt) for n, dt, _ in fields])
+        rows = table.num_rows
+        ds = h5.create_dataset(name, shape=(rows or 0,), maxshape=(None,), dtype=rec,
+                               chunks=(max(1, min(65536, rows or 1)),))
+        ds.attrs[SCHEMA_ATTR] = schema.serialize().to_pybytes().hex()
+        _write_attrs(ds, table.attrs)
+        done = 0
+        for batch in table.batches(65536):
+            block = np.zeros(batch.num_rows, dtype=rec)
+            for (field, _, convert), column in zip(fields, batch.columns, strict=True):
+                if column.null_count:
+                    raise UnsupportedError(f"column {field!r} has nulls, which HDF5 compound "
+                                           "datasets cannot hold", path, name)
+                if hasattr(column, "dictionary_decode"):
+                    column = column.dictionary_decode()
+                block[field] = convert(column)
+            if done + len(block) > ds.shape[0]:
+                ds.resize((done + len(block),))
+            ds[done:done + len(block)] = block
+            done += len(block)
+
+
+FORMAT = Hdf5(
+    id="hdf5",
+    description="HDF5 (h5py): groups, datasets, attributes, compound tables, pandas files",
+    extensions=(".h5", ".hdf5", ".he5", ".hdf"),
+    caps=Capabilities(tensors=True, tables=True, metadata=True, attrs=True, zero_copy=True,
+                      dtypes=frozenset(d for d in DType if not d.is_subbyte),
+                      compressions=("none", "gzip", "lzf")),
+    requires=("h5py",),
+)

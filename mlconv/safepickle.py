@@ -1,0 +1,99 @@
+"""Decode plain pickled data (lists, tuples, dicts of str/bytes/int/float/bool/None) without
+``pickle.loads``: a small stack machine over ``pickletools.genops`` that refuses every opcode
+able to import or call anything. PyTables/pandas keep such lists as attributes.
+"""
+
+from __future__ import annotations
+
+import pickletools
+
+from .errors import UnsafeInputError
+
+_MAX_OPS = 100_000
+
+
+class _Mark:
+    pass
+
+
+_SCALAR_ARG = {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING",
+               "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+               "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
+               "BINFLOAT"}
+_NOOP = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def loads(data: bytes, what: str = "pickled attribute"):
+    """The plain value pickled in ``data``; UnsafeInputError for anything else."""
+    stack: list = []
+    memo: dict = {}
+    try:
+        ops = pickletools.genops(data)
+        for count, (op, arg, _pos) in enumerate(ops):
+            if count > _MAX_OPS:
+                raise UnsafeInputError(f"{what}: pickle too long")
+            name = op.name
+            if name in _SCALAR_ARG:
+                if name == "STRING" and isinstance(arg, str):
+                    arg = arg.encode("latin1")
+                stack.append(arg)
+            elif name == "NONE":
+                stack.append(None)
+            elif name in ("NEWTRUE", "NEWFALSE"):
+                stack.append(name == "NEWTRUE")
+            elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE"):
+                stack.append({"EMPTY_LIST": [], "EMPTY_DICT": {}, "EMPTY_TUPLE": ()}[name])
+            elif name == "MARK":
+                stack.append(_Mark)
+            elif name in ("LIST", "TUPLE", "DICT"):
+                items = _pop_mark(stack)
+                if name == "LIST":
+                    stack.append(items)
+                elif name == "TUPLE":
+                    stack.append(tuple(items))
+                else:
+                    stack.append(dict(zip(items[0::2], items[1::2], strict=True)))
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                items = stack[-n:]
+                del stack[-n:]
+                stack.append(tuple(items))
+            elif name == "APPEND":
+                value = stack.pop()
+                stack[-1].append(value)
+            elif name == "APPENDS":
+                items = _pop_mark(stack)
+                stack[-1].extend(items)
+            elif name == "SETITEM":
+                value, key = stack.pop(), stack.pop()
+                stack[-1][key] = value
+            elif name == "SETITEMS":
+                items = _pop_mark(stack)
+                stack[-1].update(zip(items[0::2], items[1::2], strict=True))
+            elif name in _NOOP:
+                if name != "PROTO" and name != "FRAME":
+                    memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "STOP":
+                if len(stack) != 1:
+                    raise UnsafeInputError(f"{what}: malformed pickle")
+                return stack[0]
+            else:
+                raise UnsafeInputError(
+                    f"{what}: pickle opcode {name} could run code; mlconv never unpickles "
+                    "anything but plain lists, dicts and strings")
+    except UnsafeInputError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise UnsafeInputError(f"{what}: malformed pickle ({e})") from None
+    raise UnsafeInputError(f"{what}: pickle has no STOP")
+
+
+def _pop_mark(stack: list) -> list:
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is _Mark:
+            items = stack[i + 1:]
+            del stack[i:]
+            return items
+    raise ValueError("MARK missing")
