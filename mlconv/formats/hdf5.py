@@ -98,26 +98,33 @@ def metadata_text(value) -> str:
 class H5Source(Source):
     """A dataset read through h5py: whole for ``array()``, first-axis blocks for chunks."""
 
-    def __init__(self, ds, dtype: DType, view=None, unavailable: str | None = None,
+    def __init__(self, ds, dtype: DType, shape, view=None, unavailable: str | None = None,
                  path=None, entry=None):
         itemsize = ds.dtype.itemsize if dtype.bits is None and ds.dtype.kind != "O" else None
-        super().__init__(dtype, ds.shape, itemsize)
+        super().__init__(dtype, shape, itemsize)
         self.ds, self.view, self.unavailable = ds, view, unavailable
         self.path, self.entry = path, entry
 
     def _read(self, sel):
         if self.unavailable:
             raise UnsupportedError(self.unavailable, self.path, self.entry)
+        import numpy as np
+
         try:
-            arr = self.ds[sel]
+            arr = np.asarray(self.ds[sel])
         except _H5_ERRORS as e:
             raise FormatError(f"cannot read dataset: {e}", self.path, self.entry) from None
-        if self.dtype is DType.string and arr.dtype.kind == "O":
-            import numpy as np
-
-            arr = np.array([v.decode("utf-8") if isinstance(v, bytes) else v
-                            for v in arr.reshape(-1).tolist()], dtype=str).reshape(arr.shape)
-        return arr.view(self.view) if self.view is not None else arr
+        if arr.dtype.kind == "O" or (arr.dtype.kind == "S" and self.ds.dtype.kind == "O"):
+            items = arr.reshape(-1).tolist()
+            if self.dtype is DType.string:
+                items = [v.decode("utf-8") if isinstance(v, bytes) else v for v in items]
+                return np.array(items, dtype=str).reshape(arr.shape)
+            return np.array(items, dtype=bytes).reshape(arr.shape)
+        if self.view is None:
+            return arr
+        if arr.dtype.itemsize == self.view.itemsize:
+            return arr.view(self.view)
+        return arr.astype(self.view)  # h5py widened it (bfloat16 -> float32): exact back
 
     def array(self):
         return self._read(())
@@ -147,6 +154,27 @@ def _standard_type(tid) -> bool:
             std.append(getattr(h5t, name))
     try:
         return any(tid.equal(t) for t in std)
+    except _H5_ERRORS:
+        return False
+
+
+def _user_defined(group, key: str) -> bool:
+    try:
+        info = group.id.links.get_info(key.encode("utf-8"))
+    except _H5_ERRORS:
+        return False
+    h5l = _h5py().h5l
+    return info.type not in (h5l.TYPE_HARD, h5l.TYPE_SOFT, h5l.TYPE_EXTERNAL)
+
+
+def _is_bfloat16(ds) -> bool:
+    """A 16-bit float with bfloat16's layout (8 exponent bits, 7 mantissa bits)."""
+    h5t = _h5py().h5t
+    try:
+        tid = ds.id.get_type()
+        if tid.get_class() != h5t.FLOAT or tid.get_size() != 2:
+            return False
+        return tid.get_fields()[1:] == (7, 8, 0, 7) and tid.get_order() == h5t.ORDER_LE
     except _H5_ERRORS:
         return False
 
@@ -228,6 +256,9 @@ class _Reader:
             try:
                 link = group.get(key, getlink=True)
             except _H5_ERRORS as e:
+                if _user_defined(group, key):
+                    self.bundle.skipped[name] = "user-defined link: mlconv cannot follow it"
+                    continue
                 raise FormatError(f"cannot read link: {e}", self.path, name) from None
             if isinstance(link, h5py.SoftLink):
                 continue  # an alias: the object is listed under its hard-link name
@@ -254,8 +285,7 @@ class _Reader:
                 entry = self.dataset(obj, name, fmap, size)
                 if entry is not None:
                     self.bundle[name] = entry
-            else:
-                self.bundle.skipped[name] = "named datatype (no data)"
+            # else: a named datatype, which holds no data
 
     def external(self, link, name: str, depth: int) -> None:
         target = f"{link.filename}:{link.path}"
@@ -293,9 +323,13 @@ class _Reader:
 
     def dataset(self, ds, name: str, fmap, size: int):
         h5py = _h5py()
+        attrs = read_attrs(ds, self.path, name)
         try:
-            attrs = read_attrs(ds, self.path, name)
-            dt, shape = ds.dtype, ds.shape
+            shape = ds.shape
+            dt = ds.dtype
+        except TypeError as e:  # an HDF5 type numpy cannot express (time, ...)
+            self.bundle.skipped[name] = f"HDF5 type not supported: {e}"
+            return None
         except _H5_ERRORS as e:
             raise FormatError(f"cannot read dataset header: {e}", self.path, name) from None
         if shape is None:
@@ -308,6 +342,8 @@ class _Reader:
             return None
         encoding = {}
         view = None
+        if dt.subdtype is not None:  # array-typed elements: their dims extend the shape
+            dt, shape = dt.subdtype[0], tuple(shape) + tuple(dt.subdtype[1])
         string = h5py.check_string_dtype(dt)
         if dt.kind == "O":
             if string is None:
@@ -315,14 +351,16 @@ class _Reader:
                 return None
             dtype = DType.string if string.encoding == "utf-8" else DType.bytes
             encoding["h5_string"] = string.encoding
-            return Tensor(H5Source(ds, dtype, path=self.path, entry=name), attrs, encoding)
+            return Tensor(H5Source(ds, dtype, shape, path=self.path, entry=name), attrs, encoding)
         enum = h5py.check_enum_dtype(dt)
         if enum is not None and dt != bool:
             encoding["h5_enum"] = {str(k): int(v) for k, v in enum.items()}
         real = attrs.get(DTYPE_ATTR)
         try:
             dtype = D.from_numpy(dt)
-            if isinstance(real, str) and real in DType.__members__:
+            if _is_bfloat16(ds):  # HDF5 2.0's bfloat16, which h5py widens to float32
+                dtype, view, dt = DType.bfloat16, DType.bfloat16.numpy(), DType.bfloat16.numpy()
+            elif isinstance(real, str) and real in DType.__members__:
                 stored = D.parse(real)
                 if stored.bits == dtype.bits and dtype.kind == "uint":
                     dtype, view = stored, stored.numpy()
@@ -338,7 +376,8 @@ class _Reader:
             offset = ds.id.get_offset()
             plain = (ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
                      and not why and offset is not None and nbytes
-                     and (dt.kind in "SU" or dt == bool or _standard_type(ds.id.get_type())))
+                     and (dt.kind in "SU" or dt == bool or dtype is DType.bfloat16
+                          or _standard_type(ds.id.get_type())))
         except _H5_ERRORS as e:
             raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
         if plain:
@@ -348,7 +387,7 @@ class _Reader:
             order = ">" if dt.byteorder == ">" else "<"
             src = FileSource(fmap, offset, dtype, shape, dt.itemsize, order, entry=name)
         else:
-            src = H5Source(ds, dtype, view, why, self.path, name)
+            src = H5Source(ds, dtype, shape, view, why, self.path, name)
         return Tensor(src, attrs, encoding)
 
     def table(self, ds, name: str, attrs: dict):
