@@ -36,12 +36,12 @@ def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
     return out
 
 
-def inspect(path, format: str | None = None) -> dict:
+def inspect(path, format: str | None = None, *, allow_external: bool = False) -> dict:
     """The manifest of ``path`` (valid against schemas/manifest.schema.json)."""
     path = os.fspath(path)
     fmt = detect(path, format)
     fmt.check_available()
-    with fmt.read(path, ReadOptions()) as bundle:
+    with fmt.read(path, ReadOptions(allow_external=allow_external)) as bundle:
         return bundle_manifest(bundle, path, os.path.getsize(path))
 
 

@@ -80,20 +80,23 @@ def cli(ctx, debug):
               help="Convert a dtype, e.g. --cast bfloat16=float32 (repeatable).")
 @click.option("--allow-lossy", is_flag=True,
               help="Turn each loss (dtype widened, metadata dropped...) into a warning.")
-@click.option("--compression", metavar="NAME", help="Output compression (npz: none|deflate).")
+@click.option("--compression", metavar="NAME",
+              help="Output compression (npz: none|deflate; hdf5: none|gzip|lzf).")
 @click.option("--force", is_flag=True, help="Replace an existing DST.")
+@click.option("--allow-external", is_flag=True,
+              help="Follow HDF5 external links into files in the same folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_debug_option
 @click.pass_context
 def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, force, as_json, debug):
+            compression, force, allow_external, as_json, debug):
     """Convert SRC to DST (format from DST's extension or --to)."""
     from ..convert import convert as run_convert
 
     report = _run(ctx, debug, lambda: run_convert(
         src, dst, from_format=from_format, to_format=to_format, select=select,
         exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=force,
-        compression=compression))
+        compression=compression, allow_external=allow_external))
     for w in report.warnings:
         click.echo(f"mlconv: warning: {w}", err=True)
     if as_json:
@@ -106,13 +109,16 @@ def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--allow-external", is_flag=True,
+              help="Follow HDF5 external links into files in the same folder.")
 @_debug_option
 @click.pass_context
-def inspect(ctx, file, from_format, as_json, debug):
+def inspect(ctx, file, from_format, as_json, allow_external, debug):
     """Show a file's entries, dtypes, shapes and metadata (reads headers only)."""
     from ..describe import inspect as run_inspect
 
-    manifest = _run(ctx, debug, lambda: run_inspect(file, from_format))
+    manifest = _run(ctx, debug, lambda: run_inspect(file, from_format,
+                                                    allow_external=allow_external))
     if as_json:
         click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
     else:

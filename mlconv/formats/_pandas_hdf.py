@@ -95,7 +95,6 @@ class _Column:
         return _plain_type(self.dtype, self.tz)
 
     def convert(self, rows, encoding, path, entry):
-        import numpy as np
         import pyarrow as pa
 
         values = rows[self.field]

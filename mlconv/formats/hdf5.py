@@ -153,6 +153,14 @@ def _standard_type(tid) -> bool:
         if hasattr(h5t, name):
             std.append(getattr(h5t, name))
     try:
+        if tid.get_class() == h5t.COMPOUND:  # h5py's complex numbers: {r, i} floats
+            if tid.get_nmembers() != 2:
+                return False
+            part = tid.get_member_type(0)
+            return (part.get_class() == h5t.FLOAT and _standard_type(part)
+                    and tid.get_member_type(1).equal(part)
+                    and tid.get_member_offset(1) == part.get_size()
+                    and tid.get_size() == 2 * part.get_size())
         return any(tid.equal(t) for t in std)
     except _H5_ERRORS:
         return False
@@ -353,7 +361,7 @@ class _Reader:
             encoding["h5_string"] = string.encoding
             return Tensor(H5Source(ds, dtype, shape, path=self.path, entry=name), attrs, encoding)
         enum = h5py.check_enum_dtype(dt)
-        if enum is not None and dt != bool:
+        if enum is not None and dt.kind != "b":
             encoding["h5_enum"] = {str(k): int(v) for k, v in enum.items()}
         real = attrs.get(DTYPE_ATTR)
         try:
@@ -376,7 +384,7 @@ class _Reader:
             offset = ds.id.get_offset()
             plain = (ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
                      and not why and offset is not None and nbytes
-                     and (dt.kind in "SU" or dt == bool or dtype is DType.bfloat16
+                     and (dt.kind in "SUb" or dtype is DType.bfloat16
                           or _standard_type(ds.id.get_type())))
         except _H5_ERRORS as e:
             raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
@@ -431,6 +439,8 @@ class _Reader:
                 cols = []
                 for (field, typ, _), target in zip(fields, sch, strict=True):
                     arr = tables.to_arrow(block[field], typ, field, path, name)
+                    if _nat_type(target.type) and pa.types.is_int64(arr.type):
+                        arr = pa.array(block[field], mask=block[field] == -(1 << 63))
                     if arr.type != target.type:
                         try:
                             arr = arr.cast(target.type)
@@ -491,6 +501,8 @@ def _storage(dtype: DType):
     h5py = _h5py()
     if dtype is DType.string:
         return h5py.string_dtype("utf-8"), None
+    if dtype is DType.bytes:
+        return None, None  # fixed width: the tensor's itemsize decides
     if dtype.numpy().kind == "V" or dtype.value.startswith("float8"):
         return np.dtype(f"<u{dtype.bits // 8}"), dtype.value
     return dtype.numpy().newbyteorder("<") if dtype.numpy().itemsize > 1 else dtype.numpy(), None
@@ -529,12 +541,20 @@ def _arrow_storage(field):
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return h5py.string_dtype("ascii"), lambda c: np.array(c.to_pylist(), dtype=object)
     if pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t):
-        return np.dtype("<i8"), lambda c: c.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        # missing times are NaT (int64 min), as numpy and pandas store them
+        nat = pa.scalar(np.iinfo(np.int64).min, pa.int64())
+        return np.dtype("<i8"), lambda c: c.cast(pa.int64()).fill_null(nat).to_numpy()
     if pa.types.is_date32(t) or pa.types.is_time32(t):
         return np.dtype("<i4"), lambda c: c.cast(pa.int32()).to_numpy(zero_copy_only=False)
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
         return np.dtype(t.to_pandas_dtype()), lambda c: c.to_numpy(zero_copy_only=False)
     raise UnsupportedError(f"column {field.name!r} of type {t} has no HDF5 compound type")
+
+
+def _nat_type(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t)
 
 
 class Hdf5(Format):
@@ -596,7 +616,7 @@ class Hdf5(Format):
                 rows = max(1, CHUNK // max(1, t.nbytes // t.shape[0]))
                 for i in range(0, t.shape[0], rows):
                     ds[i:i + rows] = data[i:i + rows]
-            elif t.count:
+            elif t.source.count:
                 ds[()] = data
         else:
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -628,7 +648,7 @@ class Hdf5(Format):
         for batch in table.batches(65536):
             block = np.zeros(batch.num_rows, dtype=rec)
             for (field, _, convert), column in zip(fields, batch.columns, strict=True):
-                if column.null_count:
+                if column.null_count and not _nat_type(column.type):
                     raise UnsupportedError(f"column {field!r} has nulls, which HDF5 compound "
                                            "datasets cannot hold", path, name)
                 if hasattr(column, "dictionary_decode"):
