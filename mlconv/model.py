@@ -94,13 +94,14 @@ class Table:
     """A schema plus a stream of record batches.
 
     ``columns`` is a cheap description ``[(name, type name)]`` for inspection without pyarrow;
-    ``batches(n)`` yields ``pyarrow.RecordBatch`` objects of at most ``n`` rows.
+    ``batches(n)`` yields ``pyarrow.RecordBatch`` objects of at most ``n`` rows. The
+    ``batches`` callable takes ``(rows, columns)`` and may read only those columns.
     """
 
     kind = "table"
 
     def __init__(self, columns: list[tuple[str, str]], num_rows: int | None,
-                 batches: Callable[[int], Iterator], schema: Callable[[], object],
+                 batches: Callable[..., Iterator], schema: Callable[[], object],
                  attrs: dict | None = None, encoding: dict | None = None):
         self.columns = list(columns)
         self.num_rows = num_rows
@@ -114,8 +115,10 @@ class Table:
         """The ``pyarrow.Schema`` of the table."""
         return self._schema()
 
-    def batches(self, rows: int = 65536) -> Iterator:
-        return self._batches(rows)
+    def batches(self, rows: int = 65536, columns: list[str] | None = None) -> Iterator:
+        """Record batches of at most ``rows`` rows, of only ``columns`` when given."""
+        for batch in self._batches(rows, columns):
+            yield batch.select(columns) if columns is not None else batch
 
     def __repr__(self) -> str:
         return f"Table({len(self.columns)} columns, rows={self.num_rows})"

@@ -209,7 +209,7 @@ def _as_frame(table):
     import pyarrow as pa
 
     tab = pa.Table.from_batches(list(table.batches(3)), schema=table.schema)
-    index = table.schema.metadata[b"pandas_index"].decode()
+    index = table.schema.metadata[b"mlconv.pandas_index"].decode()
     df = tab.to_pandas().set_index(index)
     return df.rename_axis(None) if index == "index" else df
 

@@ -81,7 +81,12 @@ def cli(ctx, debug):
 @click.option("--allow-lossy", is_flag=True,
               help="Turn each loss (dtype widened, metadata dropped...) into a warning.")
 @click.option("--compression", metavar="NAME",
-              help="Output compression (npz: none|deflate; hdf5: none|gzip|lzf).")
+              help="Output compression (npz: none|deflate; hdf5: none|gzip|lzf; "
+              "parquet: zstd|snappy|lz4|gzip|none; arrow: none|lz4|zstd).")
+@click.option("--layout", type=click.Choice(["rows", "entries"]),
+              help="Tensors into Parquet/Arrow: one row per sample or per tensor.")
+@click.option("--row-group-size", type=click.IntRange(min=1), metavar="ROWS",
+              help="Rows per Parquet row group.")
 @click.option("--force", is_flag=True, help="Replace an existing DST.")
 @click.option("--allow-external", is_flag=True,
               help="Follow HDF5 external links into files in the same folder.")
@@ -89,14 +94,15 @@ def cli(ctx, debug):
 @_debug_option
 @click.pass_context
 def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, force, allow_external, as_json, debug):
+            compression, layout, row_group_size, force, allow_external, as_json, debug):
     """Convert SRC to DST (format from DST's extension or --to)."""
     from ..convert import convert as run_convert
 
     report = _run(ctx, debug, lambda: run_convert(
         src, dst, from_format=from_format, to_format=to_format, select=select,
         exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=force,
-        compression=compression, allow_external=allow_external))
+        compression=compression, allow_external=allow_external, layout=layout,
+        row_group_size=row_group_size))
     for w in report.warnings:
         click.echo(f"mlconv: warning: {w}", err=True)
     if as_json:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import dtypes as D
+from .. import layouts
 from ..atomic import atomic_output
 from ..errors import (
     LossyConversionError,
@@ -120,9 +121,21 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
         entry = bundle[name]
         if isinstance(entry, Table):
             if not caps.tables:
-                loss(f"{fmt.id} cannot hold tables: the table", name,
-                     "--exclude NAME or --allow-lossy")
+                # a tensor-only target: each column becomes a tensor "table/column"
+                bad: list[str] = []
+                columns = layouts.table_tensors(entry, name, src, fill=allow_lossy,
+                                                warnings=warnings, bad=bad)
+                for why in bad:
+                    loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
+                         "--exclude NAME or --allow-lossy")
+                for cname, column in columns.items():
+                    if column.dtype not in caps.dtypes:
+                        column = _fit_dtype(column, cname, fmt, allow_lossy, warnings, src)
+                    if column is not None:
+                        out[cname] = column
                 continue
+            if not caps.nulls and allow_lossy:
+                entry = layouts.filled(entry, warnings, src, name)
         else:
             if entry.itemsize is None:  # variable-width text: its width is known once read
                 entry = Tensor.from_numpy(entry.numpy(), entry.attrs)
@@ -172,13 +185,19 @@ def _fit_dtype(t: Tensor, name, fmt, allow_lossy, warnings, src) -> Tensor | Non
 
 
 def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
-          compression: str | None = None) -> int:
+          compression: str | None = None, layout: str | None = None,
+          row_group_size: int | None = None) -> int:
     """Write a fitted bundle atomically; returns the size of the file written."""
     if compression is not None and compression not in fmt.caps.compressions:
         raise OptionError(f"{fmt.id} supports --compression "
                           f"{'|'.join(fmt.caps.compressions)}, not {compression!r}")
     dst = os.fspath(dst)
-    options = WriteOptions(compression=compression)
+    if layout not in (None, "rows", "entries"):
+        raise OptionError(f"--layout must be rows or entries, not {layout!r}")
+    if row_group_size is not None and row_group_size < 1:
+        raise OptionError("--row-group-size must be a positive number of rows")
+    options = WriteOptions(compression=compression, layout=layout,
+                           row_group_size=row_group_size)
     with atomic_output(dst, overwrite) as f:
         fmt.write(bundle, f, dst, options)
         size = os.fstat(f.fileno()).st_size
@@ -188,7 +207,8 @@ def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
 def convert(src, dst, *, from_format: str | None = None, to_format: str | None = None,
             select=(), exclude=(), cast=None, allow_lossy: bool = False,
             overwrite: bool = False, compression: str | None = None,
-            allow_external: bool = False) -> Report:
+            allow_external: bool = False, layout: str | None = None,
+            row_group_size: int | None = None) -> Report:
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options."""
     t0 = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
@@ -201,14 +221,15 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                allow_lossy=allow_lossy)
-        size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression)
+        size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
+                     layout=layout, row_group_size=row_group_size)
     return Report(src, dst, in_fmt.id, out_fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings)
 
 
 def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
          cast=None, allow_lossy: bool = False, overwrite: bool = True,
-         compression: str | None = None) -> Report:
+         compression: str | None = None, layout: str | None = None) -> Report:
     """Write a Bundle or a mapping of names to arrays/Tensors/Tables to ``dst``."""
     t0 = time.perf_counter()
     dst = os.fspath(dst)
@@ -218,6 +239,7 @@ def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
     if metadata is not None:
         bundle.metadata = {str(k): str(v) for k, v in metadata.items()}
     fitted, warnings = fit(bundle, fmt, casts=cast, allow_lossy=allow_lossy)
-    size = write(fitted, dst, fmt, overwrite=overwrite, compression=compression)
+    size = write(fitted, dst, fmt, overwrite=overwrite, compression=compression,
+                 layout=layout)
     return Report(bundle.path, dst, bundle.format, fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings)

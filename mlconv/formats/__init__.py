@@ -17,6 +17,8 @@ IDS = (
     "npz",
     "safetensors",
     "hdf5",
+    "parquet",
+    "arrow",
 )
 
 _SNIFF_BYTES = 64

@@ -144,7 +144,6 @@ def _plain(values, dtype, tz, nan_rep, encoding, name, path, entry):
 
 
 def _frame_table(g, group: str, path: str):
-    import numpy as np
     import pyarrow as pa
 
     try:
@@ -209,9 +208,9 @@ def _frame_table(g, group: str, path: str):
 
     def schema():
         return pa.schema([pa.field(c.name, c.arrow_type(encoding)) for c in ordered],
-                         metadata={"pandas_index": index.name})
+                         metadata={"mlconv.pandas_index": index.name})
 
-    def batches(rows: int):
+    def batches(rows: int, columns=None):
         sch = schema()
         step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0]) if ds.chunks else rows
         for i in range(0, n, step):
@@ -223,8 +222,7 @@ def _frame_table(g, group: str, path: str):
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
     described = [(c.name, str(c.arrow_type(encoding))) for c in ordered]
-    _ = np  # numpy is needed by the column converters
-    return Table(described, n, batches, schema, {"pandas_type": "frame_table"})
+    return Table(described, n, batches, schema, encoding={"pandas_type": "frame_table"})
 
 
 def _categories(g, vc: str, path, group, encoding):
@@ -286,9 +284,9 @@ def _frame_fixed(g, group: str, path: str):
     fields = [pa.field(index_name, pa.from_numpy_dtype(axis1.dtype.newbyteorder("=")))]
     fields += [pa.field(c, pa.from_numpy_dtype(where[c][0].dtype.newbyteorder("=")))
                for c in names]
-    sch = pa.schema(fields, metadata={"pandas_index": index_name})
+    sch = pa.schema(fields, metadata={"mlconv.pandas_index": index_name})
 
-    def batches(rows: int):
+    def batches(rows: int, columns=None):
         for i in range(0, n, rows):
             try:
                 arrays = [pa.array(np.asarray(axis1[i:i + rows]))]
@@ -303,4 +301,4 @@ def _frame_fixed(g, group: str, path: str):
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
     return Table([(f.name, str(f.type)) for f in fields], n, batches, lambda: sch,
-                 {"pandas_type": "frame"})
+                 encoding={"pandas_type": "frame"})

@@ -20,6 +20,8 @@ class ReadOptions:
 @dataclass(frozen=True)
 class WriteOptions:
     compression: str | None = None  # None: the format's default
+    layout: str | None = None       # tensors as a table: "rows", "entries" or None (auto)
+    row_group_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Capabilities:
     tables: bool = False
     dtypes: frozenset[DType] = frozenset()
     metadata: bool = False           # file-level str -> str metadata
+    nulls: bool = False              # tables may hold nulls
     attrs: bool = False              # per-entry attrs
     max_entries: int | None = None   # npy holds exactly one
     zero_copy: bool = False          # readers hand out memory maps
@@ -37,7 +40,7 @@ class Capabilities:
         return {
             "tensors": self.tensors, "tables": self.tables,
             "dtypes": sorted(d.value for d in self.dtypes),
-            "metadata": self.metadata, "attrs": self.attrs,
+            "metadata": self.metadata, "attrs": self.attrs, "nulls": self.nulls,
             "max_entries": self.max_entries, "zero_copy": self.zero_copy,
             "compressions": list(self.compressions),
         }

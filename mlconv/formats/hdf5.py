@@ -22,7 +22,7 @@ import os
 
 from .. import dtypes as D
 from ..dtypes import DType
-from ..errors import FormatError, MlconvError, UnsupportedError
+from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from ..fileio import CHUNK, Sink
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource, Source, array_chunks
@@ -422,22 +422,32 @@ class _Reader:
 
             return schema or pa.schema([pa.field(f, t) for f, t, _ in fields])
 
-        def batches(rows: int):
+        def batches(rows: int, columns=None):
             import pyarrow as pa
 
             if why:
                 raise UnsupportedError(why, path, name)
             sch = arrow_schema()
+            wanted = fields if columns is None else [f for f in fields if f[0] in columns]
+            if columns is not None:
+                sch = pa.schema([sch.field(f[0]) for f in wanted], metadata=sch.metadata)
             step = rows
             if ds.chunks:
                 step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0])
             for i in range(0, n, step):
                 try:
-                    block = ds[i:i + step] if ds.shape else ds[()].reshape(1)
+                    view = ds.fields([f[0] for f in wanted]) if columns is not None else ds
+                    block = view[i:i + step] if ds.shape else view[()].reshape(1)
                 except _H5_ERRORS as e:
                     raise FormatError(f"cannot read table rows: {e}", path, name) from None
+                if len(wanted) == 1 and block.dtype.names is None:
+                    import numpy as np
+
+                    single = np.empty(len(block), dtype=[(wanted[0][0], block.dtype)])
+                    single[wanted[0][0]] = block
+                    block = single
                 cols = []
-                for (field, typ, _), target in zip(fields, sch, strict=True):
+                for (field, typ, _), target in zip(wanted, sch, strict=True):
                     arr = tables.to_arrow(block[field], typ, field, path, name)
                     if _nat_type(target.type) and pa.types.is_int64(arr.type):
                         arr = pa.array(block[field], mask=block[field] == -(1 << 63))
@@ -649,8 +659,9 @@ class Hdf5(Format):
             block = np.zeros(batch.num_rows, dtype=rec)
             for (field, _, convert), column in zip(fields, batch.columns, strict=True):
                 if column.null_count and not _nat_type(column.type):
-                    raise UnsupportedError(f"column {field!r} has nulls, which HDF5 compound "
-                                           "datasets cannot hold", path, name)
+                    raise LossyConversionError(
+                        f"column {field!r} has nulls, which HDF5 compound datasets cannot "
+                        "hold; use --allow-lossy to store them as NaN/0/empty", path, name)
                 if hasattr(column, "dictionary_decode"):
                     column = column.dictionary_decode()
                 block[field] = convert(column)

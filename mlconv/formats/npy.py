@@ -192,7 +192,7 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
 
         return pa.schema([pa.field(name, D.to_arrow(dt)) for name, dt, _, _ in h.fields])
 
-    def batches(rows: int):
+    def batches(rows: int, columns=None):
         import pyarrow as pa
 
         arr = get_array()

@@ -1,0 +1,157 @@
+"""Arrow IPC through pyarrow: the file format (``.arrow``, ``.feather``) and the stream
+format (``.arrows``).
+
+Files are memory-mapped and read zero-copy (uncompressed buffers stay in the map); every
+batch passes ``validate(full=True)`` before use, since its buffers come straight from the
+file. Extension types pyarrow does not know read as their storage type; Python-pickled
+extension types are never registered. Layouts of tensors as in Parquet (``mlconv.layouts``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import layouts
+from ..errors import FormatError, MlconvError, UnsupportedError
+from ..model import Bundle, Table
+from .base import Capabilities, Format
+from .parquet import table_for_writing, with_metadata
+
+FILE_MAGIC = b"ARROW1"
+STREAM_EXTENSIONS = (".arrows",)
+
+
+def _errors():
+    import pyarrow as pa
+
+    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError)
+
+
+def _one_line(e) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class _Source:
+    """Opens the IPC data behind a memory map: random access for files, a pass for streams."""
+
+    def __init__(self, path: str):
+        import pyarrow as pa
+
+        self.path = path
+        self.mmap = pa.memory_map(path, "r")
+        try:
+            self.reader = pa.ipc.open_file(self.mmap)
+            self.stream = False
+        except _errors():
+            try:
+                self.mmap.seek(0)
+                self.reader = pa.ipc.open_stream(self.mmap)
+                self.stream = True
+            except _errors() as e:
+                self.mmap.close()
+                raise FormatError(f"not a readable Arrow IPC file or stream: {_one_line(e)}",
+                                  path) from None
+        self.schema = self.reader.schema
+
+    def raw_batches(self):
+        import pyarrow as pa
+
+        try:
+            if self.stream:
+                with pa.ipc.open_stream(pa.memory_map(self.path, "r")) as reader:
+                    yield from reader
+            else:
+                for i in range(self.reader.num_record_batches):
+                    yield self.reader.get_batch(i)
+        except _errors() as e:
+            raise FormatError(f"corrupt record batch: {_one_line(e)}", self.path) from None
+
+    def batches(self, rows: int, columns=None):
+        for batch in self.raw_batches():
+            try:
+                batch.validate(full=True)
+            except _errors() as e:
+                raise FormatError(f"invalid record batch: {_one_line(e)}", self.path) from None
+            if columns is not None:
+                batch = batch.select(columns)
+            for start in range(0, max(batch.num_rows, 1), rows):
+                if batch.num_rows:
+                    yield batch.slice(start, rows)
+                else:
+                    yield batch
+
+    def count_rows(self) -> int:
+        return sum(b.num_rows for b in self.raw_batches())
+
+    def row(self, row: int):
+        """The ``bytes`` value of entries-layout row ``row``, zero-copy from the map."""
+        import pyarrow as pa
+
+        seen = 0
+        for batch in self.raw_batches():
+            if row < seen + batch.num_rows:
+                batch.validate(full=True)
+                col = batch.column(batch.schema.get_field_index("bytes"))
+                value = col[row - seen]
+                return value.as_buffer() if value.is_valid else pa.py_buffer(b"")
+            seen += batch.num_rows
+        return None
+
+    def close(self) -> None:
+        self.mmap.close()
+
+
+class Arrow(Format):
+    def sniff(self, head: bytes, size: int) -> bool:
+        return head.startswith(FILE_MAGIC)
+
+    def read(self, path: str, options) -> Bundle:
+        src = _Source(path)
+        name = os.path.splitext(os.path.basename(path))[0]
+        try:
+            schema = src.schema
+            cols = [(f.name, layouts.type_name(f.type)) for f in schema]
+            table = Table(cols, src.count_rows(), src.batches, lambda: schema)
+            bundle = layouts.decode(table, name, path, src.row)
+        except MlconvError:
+            src.close()
+            raise
+        except _errors() as e:
+            src.close()
+            raise FormatError(f"corrupt Arrow data: {_one_line(e)}", path) from None
+        if bundle is None:
+            bundle = Bundle(metadata=layouts.file_metadata(schema), path=path)
+            bundle[name] = table
+        layouts.restore_attrs(bundle, schema)
+        bundle.format = self.id
+        bundle.on_close(src.close)
+        return bundle
+
+    def write(self, bundle: Bundle, f, path: str, options) -> None:
+        import pyarrow as pa
+
+        table = table_for_writing(bundle, options.layout, path)
+        schema = with_metadata(table.schema, bundle, table)
+        comp = options.compression or self.caps.compressions[0]
+        opts = pa.ipc.IpcWriteOptions(compression=None if comp == "none" else comp)
+        stream = path.lower().endswith(STREAM_EXTENSIONS)
+        try:
+            new = pa.ipc.new_stream if stream else pa.ipc.new_file
+            with new(f.name, schema, options=opts) as writer:
+                for batch in table.batches(65536):
+                    writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+        except MlconvError:
+            raise
+        except _errors() as e:
+            raise UnsupportedError(f"Arrow refused the data: {_one_line(e)}", path) from None
+
+
+FORMAT = Arrow(
+    id="arrow",
+    description="Apache Arrow IPC file/stream and Feather v2 (memory-mapped, zero-copy)",
+    extensions=(".arrow", ".feather", ".arrows", ".ipc"),
+    caps=Capabilities(tensors=True, tables=True, metadata=True, nulls=True, attrs=True, zero_copy=True,
+                      dtypes=layouts.HELD, compressions=("none", "lz4", "zstd")),
+    requires=("pyarrow",),
+    magic=(FILE_MAGIC,),
+)

@@ -1,0 +1,157 @@
+"""Parquet through pyarrow: tables streamed as record batches both ways.
+
+A file reads as one Table (named after the file stem), or, when it was written from
+tensors, as those tensors again (``mlconv.layouts``). Writing takes one table, or a tensor
+Bundle in the rows/entries layout. Thrift sizes are capped; encrypted files are refused.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import layouts
+from ..errors import FormatError, MlconvError, UnsupportedError
+from ..model import Bundle, Table
+from .base import Capabilities, Format
+
+MAGIC = b"PAR1"
+THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
+
+
+def _errors():
+    import pyarrow as pa
+
+    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError)
+
+
+def _open(path: str):
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as fh:
+        fh.seek(max(0, os.path.getsize(path) - 4))
+        if fh.read(4) == b"PARE":
+            raise FormatError("encrypted Parquet file (encrypted footer): decryption keys "
+                              "are required and mlconv does not take them", path)
+    try:
+        return pq.ParquetFile(path, thrift_string_size_limit=THRIFT_LIMIT,
+                              thrift_container_size_limit=THRIFT_LIMIT)
+    except _errors() as e:
+        raise FormatError(f"not a readable Parquet file: {_one_line(e)}", path) from None
+
+
+def _one_line(e) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def plain_table(pf, path: str, name: str) -> Table:
+    schema = pf.schema_arrow
+
+    def batches(rows: int, columns=None):
+        try:
+            yield from pf.iter_batches(batch_size=rows, columns=columns)
+        except _errors() as e:
+            raise FormatError(f"corrupt data: {_one_line(e)}", path, name) from None
+
+    cols = [(f.name, layouts.type_name(f.type)) for f in schema]
+    return Table(cols, pf.metadata.num_rows, batches, lambda: schema)
+
+
+def table_for_writing(bundle: Bundle, layout: str | None, path: str) -> Table:
+    """The one table a Parquet/Arrow file will hold for ``bundle``."""
+    tables = [e for e in bundle.values() if isinstance(e, Table)]
+    if tables and len(tables) != len(bundle):
+        raise UnsupportedError("a file holds one table: this bundle mixes tables and "
+                               "tensors (use --select)", path)
+    if len(tables) > 1:
+        raise UnsupportedError(f"a file holds one table; the source has {len(tables)} "
+                               f"({', '.join(list(bundle)[:5])}); use --select NAME", path)
+    if tables:
+        if layout:
+            raise UnsupportedError("--layout applies to tensors, not tables", path)
+        return tables[0]
+    return layouts.tensor_table(bundle, layout)
+
+
+def with_metadata(schema, bundle: Bundle, table: Table):
+    """The schema to write: the table's own, plus file metadata, group and table attrs."""
+    meta = dict(schema.metadata or {})
+    meta.update({k.encode(): v.encode() for k, v in bundle.metadata.items()})
+    if (schema.metadata or {}).get(layouts.LAYOUT_KEY) is None:
+        meta.update(layouts.extra_metadata(bundle, table))
+    return schema.with_metadata(meta)
+
+
+class Parquet(Format):
+    def sniff(self, head: bytes, size: int) -> bool:
+        return head.startswith(MAGIC)
+
+    def read(self, path: str, options) -> Bundle:
+        pf = _open(path)
+        name = os.path.splitext(os.path.basename(path))[0]
+        table = plain_table(pf, path, name)
+        starts = []
+        total = 0
+        for i in range(pf.metadata.num_row_groups):
+            starts.append(total)
+            total += pf.metadata.row_group(i).num_rows
+
+        def entry_bytes(row: int):
+            import bisect
+
+            rg = bisect.bisect_right(starts, row) - 1
+            try:
+                col = pf.read_row_group(rg, columns=["bytes"]).column(0)
+                return col[row - starts[rg]].as_buffer()
+            except _errors() as e:
+                raise FormatError(f"corrupt data: {_one_line(e)}", path) from None
+
+        try:
+            bundle = layouts.decode(table, name, path, entry_bytes)
+        except (MlconvError, *_errors()) as e:
+            if isinstance(e, MlconvError):
+                raise
+            raise FormatError(f"corrupt data: {_one_line(e)}", path) from None
+        if bundle is None:
+            bundle = Bundle(metadata=layouts.file_metadata(pf.schema_arrow), path=path)
+            bundle[name] = table
+        layouts.restore_attrs(bundle, pf.schema_arrow)
+        bundle.format = self.id
+        return bundle
+
+    def write(self, bundle: Bundle, f, path: str, options) -> None:
+        import pyarrow.parquet as pq
+
+        table = table_for_writing(bundle, options.layout, path)
+        schema = with_metadata(table.schema, bundle, table)
+        import pyarrow as pa
+
+        comp = options.compression or self.caps.compressions[0]
+        rows = options.row_group_size or 1 << 20
+        try:
+            with pq.ParquetWriter(f.name, schema, compression=comp) as writer:
+                pending, count, size = [], 0, 0
+                for batch in table.batches(min(rows, 65536)):
+                    pending.append(batch.replace_schema_metadata(schema.metadata))
+                    count, size = count + batch.num_rows, size + batch.nbytes
+                    # a row group per row_group_size rows, memory bounded by ~128 MiB
+                    if count >= rows or size >= 128 << 20:
+                        writer.write_table(pa.Table.from_batches(pending, schema), rows)
+                        pending, count, size = [], 0, 0
+                if pending or not table.num_rows:
+                    writer.write_table(pa.Table.from_batches(pending, schema), rows)
+        except MlconvError:
+            raise
+        except _errors() as e:
+            raise UnsupportedError(f"Parquet refused the data: {_one_line(e)}", path) from None
+
+
+FORMAT = Parquet(
+    id="parquet",
+    description="Apache Parquet (pyarrow): tables; tensors in rows/entries layout",
+    extensions=(".parquet", ".pq"),
+    caps=Capabilities(tensors=True, tables=True, metadata=True, nulls=True, attrs=True,
+                      dtypes=layouts.HELD, compressions=("zstd", "snappy", "lz4", "gzip",
+                                                         "none")),
+    requires=("pyarrow",),
+    magic=(MAGIC,),
+)

@@ -1,0 +1,398 @@
+"""Tensors <-> Arrow tables (SPEC §2 layout rules), shared by the Parquet and Arrow IPC formats.
+
+- ``rows``: every tensor shares its first axis: one row per sample; 1-D tensors become
+  primitive columns, N-D tensors ``arrow.fixed_shape_tensor`` columns.
+- ``entries``: one row per tensor: ``name`` string, ``dtype`` canonical name, ``shape``
+  list<int64>, ``bytes`` the canonical payload.
+
+Dtypes Arrow lacks (bfloat16, float8, complex) are stored as unsigned integers of the same
+width (fixed-size binary for complex) with ``mlconv.dtype`` in the field metadata. The layout
+is recorded in the schema metadata under ``mlconv.layout`` so reading back restores the
+Bundle exactly. Columns of plain tables become tensors through ``ColumnSource``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import dtypes as D
+from .dtypes import DType
+from .errors import FormatError, LossyConversionError, UnsupportedError
+from .fileio import CHUNK
+from .model import Bundle, Table, Tensor
+from .sources import Source, array_chunks
+
+LAYOUT_KEY = b"mlconv.layout"
+ATTRS_KEY = b"mlconv.attrs"     # JSON: a table's attrs; per field: a column tensor's attrs
+GROUPS_KEY = b"mlconv.groups"   # JSON: group name -> attrs
+HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte)  # tensor dtypes a layout stores
+DTYPE_KEY = b"mlconv.dtype"
+BATCH_BYTES = 64 << 20  # rows per batch are chosen to keep a batch near this size
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
+
+
+# --- dtypes <-> Arrow storage ----------------------------------------------------------
+
+def storage_type(dtype: DType):
+    """(Arrow type holding ``dtype``, field metadata or None)."""
+    pa = _pa()
+    try:
+        return D.to_arrow(dtype), None
+    except UnsupportedError:
+        pass
+    if dtype.bits is None or dtype.is_subbyte:
+        raise UnsupportedError(f"Arrow cannot hold {dtype.value}")
+    width = dtype.bits // 8
+    typ = getattr(pa, f"uint{dtype.bits}")() if width in (1, 2, 4, 8) else pa.binary(width)
+    return typ, {DTYPE_KEY: dtype.value.encode()}
+
+
+def type_name(t) -> str:
+    """A column type for people: the canonical dtype name where there is one."""
+    for dtype, name in D._ARROW.items():
+        if t == getattr(_pa(), name)():
+            return dtype.value
+    return str(t)
+
+
+def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
+    """(dtype, per-row shape) of a column that reads as a tensor, else None."""
+    pa = _pa()
+    t = field.type
+    shape: tuple[int, ...] = ()
+    if isinstance(t, pa.FixedShapeTensorType):
+        if t.permutation and list(t.permutation) != sorted(t.permutation):
+            return None
+        shape, t = tuple(t.shape), t.value_type
+    while pa.types.is_fixed_size_list(t):
+        shape, t = shape + (t.list_size,), t.value_type
+    named = (field.metadata or {}).get(DTYPE_KEY)
+    if named is not None:
+        try:
+            return D.parse(named.decode()), shape
+        except (UnsupportedError, UnicodeDecodeError):
+            return None
+    for dtype, name in D._ARROW.items():
+        if dtype.bits is not None and t == getattr(pa, name)():
+            return dtype, shape
+    return None
+
+
+def to_column(values, dtype: DType):
+    """An Arrow array of rows from a numpy block (rows along axis 0)."""
+    import numpy as np
+
+    pa = _pa()
+    typ, meta = storage_type(dtype)
+    le = values.dtype.newbyteorder("<") if values.dtype.itemsize > 1 else values.dtype
+    block = np.ascontiguousarray(values, dtype=le)
+    flat = block.reshape(-1)
+    if pa.types.is_fixed_size_binary(typ):
+        raw = pa.py_buffer(flat.view(np.uint8))
+        flat_arr = pa.FixedSizeBinaryArray.from_buffers(typ, len(flat), [None, raw])
+    else:
+        flat_arr = pa.array(flat.view(f"<u{dtype.bits // 8}") if meta else flat, type=typ)
+    if block.ndim == 1:
+        return flat_arr
+    per_row = int(np.prod(block.shape[1:]))
+    lists = pa.FixedSizeListArray.from_arrays(flat_arr, per_row)
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(typ, list(block.shape[1:])),
+                                          lists)
+
+
+# --- writing tensors as a table ----------------------------------------------------------
+
+def choose(bundle: Bundle, layout: str | None) -> str:
+    tensors = list(bundle.values())
+    rows_ok = bool(tensors) and all(t.shape for t in tensors) and \
+        len({t.shape[0] for t in tensors}) == 1
+    if layout == "rows" and not rows_ok:
+        raise UnsupportedError("--layout rows needs every tensor to share its first axis "
+                               "(and none to be 0-d); use --layout entries", bundle.path)
+    return layout or ("rows" if rows_ok else "entries")
+
+
+def tensor_table(bundle: Bundle, layout: str | None) -> Table:
+    """A Table holding every tensor of ``bundle`` in the chosen layout."""
+    pa = _pa()
+    layout = choose(bundle, layout)
+    meta = {k.encode(): v.encode() for k, v in bundle.metadata.items()}
+    meta[LAYOUT_KEY] = layout.encode()
+    meta.update(extra_metadata(bundle))
+    if layout == "entries":
+        attrs = {n: t.attrs for n, t in bundle.items() if t.attrs}
+        if attrs:
+            meta[ATTRS_KEY] = json.dumps(attrs, ensure_ascii=False, default=str).encode()
+        schema = pa.schema([pa.field("name", pa.string()), pa.field("dtype", pa.string()),
+                            pa.field("shape", pa.list_(pa.int64())),
+                            pa.field("bytes", pa.large_binary())], metadata=meta)
+
+        def entry_batches(rows: int, columns=None):
+            for name, t in bundle.items():
+                data = b"".join(bytes(c) for c in t.chunks())
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([name]), pa.array([t.dtype.value]),
+                     pa.array([list(t.shape)], pa.list_(pa.int64())),
+                     pa.array([data], pa.large_binary())], schema=schema)
+
+        return Table([(f.name, str(f.type)) for f in schema], len(bundle), entry_batches,
+                     lambda: schema)
+
+    fields = []
+    for name, t in bundle.items():
+        typ, fmeta = storage_type(t.dtype)
+        if len(t.shape) > 1:
+            typ = pa.fixed_shape_tensor(typ, list(t.shape[1:]))
+        if t.attrs:
+            fmeta = dict(fmeta or {})
+            fmeta[ATTRS_KEY] = json.dumps(t.attrs, ensure_ascii=False, default=str).encode()
+        fields.append(pa.field(name, typ, metadata=fmeta))
+    schema = pa.schema(fields, metadata=meta)
+    n = next(iter(bundle.values())).shape[0]
+    row_bytes = max(1, sum(t.nbytes // max(1, t.shape[0]) for t in bundle.values()))
+
+    def row_batches(rows: int, columns=None):
+        step = max(1, min(rows, BATCH_BYTES // row_bytes))
+        arrays = {name: t.numpy() for name, t in bundle.items()}
+        for i in range(0, n, step):
+            cols = [to_column(arrays[name][i:i + step], t.dtype)
+                    for name, t in bundle.items()]
+            yield pa.RecordBatch.from_arrays(cols, schema=schema)
+
+    return Table([(f.name, str(f.type)) for f in schema], n, row_batches, lambda: schema)
+
+
+def extra_metadata(bundle: Bundle, table: Table | None = None) -> dict[bytes, bytes]:
+    """Group attrs (and a plain table's attrs) as schema metadata."""
+    meta = {}
+    if bundle.group_attrs:
+        meta[GROUPS_KEY] = json.dumps(bundle.group_attrs, ensure_ascii=False, default=str).encode()
+    if table is not None and table.attrs:
+        meta[ATTRS_KEY] = json.dumps(table.attrs, ensure_ascii=False, default=str).encode()
+    return meta
+
+
+def restore_attrs(bundle: Bundle, schema) -> None:
+    """Put back what ``extra_metadata`` and the field metadata stored."""
+    meta = schema.metadata or {}
+    try:
+        if GROUPS_KEY in meta:
+            bundle.group_attrs = dict(json.loads(meta[GROUPS_KEY]))
+        attrs = json.loads(meta[ATTRS_KEY]) if ATTRS_KEY in meta else {}
+        layout = meta.get(LAYOUT_KEY)
+        for name, entry in bundle.items():
+            if isinstance(entry, Table):
+                entry.attrs = dict(attrs) if layout is None else {}
+            elif layout == b"entries":
+                entry.attrs = dict(attrs.get(name, {}))
+            else:
+                fmeta = schema.field(name).metadata or {}
+                if ATTRS_KEY in fmeta:
+                    entry.attrs = dict(json.loads(fmeta[ATTRS_KEY]))
+    except (ValueError, TypeError, KeyError):
+        pass  # unreadable mlconv metadata from another writer: keep what we have
+
+
+def file_metadata(schema) -> dict[str, str]:
+    """Schema metadata as Bundle metadata, minus mlconv's own keys and Arrow's."""
+    out = {}
+    for k, v in (schema.metadata or {}).items():
+        if k.startswith(b"mlconv.") or k == b"ARROW:schema":
+            continue
+        out[k.decode("utf-8", "backslashreplace")] = v.decode("utf-8", "backslashreplace")
+    return out
+
+
+# --- reading tables back as tensors -----------------------------------------------------
+
+class ColumnSource(Source):
+    """One table column as a tensor (rows x per-row shape), streamed batch by batch.
+
+    Nulls cannot be held by a tensor: they are an error naming the column, or with
+    ``fill`` (from --allow-lossy) become NaN / 0 / False with a warning in ``warnings``.
+    """
+
+    def __init__(self, table: Table, column: str, dtype: DType, shape, path=None,
+                 entry=None, fill: bool = False, warnings: list | None = None):
+        super().__init__(dtype, (table.num_rows,) + tuple(shape))
+        self.table, self.column = table, column
+        self.path, self.entry = path, entry
+        self.fill, self.warnings = fill, warnings
+
+    def _blocks(self, rows: int = 65536):
+        import numpy as np
+
+        pa = _pa()
+        for batch in self.table.batches(rows, columns=[self.column]):
+            col = batch.column(batch.schema.get_field_index(self.column))
+            if col.null_count:
+                if not self.fill:
+                    raise LossyConversionError(
+                        f"column {self.column!r} has {col.null_count} null(s), which a tensor "
+                        "cannot hold; use --allow-lossy to store them as NaN/0", self.path,
+                        self.entry)
+                if self.warnings is not None:
+                    self.warnings.append(f"{col.null_count} null(s) in column {self.column!r} "
+                                         f"stored as NaN/0 ({self.path}:{self.entry})")
+                col = col.fill_null(_fill_value(col.type))
+            storage = col.storage if isinstance(col, pa.ExtensionArray) else col
+            while pa.types.is_fixed_size_list(storage.type):
+                storage = storage.flatten()
+            if pa.types.is_fixed_size_binary(storage.type):
+                flat = np.frombuffer(storage.buffers()[1], np.uint8,
+                                     len(storage) * storage.type.byte_width,
+                                     storage.offset * storage.type.byte_width)
+            else:
+                flat = storage.to_numpy(zero_copy_only=False)
+            stored = self.dtype.numpy()
+            if flat.dtype != stored:
+                flat = flat.view(stored) if flat.dtype.itemsize == stored.itemsize or \
+                    flat.dtype == np.uint8 else flat.astype(stored)
+            yield flat.reshape((-1,) + self.shape[1:])
+
+    def array(self):
+        import numpy as np
+
+        blocks = list(self._blocks())
+        if not blocks:
+            return np.zeros(self.shape, self.dtype.numpy())
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+    def chunks(self, size: int = CHUNK):
+        for block in self._blocks():
+            yield from array_chunks(block, self.dtype, size)
+
+
+def filled(table: Table, warnings: list, path, entry) -> Table:
+    """``table`` with nulls replaced (NaN, 0, False, empty text) for targets without nulls;
+    missing times stay null (writers store them as NaT). Each fill adds a warning."""
+    pa = _pa()
+
+    def batches(rows: int, columns=None):
+        for batch in table.batches(rows, columns):
+            cols = []
+            for field, col in zip(batch.schema, batch.columns, strict=True):
+                if col.null_count and not _temporal(field.type):
+                    warnings.append(f"{col.null_count} null(s) in column {field.name!r} "
+                                    f"stored as NaN/0/empty ({path}:{entry})")
+                    col = col.fill_null(_fill_value(col.type))
+                cols.append(col)
+            yield pa.RecordBatch.from_arrays(cols, schema=batch.schema)
+
+    return Table(table.columns, table.num_rows, batches, lambda: table.schema, table.attrs,
+                 table.encoding)
+
+
+def _temporal(t) -> bool:
+    pa = _pa()
+    return pa.types.is_temporal(t)
+
+
+def _fill_value(t):
+    pa = _pa()
+    storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
+    if pa.types.is_floating(storage):
+        return pa.scalar(float("nan"), storage)
+    if pa.types.is_boolean(storage):
+        return pa.scalar(False)
+    if pa.types.is_integer(storage):
+        return pa.scalar(0, storage)
+    if pa.types.is_string(storage) or pa.types.is_large_string(storage):
+        return pa.scalar("", storage)
+    if pa.types.is_binary(storage) or pa.types.is_large_binary(storage):
+        return pa.scalar(b"", storage)
+    raise UnsupportedError(f"nulls of type {t} cannot be filled")
+
+
+def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
+                  prefix: bool = True, bad: list | None = None) -> dict[str, Tensor]:
+    """Every column of ``table`` as a tensor named ``name/column`` (or ``column``).
+
+    A column that cannot be a tensor (strings, nested, ...) raises naming it, or, given a
+    ``bad`` list, is appended there and left out.
+    """
+    out = {}
+    for field in table.schema:
+        found = field_dtype(field)
+        if found is None:
+            why = f"column {field.name!r} of type {field.type}"
+            if bad is None:
+                raise UnsupportedError(f"{why} cannot be a tensor", path, name)
+            bad.append(why)
+            continue
+        dtype, shape = found
+        entry = f"{name}/{field.name}" if prefix else field.name
+        out[entry] = Tensor(ColumnSource(table, field.name, dtype, shape, path, entry, fill,
+                                         warnings))
+    return out
+
+
+def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
+    """The Bundle a table written by ``tensor_table`` holds, or None for a plain table.
+
+    ``entries_reader(row) -> buffer`` gives the bytes of one entries-layout row lazily.
+    """
+    schema = table.schema
+    layout = (schema.metadata or {}).get(LAYOUT_KEY)
+    if layout is None:
+        return None
+    bundle = Bundle(metadata=file_metadata(schema), path=path)
+    if layout == b"rows":
+        bundle.update(table_tensors(table, name, path, prefix=False))
+        return bundle
+    if layout != b"entries":
+        raise UnsupportedError(f"unknown mlconv.layout {layout!r}", path)
+    row = 0
+    for batch in table.batches(65536, columns=["name", "dtype", "shape"]):
+        for rec in batch.to_pylist():
+            try:
+                dtype = D.parse(rec["dtype"])
+                shape = tuple(int(d) for d in rec["shape"])
+                if any(d < 0 for d in shape):
+                    raise ValueError(shape)
+            except (UnsupportedError, TypeError, ValueError):
+                raise FormatError(f"entries row {row} has an invalid dtype/shape",
+                                  path, rec.get("name")) from None
+            bundle[rec["name"]] = Tensor(EntrySource(entries_reader, row, dtype, shape,
+                                                     path, rec["name"]))
+            row += 1
+    return bundle
+
+
+class EntrySource(Source):
+    """The payload of one entries-layout row, read when asked for."""
+
+    def __init__(self, reader, row: int, dtype: DType, shape, path, entry):
+        super().__init__(dtype, shape)
+        self.reader, self.row, self.path, self.entry = reader, row, path, entry
+
+    def _buffer(self):
+        buf = self.reader(self.row)
+        if buf is None or len(buf) != self.nbytes:
+            raise FormatError(f"entry holds {0 if buf is None else len(buf)} bytes, its "
+                              f"dtype and shape need {self.nbytes}", self.path, self.entry)
+        return buf
+
+    def array(self):
+        import numpy as np
+
+        from .sources import unpack4
+
+        buf = self._buffer()
+        if self.dtype.is_subbyte:
+            return unpack4(buf, self.dtype, self.count).reshape(self.shape)
+        return np.frombuffer(buf, self.dtype.numpy(), self.count).reshape(self.shape)
+
+    def chunks(self, size: int = CHUNK):
+        buf = memoryview(self._buffer())
+        for i in range(0, len(buf), size):
+            yield buf[i:i + size]
+
+
+def dumps_shape(shape) -> str:
+    return json.dumps(list(shape))
