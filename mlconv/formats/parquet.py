@@ -28,10 +28,14 @@ def _open(path: str):
     import pyarrow.parquet as pq
 
     with open(path, "rb") as fh:
+        head = fh.read(4)
         fh.seek(max(0, os.path.getsize(path) - 4))
-        if fh.read(4) == b"PARE":
+        tail = fh.read(4)
+        if tail == b"PARE" or head == b"PARE":
             raise FormatError("encrypted Parquet file (encrypted footer): decryption keys "
                               "are required and mlconv does not take them", path)
+        if head != MAGIC or tail != MAGIC:
+            raise FormatError("not a Parquet file: it must start and end with PAR1", path)
     try:
         return pq.ParquetFile(path, thrift_string_size_limit=THRIFT_LIMIT,
                               thrift_container_size_limit=THRIFT_LIMIT)
