@@ -39,8 +39,10 @@ def atomic_output(dst, overwrite: bool = False):
     except OSError as e:
         raise MlconvError(f"cannot create output: {e.strerror}", dst) from None
     try:
-        os.close(fd)
-        with open(tmp, "wb", buffering=0) as f:  # by path: f.name is the temp file's path
+        # mkstemp's own descriptor: reopening with O_TRUNC would make ext4 flush the whole
+        # file on close (its auto_da_alloc heuristic), which costs as much as the copy
+        with open(fd, "r+b", buffering=0) as f:
+            f.name = tmp  # writers that need a path (h5py, pyarrow) find it here
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
@@ -51,6 +53,17 @@ def atomic_output(dst, overwrite: bool = False):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def library_path(f) -> str:
+    """The temp path for a library that creates the file itself (h5py, pyarrow).
+
+    The placeholder is removed first, so the library creates a new file instead of
+    truncating one (see above); the name stays ours, it is random and in DST's folder.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f.name)
+    return f.name
 
 
 def _link_new(tmp: str, dst: str) -> None:

@@ -31,6 +31,8 @@ def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
     }
     if bundle.group_attrs:
         out["groups"] = {g or "/": _jsonable(a) for g, a in bundle.group_attrs.items()}
+    if bundle.notes:
+        out["notes"] = list(bundle.notes)
     if bundle.skipped:
         out["skipped"] = [{"name": n, "reason": r} for n, r in bundle.skipped.items()]
     return out

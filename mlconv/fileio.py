@@ -91,3 +91,47 @@ class Sink:
         data = os.pread(src_fd, min(count, CHUNK), offset)
         self.write(data)
         return len(data)
+
+
+def prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a helper thread, ``depth`` items ahead.
+
+    Lets decoding the next batch (h5py, numpy) overlap with encoding and writing this one
+    (pyarrow releases the GIL while it compresses). Memory stays bounded by ``depth`` items;
+    an exception in the helper is raised here, and stopping early stops the helper.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put((False, e))
+
+    thread = threading.Thread(target=work, daemon=True, name="mlconv-prefetch")
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -198,6 +198,18 @@ def restore_attrs(bundle: Bundle, schema) -> None:
         pass  # unreadable mlconv metadata from another writer: keep what we have
 
 
+def extension_notes(schema, path) -> list[str]:
+    """Notes for columns whose extension type pyarrow did not know (read as storage)."""
+    notes = []
+    for field in schema:
+        name = (field.metadata or {}).get(b"ARROW:extension:name")
+        if name is not None:
+            notes.append(f"column {field.name!r}: unknown extension type "
+                         f"{name.decode('utf-8', 'replace')!r} read as its storage type "
+                         f"{field.type} ({path})")
+    return notes
+
+
 def file_metadata(schema) -> dict[str, str]:
     """Schema metadata as Bundle metadata, minus mlconv's own keys and Arrow's."""
     out = {}

@@ -5,7 +5,8 @@
 - ``Table``: an Arrow schema plus a stream of record batches, never the whole table at once.
 - ``Bundle``: an ordered mapping of ``/``-separated names to Tensors and Tables, plus
   file-level ``metadata`` (str -> str), ``group_attrs`` (attrs of the groups along the
-  names) and ``skipped`` (entries the reader saw but cannot represent, with the reason).
+  names), ``skipped`` (entries the reader saw but cannot represent, with the reason) and
+  ``notes`` (things read in a fallback way, e.g. an unknown extension type as its storage).
 
 The model knows no file format.
 """
@@ -140,6 +141,7 @@ class Bundle(MutableMapping):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.group_attrs: dict[str, dict] = {}
         self.skipped: dict[str, str] = {}
+        self.notes: list[str] = []  # what the reader read differently than written, and why
         self.path = path
         self.format = format
         self._closers: list[Callable[[], None]] = []

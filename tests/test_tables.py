@@ -281,7 +281,9 @@ def test_pickled_extension_type_is_never_loaded(tmp_path):
     with mlconv.open(src) as b:
         rows = [r for bt in b["evil"].batches(10) for r in bt.to_pylist()]
     assert rows == [{"x": 1}, {"x": 2}, {"x": 3}]
-    mlconv.convert(src, tmp_path / "o.parquet")
+    assert "arrow.py_extension_type" in mlconv.inspect(src)["notes"][0]
+    rep = mlconv.convert(src, tmp_path / "o.parquet")
+    assert any("storage type" in w for w in rep.warnings)
     assert not marker.exists()
 
 

@@ -94,7 +94,7 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
     """A new Bundle holding only what ``fmt`` can hold, and the warnings for what changed."""
     casts = parse_casts(casts)
     caps = fmt.caps
-    warnings: list[str] = []
+    warnings: list[str] = list(bundle.notes)
     src = bundle.path
 
     def loss(what: str, entry: str | None, way_out: str = "--allow-lossy"):
@@ -200,7 +200,7 @@ def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
                            row_group_size=row_group_size)
     with atomic_output(dst, overwrite) as f:
         fmt.write(bundle, f, dst, options)
-        size = os.fstat(f.fileno()).st_size
+        size = os.path.getsize(f.name)
     return size
 
 

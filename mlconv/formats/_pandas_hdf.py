@@ -131,16 +131,24 @@ def _plain(values, dtype, tz, nan_rep, encoding, name, path, entry):
 
     typ = _plain_type(dtype, tz)
     if pa.types.is_timestamp(typ) or pa.types.is_duration(typ):
-        ints = values.astype("<i8")
-        return pa.array(ints, mask=ints == np.iinfo(np.int64).min).cast(typ)
+        ints = np.ascontiguousarray(values, "=i8")
+        nat = ints == np.iinfo(np.int64).min
+        return pa.array(ints, mask=nat if nat.any() else None).cast(typ)
     if pa.types.is_string(typ):
+        import pyarrow.compute as pc
+
         try:
-            text = [v.decode(encoding) for v in values.tolist()]
-        except (UnicodeDecodeError, LookupError, AttributeError) as e:
+            if values.dtype.kind == "S" and encoding.lower().replace("-", "") == "utf8":
+                text = pa.array(values).cast(typ)  # trailing NULs dropped, UTF-8 checked
+            else:
+                text = pa.array([v.decode(encoding) for v in values.tolist()], type=typ)
+        except (UnicodeDecodeError, LookupError, AttributeError, pa.ArrowInvalid) as e:
             raise FormatError(f"column {name!r}: cannot decode text ({e})", path,
                               entry) from None
-        return pa.array([None if v == nan_rep else v for v in text], type=typ)
-    return pa.array(values.astype(values.dtype.newbyteorder("=")), type=typ)
+        if nan_rep is None:
+            return text
+        return pc.if_else(pc.equal(text, nan_rep), pa.scalar(None, typ), text)
+    return pa.array(np.ascontiguousarray(values, values.dtype.newbyteorder("=")), type=typ)
 
 
 def _frame_table(g, group: str, path: str):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 
 from .. import layouts
+from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
+from ..fileio import prefetch
 from ..model import Bundle, Table
 from .base import Capabilities, Format
 from .parquet import table_for_writing, with_metadata
@@ -146,6 +148,7 @@ class Arrow(Format):
             bundle = Bundle(metadata=layouts.file_metadata(schema), path=path)
             bundle[name] = table
         layouts.restore_attrs(bundle, schema)
+        bundle.notes.extend(layouts.extension_notes(schema, path))
         bundle.format = self.id
         bundle.on_close(src.close)
         return bundle
@@ -160,8 +163,8 @@ class Arrow(Format):
         stream = path.lower().endswith(STREAM_EXTENSIONS)
         try:
             new = pa.ipc.new_stream if stream else pa.ipc.new_file
-            with new(f.name, schema, options=opts) as writer:
-                for batch in table.batches(65536):
+            with new(library_path(f), schema, options=opts) as writer:
+                for batch in prefetch(table.batches(1 << 18)):
                     writer.write_batch(batch.replace_schema_metadata(schema.metadata))
         except MlconvError:
             raise

@@ -21,6 +21,7 @@ import json
 import os
 
 from .. import dtypes as D
+from ..atomic import library_path
 from ..dtypes import DType
 from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from ..fileio import CHUNK, Sink
@@ -582,7 +583,7 @@ class Hdf5(Format):
         comp = options.compression or "none"
         placed: list[tuple[int, Tensor]] = []
         try:
-            with h5py.File(f.name, "w", track_order=True, alignment_threshold=ALIGN,
+            with h5py.File(library_path(f), "w", track_order=True, alignment_threshold=ALIGN,
                            alignment_interval=ALIGN) as h5:
                 _write_attrs(h5, bundle.metadata)
                 for group, attrs in bundle.group_attrs.items():

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 
 from .. import layouts
+from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
+from ..fileio import prefetch
 from ..model import Bundle, Table
 from .base import Capabilities, Format
 
@@ -119,6 +121,7 @@ class Parquet(Format):
             bundle = Bundle(metadata=layouts.file_metadata(pf.schema_arrow), path=path)
             bundle[name] = table
         layouts.restore_attrs(bundle, pf.schema_arrow)
+        bundle.notes.extend(layouts.extension_notes(pf.schema_arrow, path))
         bundle.format = self.id
         return bundle
 
@@ -132,9 +135,9 @@ class Parquet(Format):
         comp = options.compression or self.caps.compressions[0]
         rows = options.row_group_size or 1 << 20
         try:
-            with pq.ParquetWriter(f.name, schema, compression=comp) as writer:
+            with pq.ParquetWriter(library_path(f), schema, compression=comp) as writer:
                 pending, count, size = [], 0, 0
-                for batch in table.batches(min(rows, 65536)):
+                for batch in prefetch(table.batches(min(rows, 1 << 18)), depth=4):
                     pending.append(batch.replace_schema_metadata(schema.metadata))
                     count, size = count + batch.num_rows, size + batch.nbytes
                     # a row group per row_group_size rows, memory bounded by ~128 MiB
