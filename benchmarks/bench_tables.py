@@ -103,7 +103,7 @@ def main() -> None:
                                               remover(j("pa.arrow"))),
         }, runs=args.runs)
         ipc = j("ml.arrow")
-        run_once([PY, "-m", "mlconv", src, ipc])
+        run_once([PY, "-m", "mlconv", src, ipc, "--force"])
         print(f"\nArrow IPC ({os.path.getsize(ipc) / 2**20:.0f} MiB) -> Parquet")
         compare({
             "cp": (["cp", ipc, j("cp.arrow")], remover(j("cp.arrow"))),

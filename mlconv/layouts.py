@@ -27,7 +27,7 @@ ATTRS_KEY = b"mlconv.attrs"     # JSON: a table's attrs; per field: a column ten
 GROUPS_KEY = b"mlconv.groups"   # JSON: group name -> attrs
 HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte)  # tensor dtypes a layout stores
 DTYPE_KEY = b"mlconv.dtype"
-BATCH_BYTES = 64 << 20  # rows per batch are chosen to keep a batch near this size
+BATCH_BYTES = 16 << 20  # rows per batch are chosen to keep a batch near this size
 
 
 def _pa():
@@ -158,10 +158,10 @@ def tensor_table(bundle: Bundle, layout: str | None) -> Table:
 
     def row_batches(rows: int, columns=None):
         step = max(1, min(rows, BATCH_BYTES // row_bytes))
-        arrays = {name: t.numpy() for name, t in bundle.items()}
-        for i in range(0, n, step):
-            cols = [to_column(arrays[name][i:i + step], t.dtype)
-                    for name, t in bundle.items()]
+        blocks = [row_blocks(t, step) for t in bundle.values()]
+        for _ in range(0, n, step):
+            cols = [to_column(next(it), t.dtype) for it, t in zip(blocks, bundle.values(),
+                                                                   strict=True)]
             yield pa.RecordBatch.from_arrays(cols, schema=schema)
 
     return Table([(f.name, str(f.type)) for f in schema], n, row_batches, lambda: schema)
@@ -208,6 +208,35 @@ def extension_notes(schema, path) -> list[str]:
                          f"{name.decode('utf-8', 'replace')!r} read as its storage type "
                          f"{field.type} ({path})")
     return notes
+
+
+def row_blocks(t: Tensor, rows: int):
+    """A tensor as numpy blocks of ``rows`` rows (the last may be shorter), streamed from its
+    chunks, so memory stays bounded by the block whatever the source."""
+    import numpy as np
+
+    from .sources import element_dtype
+
+    per_row = t.shape[1:]
+    row_bytes = t.nbytes // t.shape[0] if t.shape[0] else 0
+    dtype = element_dtype(t.dtype, t.itemsize)
+    if row_bytes == 0:
+        for i in range(0, t.shape[0], rows):
+            yield np.zeros((min(rows, t.shape[0] - i),) + per_row, dtype)
+        return
+    want = rows * row_bytes
+    buf = bytearray()
+    for piece in t.chunks(want):
+        if not buf and len(piece) == want:  # the usual case: one copy (pieces are reused)
+            yield np.frombuffer(piece, dtype).reshape((rows,) + per_row).copy()
+            continue
+        buf += piece
+        while len(buf) >= want:
+            yield np.frombuffer(buf, dtype, want // dtype.itemsize).reshape(
+                (rows,) + per_row).copy()
+            del buf[:want]
+    if buf:
+        yield np.frombuffer(bytes(buf), dtype).reshape((-1,) + per_row)
 
 
 def file_metadata(schema) -> dict[str, str]:

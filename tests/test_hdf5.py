@@ -407,8 +407,9 @@ def test_guard_times_out(tmp_path, guarded):
 def test_guard_runs_by_default_and_passes_good_files(tmp_path, guarded):
     src = _good_h5(tmp_path / "g.h5")
     calls = []
-    real = _hdf5_guard.subprocess.run
-    guarded.setattr(_hdf5_guard.subprocess, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = _hdf5_guard.subprocess.Popen
+    guarded.setattr(_hdf5_guard.subprocess, "Popen",
+                    lambda *a, **k: calls.append(1) or real(*a, **k))
     assert mlconv.inspect(src)["entries"][0]["shape"] == [100_000]
     mlconv.inspect(src)  # the verdict is remembered for an unchanged file
     assert calls == [1]

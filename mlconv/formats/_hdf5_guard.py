@@ -47,33 +47,54 @@ def enabled(options) -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "no", "false")
 
 
-def check(path: str, options) -> None:
-    """Raise FormatError if libhdf5 crashes or hangs on ``path`` in a child process."""
+class Pending:
+    """A guard child under way; ``wait()`` raises if libhdf5 crashed or hung in it."""
+
+    def __init__(self, path: str, key, proc):
+        self.path, self.key, self.proc = path, key, proc
+
+    def wait(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise FormatError(f"libhdf5 did not finish reading the file's structure within "
+                              f"{TIMEOUT} s (a hostile or corrupt file?)", self.path) from None
+        code = self.proc.returncode
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            raise FormatError(f"libhdf5 crashed ({name}) reading the file in mlconv's guard "
+                              "process: the file is corrupt or hostile", self.path)
+        if code == 0:
+            _passed.add(self.key)
+
+
+def start(path: str, options) -> Pending:
+    """Start the guard child for ``path`` (nothing to do if disabled or already passed)."""
     if not enabled(options):
-        return
+        return Pending(path, None, None)
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, options.allow_external)
     if key in _passed:
-        return
+        return Pending(path, key, None)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
     env[ENV] = "0"
-    try:
-        res = subprocess.run(
-            [sys.executable, "-c", _CHILD, path, "1" if options.allow_external else "0"],
-            capture_output=True, timeout=TIMEOUT, preexec_fn=_limits, env=env,
-            stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise FormatError(f"libhdf5 did not finish reading the file's structure within "
-                          f"{TIMEOUT} s (a hostile or corrupt file?)", path) from None
-    if res.returncode < 0:
-        try:
-            name = signal.Signals(-res.returncode).name
-        except ValueError:
-            name = f"signal {-res.returncode}"
-        raise FormatError(f"libhdf5 crashed ({name}) reading the file in mlconv's guard "
-                          "process: the file is corrupt or hostile", path)
-    if res.returncode == 0:
-        _passed.add(key)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, path, "1" if options.allow_external else "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        preexec_fn=_limits, env=env)
+    return Pending(path, key, proc)
+
+
+def check(path: str, options) -> None:
+    """Raise FormatError if libhdf5 crashes or hangs on ``path`` in a child process."""
+    start(path, options).wait()
 
 
 def probe(path: str, allow_external: bool) -> int:

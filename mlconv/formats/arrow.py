@@ -63,30 +63,45 @@ class _Source:
     """Opens the IPC data behind a memory map: random access for files, a pass for streams."""
 
     def __init__(self, path: str):
+        import mmap
+
         import pyarrow as pa
 
         self.path = path
-        self.mmap = pa.memory_map(path, "r")
+        # our own map (not pa.memory_map) so a streamed pass can drop the pages it read
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise FormatError("empty file (0 bytes)", path)
+            self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self.buffer = pa.py_buffer(self.map)
         try:
-            self.reader = pa.ipc.open_file(self.mmap)
+            self.reader = pa.ipc.open_file(pa.BufferReader(self.buffer))
             self.stream = False
         except _errors():
             try:
-                self.mmap.seek(0)
-                self.reader = pa.ipc.open_stream(self.mmap)
+                self.reader = pa.ipc.open_stream(pa.BufferReader(self.buffer))
                 self.stream = True
             except _errors() as e:
-                self.mmap.close()
                 raise FormatError(f"not a readable Arrow IPC file or stream: {_one_line(e)}",
                                   path) from None
         self.schema = self.reader.schema
+
+    def drop_pages(self) -> None:
+        """Let the kernel reclaim mapped pages already read (RSS stays bounded); arrays
+        still in use fault them back in from the page cache."""
+        import mmap
+
+        try:
+            self.map.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def raw_batches(self):
         import pyarrow as pa
 
         try:
             if self.stream:
-                with pa.ipc.open_stream(pa.memory_map(self.path, "r")) as reader:
+                with pa.ipc.open_stream(pa.BufferReader(self.buffer)) as reader:
                     yield from reader
             else:
                 for i in range(self.reader.num_record_batches):
@@ -104,6 +119,7 @@ class _Source:
                     yield batch.slice(start, rows)
                 else:
                     yield batch
+            self.drop_pages()
 
     def count_rows(self) -> int:
         return sum(b.num_rows for b in self.raw_batches())
@@ -123,7 +139,7 @@ class _Source:
         return None
 
     def close(self) -> None:
-        self.mmap.close()
+        self.reader = None  # arrays handed out keep the map alive; it unmaps when they go
 
 
 class Arrow(Format):
@@ -139,10 +155,8 @@ class Arrow(Format):
             table = Table(cols, src.count_rows(), src.batches, lambda: schema)
             bundle = layouts.decode(table, name, path, src.row)
         except MlconvError:
-            src.close()
             raise
         except _errors() as e:
-            src.close()
             raise FormatError(f"corrupt Arrow data: {_one_line(e)}", path) from None
         if bundle is None:
             bundle = Bundle(metadata=layouts.file_metadata(schema), path=path)

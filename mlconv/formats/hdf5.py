@@ -575,7 +575,9 @@ class Hdf5(Format):
     def read(self, path: str, options) -> Bundle:
         from . import _hdf5_guard
 
-        _hdf5_guard.check(path, options)
+        pending = _hdf5_guard.start(path, options)
+        _h5py()  # import libhdf5 here while the guard child reads the file
+        pending.wait()
         return _Reader(path, options).read()
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:

@@ -140,8 +140,8 @@ class Parquet(Format):
                 for batch in prefetch(table.batches(min(rows, 1 << 18)), depth=4):
                     pending.append(batch.replace_schema_metadata(schema.metadata))
                     count, size = count + batch.num_rows, size + batch.nbytes
-                    # a row group per row_group_size rows, memory bounded by ~128 MiB
-                    if count >= rows or size >= 128 << 20:
+                    # a row group per row_group_size rows, memory bounded by ~64 MiB
+                    if count >= rows or size >= 64 << 20:
                         writer.write_table(pa.Table.from_batches(pending, schema), rows)
                         pending, count, size = [], 0, 0
                 if pending or not table.num_rows:
