@@ -22,6 +22,7 @@ from .formats import all_formats as _all_formats
 from .formats import detect as _detect
 from .formats.base import ReadOptions as _ReadOptions
 from .model import Bundle, Table, Tensor
+from .validate import validate
 
 
 def load(path, format: str | None = None, *, allow_external: bool = False,
@@ -50,18 +51,5 @@ def formats() -> list[dict]:
             for f in _all_formats()]
 
 
-__all__ = [
-    "Bundle",
-    "DType",
-    "MlconvError",
-    "Report",
-    "Table",
-    "Tensor",
-    "__version__",
-    "convert",
-    "formats",
-    "inspect",
-    "load",
-    "open",
-    "save",
-]
+__all__ = ["load", "open", "save", "convert", "inspect", "validate", "formats", "Bundle",
+           "Tensor", "Table", "DType", "Report", "MlconvError", "__version__"]

@@ -64,6 +64,7 @@ def cli(ctx, debug):
     \b
     mlconv SRC DST [options]      convert (same as `mlconv convert SRC DST`)
     mlconv inspect FILE [--json]  entries, dtypes, shapes, metadata (headers only)
+    mlconv validate FILE...       structure and expectations, for CI
     mlconv formats [--json]       the formats mlconv reads and writes
     """
     ctx.ensure_object(dict)["debug"] = debug
@@ -129,6 +130,30 @@ def inspect(ctx, file, from_format, as_json, allow_external, debug):
         click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
     else:
         click.echo(show.manifest_text(manifest))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--schema", "schema", type=click.Path(dir_okay=False), metavar="EXPECT",
+              help="Expectation file (JSON, or YAML with pyyaml) the files must meet.")
+@click.option("--format", "style", type=click.Choice(["text", "json", "junit", "github"]),
+              default="text", show_default=True, help="Output for people or CI systems.")
+@click.option("--deep", is_flag=True, help="Also read every byte (pages, CRCs, batches).")
+@_debug_option
+@click.pass_context
+def validate(ctx, files, schema, style, deep, debug):
+    """Check FILES (globs allowed): structure and, with --schema, expectations.
+
+    Exit 0 when every file passes, 1 when any fails, 2 on usage errors.
+    """
+    from .. import expect
+    from ..validate import expand, render
+    from ..validate import validate as run_validate
+
+    expectation = _run(ctx, debug, lambda: expect.load(schema)) if schema else None
+    reports = [run_validate(path, expectation, deep=deep) for path in expand(files)]
+    click.echo(render(reports, style))
+    ctx.exit(0 if all(r.ok for r in reports) else 1)
 
 
 @cli.command()

@@ -11,6 +11,17 @@ from ..errors import MissingDependencyError
 ALIGN = 4096  # data sections start here so outputs are mmap- and reflink-friendly
 
 
+def _bad_text(arr) -> str | None:
+    """Why a text array cannot be written as UTF-8 (surrogates from UTF-16 writers), or None."""
+    for i, value in enumerate(arr.reshape(-1).tolist()):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (f"text is not valid Unicode: element {i} holds {e.reason} "
+                    f"({e.object[e.start:e.end]!a}); it cannot be written as UTF-8")
+    return None
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     allow_external: bool = False  # follow links/files outside the file (same folder only)
@@ -73,6 +84,36 @@ class Format:
 
     def read(self, path: str, options: ReadOptions):
         raise NotImplementedError
+
+    def check(self, path: str, bundle, deep: bool):
+        """(problems, warnings) beyond what reading the headers proved, each (entry, reason).
+
+        Text must be valid Unicode (checked when small, always with ``deep``); ``deep``
+        also reads every byte of every entry. What mlconv cannot read (a missing filter
+        plugin, ...) is a warning: the file may be fine. Formats add their own checks.
+        """
+        from ..errors import MlconvError, UnsupportedError
+
+        problems, warnings = [], []
+        for name, entry in bundle.items():
+            try:
+                if entry.kind == "table":
+                    if deep:
+                        for _ in entry.batches(65536):
+                            pass
+                    continue
+                if entry.dtype is DType.string and (deep or (entry.nbytes or 0) <= 16 << 20):
+                    bad = _bad_text(entry.numpy())
+                    if bad:
+                        problems.append((name, bad))
+                if deep:
+                    for _ in entry.chunks():
+                        pass
+            except UnsupportedError as e:
+                warnings.append((name, f"not checked: {e.message}"))
+            except MlconvError as e:
+                problems.append((name, e.message))
+        return problems, warnings
 
     def write(self, bundle, f, path: str, options: WriteOptions) -> None:
         """Write ``bundle`` to ``f`` (an unbuffered binary temp file); ``path`` names DST.

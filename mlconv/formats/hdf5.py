@@ -580,6 +580,26 @@ class Hdf5(Format):
         pending.wait()
         return _Reader(path, options).read()
 
+    def check(self, path: str, bundle: Bundle, deep: bool):
+        """Every chunk of every chunked dataset must lie inside the file."""
+        problems, warnings = super().check(path, bundle, deep)
+        size = os.path.getsize(path)
+        for name, entry in bundle.items():
+            ds = getattr(getattr(entry, "source", None), "ds", None)
+            if ds is None or ds.chunks is None:
+                continue
+            try:
+                for i in range(min(ds.id.get_num_chunks(), 1_000_000)):
+                    info = ds.id.get_chunk_info(i)
+                    if info.byte_offset is None or info.byte_offset + info.size > size:
+                        problems.append((name, f"chunk {i} ({info.size} bytes at "
+                                               f"{info.byte_offset}) lies outside the "
+                                               f"{size}-byte file"))
+                        break
+            except _H5_ERRORS as e:
+                problems.append((name, f"chunk index unreadable: {e}"))
+        return problems, warnings
+
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         h5py = _h5py()
         comp = options.compression or "none"

@@ -138,6 +138,22 @@ class Npz(Format):
                                path, name)
         return Tensor(src, encoding=encoding)
 
+    def check(self, path: str, bundle: Bundle, deep: bool):
+        problems, warnings = super().check(path, bundle, deep)
+        if deep:  # every member's CRC, including members that are not arrays
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    for info in zf.infolist():
+                        try:
+                            with zf.open(info) as m:
+                                while m.read(1 << 20):
+                                    pass
+                        except _ZIP_ERRORS as e:
+                            problems.append((info.filename, f"zip member corrupt: {e}"))
+            except _ZIP_ERRORS as e:
+                problems.append((None, f"zip archive corrupt: {e}"))
+        return problems, warnings
+
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         method = options.compression or self.caps.compressions[0]
         mode = zipfile.ZIP_DEFLATED if method == "deflate" else zipfile.ZIP_STORED

@@ -45,6 +45,13 @@ def _open(path: str):
         raise FormatError(f"not a readable Parquet file: {_one_line(e)}", path) from None
 
 
+def _tail(path: str) -> bytes:
+    """The footer length field (4 bytes before the closing magic)."""
+    with open(path, "rb") as fh:
+        fh.seek(-8, os.SEEK_END)
+        return fh.read(4)
+
+
 def _one_line(e) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -88,9 +95,6 @@ def with_metadata(schema, bundle: Bundle, table: Table):
 
 
 class Parquet(Format):
-    def sniff(self, head: bytes, size: int) -> bool:
-        return head.startswith(MAGIC)
-
     def read(self, path: str, options) -> Bundle:
         pf = _open(path)
         name = os.path.splitext(os.path.basename(path))[0]
@@ -124,6 +128,36 @@ class Parquet(Format):
         bundle.notes.extend(layouts.extension_notes(pf.schema_arrow, path))
         bundle.format = self.id
         return bundle
+
+    def check(self, path: str, bundle: Bundle, deep: bool):
+        """Row group and column chunk bounds from the footer; deep: every page, CRCs too."""
+        import pyarrow.parquet as pq
+
+        problems, warnings = super().check(path, bundle, False)
+        size = os.path.getsize(path)
+        pf = _open(path)
+        meta = pf.metadata
+        end = size - 8 - int.from_bytes(_tail(path), "little")
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            for j in range(rg.num_columns):
+                col = rg.column(j)
+                start = col.dictionary_page_offset if col.has_dictionary_page and \
+                    col.dictionary_page_offset else col.data_page_offset
+                if start is None or start < 4 or start + col.total_compressed_size > end:
+                    problems.append((f"row group {i}/{col.path_in_schema}",
+                                     f"column chunk at {start}+{col.total_compressed_size} "
+                                     f"lies outside the data ({4}..{end})"))
+        if deep and not problems:
+            try:
+                checked = pq.ParquetFile(path, page_checksum_verification=True,
+                                         thrift_string_size_limit=THRIFT_LIMIT,
+                                         thrift_container_size_limit=THRIFT_LIMIT)
+                for _ in checked.iter_batches(65536):
+                    pass
+            except _errors() as e:
+                problems.append((None, f"corrupt data: {_one_line(e)}"))
+        return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow.parquet as pq
@@ -160,5 +194,5 @@ FORMAT = Parquet(
                       dtypes=layouts.HELD, compressions=("zstd", "snappy", "lz4", "gzip",
                                                          "none")),
     requires=("pyarrow",),
-    magic=(MAGIC,),
+    magic=(MAGIC, b"PARE"),  # PARE: an encrypted footer, refused with a clear error
 )

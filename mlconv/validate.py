@@ -1,0 +1,252 @@
+"""``mlconv validate``: is a file structurally sound, and does it hold what is expected?
+
+Structure: the format's reader checks every header it parses (offsets inside the file, no
+overlaps, sizes = shape x dtype, capped header lengths, no pickles) and each format adds
+checks of its own (``Format.check``); ``deep`` also reads every byte of data (CRCs, pages,
+batches). HDF5 files are validated entirely inside a child process with resource limits, so
+a libhdf5 crash is this file's failure, not the end of the run.
+
+Expectations: see ``mlconv.expect`` and ``schemas/expectations.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from .errors import MlconvError, OptionError
+from .formats import detect
+from .formats.base import ReadOptions
+
+
+@dataclass
+class Problem:
+    entry: str | None
+    reason: str
+    check: str = "structure"  # or "expectation"
+
+    def as_dict(self) -> dict:
+        return {"entry": self.entry, "reason": self.reason, "check": self.check}
+
+
+@dataclass
+class Report:
+    """The verdict on one file: ``ok`` when ``problems`` is empty."""
+
+    path: str
+    format: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # could not check, not invalid
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "format": self.format, "ok": self.ok,
+                "problems": [p.as_dict() for p in self.problems],
+                "warnings": [p.as_dict() for p in self.warnings]}
+
+
+def validate(path, schema=None, *, deep: bool = False, format: str | None = None) -> Report:
+    """Validate one file; ``schema`` is an expectation (dict or path to JSON/YAML)."""
+    from . import expect
+
+    path = os.fspath(path)
+    expectation = expect.load(schema) if schema is not None and not isinstance(schema, dict) \
+        else schema
+    if expectation is not None:
+        expect.check_document(expectation)
+    report = Report(path)
+    try:
+        fmt = detect(path, format)
+    except MlconvError as e:
+        report.problems.append(Problem(e.entry, e.message))
+        return report
+    report.format = fmt.id
+    if fmt.id == "hdf5" and _isolate():
+        return _in_child(path, expectation, deep)
+    return _validate_here(path, fmt, expectation, deep, report)
+
+
+def _validate_here(path, fmt, expectation, deep, report) -> Report:
+    from . import expect
+    from .describe import bundle_manifest
+
+    try:
+        fmt.check_available()
+        with fmt.read(path, ReadOptions(trusted=True)) as bundle:
+            problems, warnings = fmt.check(path, bundle, deep)
+            report.problems.extend(Problem(e, r) for e, r in problems)
+            report.warnings.extend(Problem(e, r) for e, r in warnings)
+            for name, reason in bundle.skipped.items():
+                report.warnings.append(Problem(name, f"not checked, mlconv cannot read it: "
+                                                     f"{reason}"))
+            if expectation is not None:
+                manifest = bundle_manifest(bundle, path, os.path.getsize(path))
+                report.problems.extend(Problem(e, r, "expectation")
+                                       for e, r in expect.check(manifest, expectation))
+    except MlconvError as e:
+        report.problems.append(Problem(e.entry, e.message))
+    return report
+
+
+# --- HDF5 in a child process ------------------------------------------------------------
+
+TIMEOUT = 300
+
+_CHILD = ("import json, sys\n"
+          "from mlconv.validate import child_main\n"
+          "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1'))\n")
+
+
+def _isolate() -> bool:
+    from .formats import _hdf5_guard
+
+    return _hdf5_guard.enabled(ReadOptions())
+
+
+def _in_child(path: str, expectation, deep: bool) -> Report:
+    from .formats import _hdf5_guard
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
+    env[_hdf5_guard.ENV] = "0"
+    report = Report(path, "hdf5")
+    try:
+        res = subprocess.run([sys.executable, "-c", _CHILD, path, json.dumps(expectation),
+                              "1" if deep else "0"], capture_output=True, text=True,
+                             timeout=TIMEOUT, preexec_fn=_hdf5_guard._limits, env=env,
+                             stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        report.problems.append(Problem(None, f"libhdf5 did not finish within {TIMEOUT} s "
+                                             "(a hostile or corrupt file?)"))
+        return report
+    if res.returncode < 0:
+        try:
+            name = signal.Signals(-res.returncode).name
+        except ValueError:
+            name = f"signal {-res.returncode}"
+        report.problems.append(Problem(None, f"libhdf5 crashed ({name}) reading the file: "
+                                             "it is corrupt or hostile"))
+        return report
+    try:
+        data = json.loads(res.stdout)
+        report.problems = [Problem(p["entry"], p["reason"], p["check"])
+                           for p in data["problems"]]
+        report.warnings = [Problem(p["entry"], p["reason"], p["check"])
+                           for p in data["warnings"]]
+    except (ValueError, KeyError, TypeError):
+        report.problems.append(Problem(None, "validation child failed: "
+                                             + (res.stderr.strip().splitlines() or ["?"])[-1]))
+    return report
+
+
+def child_main(path: str, expectation_json: str, deep: bool) -> int:
+    """Child side of the HDF5 isolation: validate here, print the report as JSON."""
+    expectation = json.loads(expectation_json)
+    fmt = detect(path, "hdf5")
+    report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id))
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+# --- many files and the output formats -------------------------------------------------
+
+def expand(patterns) -> list[str]:
+    """File arguments with shell-style globs expanded (a pattern matching nothing stays, so
+    it is reported as missing)."""
+    import glob
+
+    out = []
+    for p in patterns:
+        hits = sorted(glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else []
+        out.extend(h for h in hits if os.path.isfile(h)) if hits else out.append(p)
+    return out
+
+
+def as_text(reports: list[Report]) -> str:
+    lines = []
+    for r in reports:
+        lines.append(f"{'ok' if r.ok else 'FAIL':4}  {r.path}" + (f"  ({r.format})"
+                                                                   if r.format else ""))
+        for p in r.problems:
+            where = f"{p.entry}: " if p.entry else ""
+            lines.append(f"      {where}{p.reason}")
+        for p in r.warnings:
+            where = f"{p.entry}: " if p.entry else ""
+            lines.append(f"      warning: {where}{p.reason}")
+    bad = sum(not r.ok for r in reports)
+    lines.append(f"{len(reports) - bad} passed, {bad} failed")
+    return "\n".join(lines)
+
+
+def as_junit(reports: list[Report]) -> str:
+    from xml.sax.saxutils import escape, quoteattr
+
+    bad = sum(not r.ok for r in reports)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuites name="mlconv validate" tests="{len(reports)}" failures="{bad}">',
+           f'  <testsuite name="mlconv validate" tests="{len(reports)}" failures="{bad}">']
+    for r in reports:
+        name = quoteattr(r.path)
+        notes = "\n".join(f"warning: {p.entry + ': ' if p.entry else ''}{p.reason}"
+                          for p in r.warnings)
+        system_out = f"      <system-out>{escape(notes)}</system-out>" if notes else None
+        if r.ok:
+            if system_out:
+                out += [f'    <testcase classname="mlconv.validate" name={name}>', system_out,
+                        "    </testcase>"]
+            else:
+                out.append(f'    <testcase classname="mlconv.validate" name={name}/>')
+            continue
+        text = "\n".join(f"{p.entry + ': ' if p.entry else ''}{p.reason}" for p in r.problems)
+        first = r.problems[0]
+        message = quoteattr(f"{first.entry + ': ' if first.entry else ''}{first.reason}")
+        out.append(f'    <testcase classname="mlconv.validate" name={name}>')
+        out.append(f'      <failure message={message} type="{first.check}">'
+                   f'{escape(text)}</failure>')
+        if system_out:
+            out.append(system_out)
+        out.append("    </testcase>")
+    out += ["  </testsuite>", "</testsuites>"]
+    return "\n".join(out)
+
+
+def as_github(reports: list[Report]) -> str:
+    """GitHub Actions workflow commands: one ``::error`` line per problem."""
+
+    def data(s: str) -> str:
+        return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    def prop(s: str) -> str:
+        return data(s).replace(":", "%3A").replace(",", "%2C")
+
+    lines = []
+    for r in reports:
+        for p in r.problems:
+            where = f"{p.entry}: " if p.entry else ""
+            lines.append(f"::error file={prop(r.path)},title={prop('mlconv validate')}::"
+                         f"{data(where + p.reason)}")
+        for p in r.warnings:
+            where = f"{p.entry}: " if p.entry else ""
+            lines.append(f"::warning file={prop(r.path)},title={prop('mlconv validate')}::"
+                         f"{data(where + p.reason)}")
+    bad = sum(not r.ok for r in reports)
+    lines.append(f"{len(reports) - bad} passed, {bad} failed")
+    return "\n".join(lines)
+
+
+def render(reports: list[Report], style: str) -> str:
+    if style == "json":
+        return json.dumps([r.as_dict() for r in reports], indent=2, ensure_ascii=False)
+    if style == "junit":
+        return as_junit(reports)
+    if style == "github":
+        return as_github(reports)
+    if style == "text":
+        return as_text(reports)
+    raise OptionError(f"unknown --format {style!r}")
