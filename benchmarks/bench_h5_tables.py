@@ -15,7 +15,7 @@ import os
 import shutil
 import warnings
 
-from harness import PY, compare, remover, run_once, tempdir
+from harness import PY, compare, remover, run_function, tempdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -79,9 +79,7 @@ def make_tensor(path: str, gib: float) -> None:
 
 
 def child(fn: str, *args) -> None:
-    code = (f"import sys; sys.path.insert(0, {HERE!r}); import bench_h5_tables as b; "
-            f"b.{fn}(*{args!r})")
-    run_once([PY, "-c", code])
+    run_function(__file__, fn, *args)
 
 
 def main() -> None:

@@ -13,9 +13,7 @@ import os
 import shutil
 
 import numpy as np
-from harness import PY, compare, remover, run_once, tempdir
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from harness import PY, compare, remover, run_function, tempdir
 
 
 def make_npy(path: str, gib: float) -> None:
@@ -37,9 +35,7 @@ def main() -> None:
     tmp = tempdir()
     try:
         src = os.path.join(tmp, "x.npy")
-        # in a child, so this process's peak RSS (inherited by every child) stays small
-        run_once([PY, "-c", (f"import sys; sys.path.insert(0, {HERE!r}); "
-                  f"from bench_npy_to_safetensors import make_npy; make_npy({src!r}, {args.gib})")])
+        run_function(__file__, "make_npy", src, args.gib)
         out_cp, out_ml, out_peer = (os.path.join(tmp, n) for n in
                                     ("cp.npy", "ml.safetensors", "peer.safetensors"))
         peer = ("import numpy as np, sys; from safetensors.numpy import save_file; "

@@ -15,7 +15,7 @@ import argparse
 import os
 import shutil
 
-from harness import PY, compare, remover, run_once, tempdir
+from harness import PY, compare, remover, run_function, run_once, tempdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -78,9 +78,7 @@ def make_tensors(path: str, gib: float) -> None:
 
 
 def child(fn: str, *args) -> None:
-    code = (f"import sys; sys.path.insert(0, {HERE!r}); import bench_tables as b; "
-            f"b.{fn}(*{args!r})")
-    run_once([PY, "-c", code])
+    run_function(__file__, fn, *args)
 
 
 def main() -> None:

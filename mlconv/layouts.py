@@ -437,3 +437,40 @@ class EntrySource(Source):
 
 def dumps_shape(shape) -> str:
     return json.dumps(list(shape))
+
+
+# --- shared by the Arrow-table formats (Parquet, Arrow IPC) -------------------------------
+
+def arrow_errors():
+    """What pyarrow raises on bad input."""
+    pa = _pa()
+    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError)
+
+
+def one_line(e) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def table_for_writing(bundle: Bundle, layout: str | None, path: str) -> Table:
+    """The one table a Parquet/Arrow file will hold for ``bundle``."""
+    tables = [e for e in bundle.values() if isinstance(e, Table)]
+    if tables and len(tables) != len(bundle):
+        raise UnsupportedError("a file holds one table: this bundle mixes tables and "
+                               "tensors (use --select)", path)
+    if len(tables) > 1:
+        raise UnsupportedError(f"a file holds one table; the source has {len(tables)} "
+                               f"({', '.join(list(bundle)[:5])}); use --select NAME", path)
+    if tables:
+        if layout:
+            raise UnsupportedError("--layout applies to tensors, not tables", path)
+        return tables[0]
+    return tensor_table(bundle, layout)
+
+
+def with_metadata(schema, bundle: Bundle, table: Table):
+    """The schema to write: the table's own, plus file metadata, group and table attrs."""
+    meta = dict(schema.metadata or {})
+    meta.update({k.encode(): v.encode() for k, v in bundle.metadata.items()})
+    if (schema.metadata or {}).get(LAYOUT_KEY) is None:
+        meta.update(extra_metadata(bundle, table))
+    return schema.with_metadata(meta)

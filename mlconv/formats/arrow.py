@@ -17,20 +17,9 @@ from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
 from .base import Capabilities, Format
-from .parquet import table_for_writing, with_metadata
 
 FILE_MAGIC = b"ARROW1"
 STREAM_EXTENSIONS = (".arrows",)
-
-
-def _errors():
-    import pyarrow as pa
-
-    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError)
-
-
-def _one_line(e) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _validate(batch, path) -> None:
@@ -43,7 +32,7 @@ def _validate(batch, path) -> None:
     try:
         batch.validate(full=True)
         return
-    except _errors():
+    except layouts.arrow_errors():
         pass
     for field, col in zip(batch.schema, batch.columns, strict=True):
         try:
@@ -54,8 +43,8 @@ def _validate(batch, path) -> None:
                     raise
                 col.view(pa.int64() if col.type.bit_width == 64 else pa.int32()) \
                     .validate(full=True)
-        except _errors() as e:
-            raise FormatError(f"invalid record batch: {_one_line(e)}", path, field.name) \
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"invalid record batch: {layouts.one_line(e)}", path, field.name) \
                 from None
 
 
@@ -77,12 +66,12 @@ class _Source:
         try:
             self.reader = pa.ipc.open_file(pa.BufferReader(self.buffer))
             self.stream = False
-        except _errors():
+        except layouts.arrow_errors():
             try:
                 self.reader = pa.ipc.open_stream(pa.BufferReader(self.buffer))
                 self.stream = True
-            except _errors() as e:
-                raise FormatError(f"not a readable Arrow IPC file or stream: {_one_line(e)}",
+            except layouts.arrow_errors() as e:
+                raise FormatError(f"not a readable Arrow IPC file or stream: {layouts.one_line(e)}",
                                   path) from None
         self.schema = self.reader.schema
 
@@ -106,8 +95,8 @@ class _Source:
             else:
                 for i in range(self.reader.num_record_batches):
                     yield self.reader.get_batch(i)
-        except _errors() as e:
-            raise FormatError(f"corrupt record batch: {_one_line(e)}", self.path) from None
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"corrupt record batch: {layouts.one_line(e)}", self.path) from None
 
     def batches(self, rows: int, columns=None):
         for batch in self.raw_batches():
@@ -156,8 +145,8 @@ class Arrow(Format):
             bundle = layouts.decode(table, name, path, src.row)
         except MlconvError:
             raise
-        except _errors() as e:
-            raise FormatError(f"corrupt Arrow data: {_one_line(e)}", path) from None
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"corrupt Arrow data: {layouts.one_line(e)}", path) from None
         if bundle is None:
             bundle = Bundle(metadata=layouts.file_metadata(schema), path=path)
             bundle[name] = table
@@ -170,8 +159,8 @@ class Arrow(Format):
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow as pa
 
-        table = table_for_writing(bundle, options.layout, path)
-        schema = with_metadata(table.schema, bundle, table)
+        table = layouts.table_for_writing(bundle, options.layout, path)
+        schema = layouts.with_metadata(table.schema, bundle, table)
         comp = options.compression or self.caps.compressions[0]
         opts = pa.ipc.IpcWriteOptions(compression=None if comp == "none" else comp)
         stream = path.lower().endswith(STREAM_EXTENSIONS)
@@ -182,8 +171,8 @@ class Arrow(Format):
                     writer.write_batch(batch.replace_schema_metadata(schema.metadata))
         except MlconvError:
             raise
-        except _errors() as e:
-            raise UnsupportedError(f"Arrow refused the data: {_one_line(e)}", path) from None
+        except layouts.arrow_errors() as e:
+            raise UnsupportedError(f"Arrow refused the data: {layouts.one_line(e)}", path) from None
 
 
 FORMAT = Arrow(

@@ -20,12 +20,6 @@ MAGIC = b"PAR1"
 THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
 
 
-def _errors():
-    import pyarrow as pa
-
-    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError)
-
-
 def _open(path: str):
     import pyarrow.parquet as pq
 
@@ -41,8 +35,8 @@ def _open(path: str):
     try:
         return pq.ParquetFile(path, thrift_string_size_limit=THRIFT_LIMIT,
                               thrift_container_size_limit=THRIFT_LIMIT)
-    except _errors() as e:
-        raise FormatError(f"not a readable Parquet file: {_one_line(e)}", path) from None
+    except layouts.arrow_errors() as e:
+        raise FormatError(f"not a readable Parquet file: {layouts.one_line(e)}", path) from None
 
 
 def _tail(path: str) -> bytes:
@@ -52,46 +46,17 @@ def _tail(path: str) -> bytes:
         return fh.read(4)
 
 
-def _one_line(e) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def plain_table(pf, path: str, name: str) -> Table:
     schema = pf.schema_arrow
 
     def batches(rows: int, columns=None):
         try:
             yield from pf.iter_batches(batch_size=rows, columns=columns)
-        except _errors() as e:
-            raise FormatError(f"corrupt data: {_one_line(e)}", path, name) from None
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
 
     cols = [(f.name, layouts.type_name(f.type)) for f in schema]
     return Table(cols, pf.metadata.num_rows, batches, lambda: schema)
-
-
-def table_for_writing(bundle: Bundle, layout: str | None, path: str) -> Table:
-    """The one table a Parquet/Arrow file will hold for ``bundle``."""
-    tables = [e for e in bundle.values() if isinstance(e, Table)]
-    if tables and len(tables) != len(bundle):
-        raise UnsupportedError("a file holds one table: this bundle mixes tables and "
-                               "tensors (use --select)", path)
-    if len(tables) > 1:
-        raise UnsupportedError(f"a file holds one table; the source has {len(tables)} "
-                               f"({', '.join(list(bundle)[:5])}); use --select NAME", path)
-    if tables:
-        if layout:
-            raise UnsupportedError("--layout applies to tensors, not tables", path)
-        return tables[0]
-    return layouts.tensor_table(bundle, layout)
-
-
-def with_metadata(schema, bundle: Bundle, table: Table):
-    """The schema to write: the table's own, plus file metadata, group and table attrs."""
-    meta = dict(schema.metadata or {})
-    meta.update({k.encode(): v.encode() for k, v in bundle.metadata.items()})
-    if (schema.metadata or {}).get(layouts.LAYOUT_KEY) is None:
-        meta.update(layouts.extra_metadata(bundle, table))
-    return schema.with_metadata(meta)
 
 
 class Parquet(Format):
@@ -112,15 +77,15 @@ class Parquet(Format):
             try:
                 col = pf.read_row_group(rg, columns=["bytes"]).column(0)
                 return col[row - starts[rg]].as_buffer()
-            except _errors() as e:
-                raise FormatError(f"corrupt data: {_one_line(e)}", path) from None
+            except layouts.arrow_errors() as e:
+                raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
 
         try:
             bundle = layouts.decode(table, name, path, entry_bytes)
-        except (MlconvError, *_errors()) as e:
+        except (MlconvError, *layouts.arrow_errors()) as e:
             if isinstance(e, MlconvError):
                 raise
-            raise FormatError(f"corrupt data: {_one_line(e)}", path) from None
+            raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
         if bundle is None:
             bundle = Bundle(metadata=layouts.file_metadata(pf.schema_arrow), path=path)
             bundle[name] = table
@@ -155,15 +120,15 @@ class Parquet(Format):
                                          thrift_container_size_limit=THRIFT_LIMIT)
                 for _ in checked.iter_batches(65536):
                     pass
-            except _errors() as e:
-                problems.append((None, f"corrupt data: {_one_line(e)}"))
+            except layouts.arrow_errors() as e:
+                problems.append((None, f"corrupt data: {layouts.one_line(e)}"))
         return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow.parquet as pq
 
-        table = table_for_writing(bundle, options.layout, path)
-        schema = with_metadata(table.schema, bundle, table)
+        table = layouts.table_for_writing(bundle, options.layout, path)
+        schema = layouts.with_metadata(table.schema, bundle, table)
         import pyarrow as pa
 
         comp = options.compression or self.caps.compressions[0]
@@ -182,8 +147,9 @@ class Parquet(Format):
                     writer.write_table(pa.Table.from_batches(pending, schema), rows)
         except MlconvError:
             raise
-        except _errors() as e:
-            raise UnsupportedError(f"Parquet refused the data: {_one_line(e)}", path) from None
+        except layouts.arrow_errors() as e:
+            raise UnsupportedError(f"Parquet refused the data: {layouts.one_line(e)}",
+                                   path) from None
 
 
 FORMAT = Parquet(
