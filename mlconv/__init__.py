@@ -14,7 +14,7 @@ import os as _os
 
 __version__ = "0.1.0"
 
-from .convert import Report, convert, save
+from .convert import Plan, Report, convert, plan, save
 from .describe import inspect
 from .dtypes import DType
 from .errors import MlconvError
@@ -51,5 +51,6 @@ def formats() -> list[dict]:
             for f in _all_formats()]
 
 
-__all__ = ["load", "open", "save", "convert", "inspect", "validate", "formats", "Bundle",
-           "Tensor", "Table", "DType", "Report", "MlconvError", "__version__"]
+__all__ = ["load", "open", "save", "convert", "plan", "inspect", "validate", "formats",
+           "Bundle", "Tensor", "Table", "DType", "Plan", "Report", "MlconvError",
+           "__version__"]

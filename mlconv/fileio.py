@@ -30,12 +30,12 @@ class Sink:
     ``copy_file_range``/``sendfile`` (no user-space copy) while small parts are plain writes.
     """
 
-    def __init__(self, fd: int, on_bytes=None):
+    def __init__(self, fd: int, on_bytes=None, kernel_copy: bool = True):
         self.fd = fd
         self.pos = os.lseek(fd, 0, os.SEEK_CUR)
         self.on_bytes = on_bytes
-        self._kernel_copy = hasattr(os, "copy_file_range")
-        self._sendfile = hasattr(os, "sendfile")
+        self._kernel_copy = kernel_copy and hasattr(os, "copy_file_range")
+        self._sendfile = kernel_copy and hasattr(os, "sendfile")
 
     def _advance(self, n: int) -> None:
         self.pos += n

@@ -65,51 +65,141 @@ def cli(ctx, debug):
     mlconv SRC DST [options]      convert (same as `mlconv convert SRC DST`)
     mlconv inspect FILE [--json]  entries, dtypes, shapes, metadata (headers only)
     mlconv validate FILE...       structure and expectations, for CI
+    mlconv plan SRC DST           how a conversion would run, step by step
     mlconv formats [--json]       the formats mlconv reads and writes
     """
     ctx.ensure_object(dict)["debug"] = debug
 
 
+def _convert_options(f):
+    """Options shared by ``convert`` and ``plan``."""
+    for option in reversed([
+        click.option("--from", "from_format", type=FORMAT_IDS,
+                     help="Input format (default: detect)."),
+        click.option("--to", "to_format", type=FORMAT_IDS,
+                     help="Output format (default: extension)."),
+        click.option("--select", multiple=True, metavar="GLOB",
+                     help="Only these entries (repeatable)."),
+        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these entries out."),
+        click.option("--cast", multiple=True, metavar="SRC=DST",
+                     help="Convert a dtype, e.g. --cast bfloat16=float32 (repeatable)."),
+        click.option("--allow-lossy", is_flag=True,
+                     help="Turn each loss (dtype widened, metadata dropped...) into a warning."),
+        click.option("--compression", metavar="NAME",
+                     help="Output compression (npz: none|deflate; hdf5: none|gzip|lzf; "
+                     "parquet: zstd|snappy|lz4|gzip|none; arrow: none|lz4|zstd)."),
+        click.option("--layout", type=click.Choice(["rows", "entries"]),
+                     help="Tensors into Parquet/Arrow: one row per sample or per tensor."),
+        click.option("--allow-external", is_flag=True,
+                     help="Follow HDF5 external links into files in the same folder."),
+        click.option("--path", "path", type=click.Choice(["fast", "generic"]), default="fast",
+                     show_default=True,
+                     help="generic: move every byte through memory (no kernel copies)."),
+    ]):
+        f = option(f)
+    return f
+
+
 @cli.command()
-@click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
-@click.option("--to", "to_format", type=FORMAT_IDS, help="Output format (default: extension).")
-@click.option("--select", multiple=True, metavar="GLOB", help="Only these entries (repeatable).")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these entries out.")
-@click.option("--cast", multiple=True, metavar="SRC=DST",
-              help="Convert a dtype, e.g. --cast bfloat16=float32 (repeatable).")
-@click.option("--allow-lossy", is_flag=True,
-              help="Turn each loss (dtype widened, metadata dropped...) into a warning.")
-@click.option("--compression", metavar="NAME",
-              help="Output compression (npz: none|deflate; hdf5: none|gzip|lzf; "
-              "parquet: zstd|snappy|lz4|gzip|none; arrow: none|lz4|zstd).")
-@click.option("--layout", type=click.Choice(["rows", "entries"]),
-              help="Tensors into Parquet/Arrow: one row per sample or per tensor.")
+@click.argument("src")
+@click.argument("dst", type=click.Path())
+@_convert_options
 @click.option("--row-group-size", type=click.IntRange(min=1), metavar="ROWS",
               help="Rows per Parquet row group.")
 @click.option("--force", is_flag=True, help="Replace an existing DST.")
-@click.option("--allow-external", is_flag=True,
-              help="Follow HDF5 external links into files in the same folder.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, write nothing.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar (default: on a terminal only).")
+@click.option("--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Files converted at once when SRC is a glob (default: cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_debug_option
 @click.pass_context
 def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, layout, row_group_size, force, allow_external, as_json, debug):
-    """Convert SRC to DST (format from DST's extension or --to)."""
-    from ..convert import convert as run_convert
+            compression, layout, allow_external, path, row_group_size, force, dry_run,
+            progress, jobs, as_json, debug):
+    """Convert SRC to DST (format from DST's extension or --to).
 
-    report = _run(ctx, debug, lambda: run_convert(
-        src, dst, from_format=from_format, to_format=to_format, select=select,
-        exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=force,
-        compression=compression, allow_external=allow_external, layout=layout,
-        row_group_size=row_group_size))
+    With a glob SRC ('in/*.h5') or a folder DST, converts every file into DST --to FORMAT,
+    --jobs at a time; one bad file never stops the others.
+    """
+    import os
+
+    from ..convert import convert as run_convert
+    from ..convert import convert_many
+    from ..validate import expand
+
+    options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
+                   allow_lossy=allow_lossy, compression=compression,
+                   allow_external=allow_external, layout=layout, path=path)
+    show_bar = progress if progress is not None else sys.stderr.isatty()
+    if any(c in src for c in "*?[") or os.path.isdir(dst) or dst.endswith(os.sep):
+        if not to_format:
+            raise click.UsageError("converting many files needs --to FORMAT")
+        if dry_run:
+            raise click.UsageError("--dry-run takes one SRC and one DST")
+        sources = expand([src])
+        results = _run(ctx, debug, lambda: convert_many(
+            sources, dst, to_format=to_format, jobs=jobs, overwrite=force,
+            row_group_size=row_group_size, **options))
+        click.echo(json.dumps(results, indent=2) if as_json else show.many_text(results))
+        ctx.exit(0 if results and all(r["ok"] for r in results) else 1)
+    if dry_run:
+        plan = _run(ctx, debug, lambda: run_convert(src, dst, to_format=to_format,
+                                                    dry_run=True, **options))
+        click.echo(json.dumps(plan.as_dict(), indent=2) if as_json
+                   else show.plan_text(plan.as_dict()))
+        ctx.exit(0 if plan.ok else 1)
+    bar = _bar(show_bar)
+    try:
+        report = _run(ctx, debug, lambda: run_convert(
+            src, dst, to_format=to_format, overwrite=force, row_group_size=row_group_size,
+            progress=bar, **options))
+    finally:
+        if bar is not None:
+            bar.close()
     for w in report.warnings:
         click.echo(f"mlconv: warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         click.echo(show.report_line(report))
+
+
+def _bar(enabled: bool):
+    """A tqdm byte counter on stderr, or None; convert() sets its total once it knows it."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def __call__(self, n: int) -> None:
+            self.update(n)
+
+    return Bar(total=None, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+               leave=False, dynamic_ncols=True, mininterval=0.2, desc="mlconv")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@_convert_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_debug_option
+@click.pass_context
+def plan(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
+         compression, layout, allow_external, path, as_json, debug):
+    """Show how SRC would become DST: each entry zero-copy, streamed or in-memory, the bytes
+    moved, and any loss that would stop it. SRC and DST may also be two format ids."""
+    from ..convert import plan as run_plan
+
+    result = _run(ctx, debug, lambda: run_plan(
+        src, dst, from_format=from_format, to_format=to_format, select=select,
+        exclude=exclude, cast=cast, allow_lossy=allow_lossy, compression=compression,
+        allow_external=allow_external, layout=layout, path=path))
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json
+               else show.plan_text(result.as_dict()))
+    ctx.exit(0 if result.ok else 1)
 
 
 @cli.command()

@@ -67,3 +67,43 @@ def report_line(r) -> str:
 def _one_line(v: str, limit: int = 80) -> str:
     v = v.replace("\n", "\\n")
     return v if len(v) <= limit else v[:limit - 3] + "..."
+
+
+def plan_text(plan: dict) -> str:
+    head = (f"plan: {plan['src']} ({plan['src_format']}) -> {plan['dst']} "
+            f"({plan['dst_format']}), {plan['path']} path, {human_bytes(plan['bytes'])} "
+            "of payload")
+    rows = [[s["entry"], s["kind"], s["method"], human_bytes(s["bytes"]), s["note"]]
+            for s in plan["steps"]]
+    lines = [head]
+    if rows:
+        lines += ["", table(rows, ["entry", "kind", "method", "bytes", "note"])]
+    if plan["losses"]:
+        lines.append("")
+        lines += [f"loss: {loss}" for loss in plan["losses"]]
+    lines.append("")
+    if plan["error"]:
+        lines.append(f"stops: {plan['error']}")
+    elif plan["losses"] and plan.get("allow_lossy"):
+        lines.append("ok: the losses above are accepted (--allow-lossy)")
+    elif plan["losses"]:
+        lines.append("ok, but a file holding the above would need --allow-lossy")
+    else:
+        lines.append("ok: nothing is lost")
+    return "\n".join(lines)
+
+
+def many_text(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        if r["ok"]:
+            rep = r["report"]
+            rows.append(["ok", r["src"], r["dst"], f"{rep['entries']} "
+                         f"{'entry' if rep['entries'] == 1 else 'entries'}, "
+                         f"{human_bytes(rep['bytes_written'])}"])
+        else:
+            rows.append(["FAIL", r["src"], r["dst"], r["error"]])
+    bad = sum(not r["ok"] for r in results)
+    body = table(rows, ["", "source", "output", "result"]) if rows else ""
+    return f"{body}\n{len(results) - bad} converted, {bad} failed"
+

@@ -1,5 +1,17 @@
-"""Conversions between formats through the interchange model."""
+"""Conversions between formats through the interchange model, planned by the graph."""
 
-from .execute import Report, convert, fit, parse_casts, save, select_entries
+from .execute import (
+                      Report,
+                      convert,
+                      convert_many,
+                      fit,
+                      parse_casts,
+                      plan,
+                      save,
+                      select_entries,
+                      total_bytes,
+)
+from .graph import Plan, Step
 
-__all__ = ["Report", "convert", "fit", "parse_casts", "save", "select_entries"]
+__all__ = ["Plan", "Report", "Step", "convert", "convert_many", "fit", "parse_casts", "plan",
+           "save", "select_entries", "total_bytes"]

@@ -25,6 +25,7 @@ from ..errors import (
 from ..formats import detect, for_output
 from ..formats.base import Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
+from .graph import Plan, Step, steps_for
 
 
 @dataclass
@@ -186,7 +187,7 @@ def _fit_dtype(t: Tensor, name, fmt, allow_lossy, warnings, src) -> Tensor | Non
 
 def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
           compression: str | None = None, layout: str | None = None,
-          row_group_size: int | None = None) -> int:
+          row_group_size: int | None = None, path: str = "fast", progress=None) -> int:
     """Write a fitted bundle atomically; returns the size of the file written."""
     if compression is not None and compression not in fmt.caps.compressions:
         raise OptionError(f"{fmt.id} supports --compression "
@@ -196,8 +197,11 @@ def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
         raise OptionError(f"--layout must be rows or entries, not {layout!r}")
     if row_group_size is not None and row_group_size < 1:
         raise OptionError("--row-group-size must be a positive number of rows")
+    if path not in ("fast", "generic"):
+        raise OptionError(f"--path must be fast or generic, not {path!r}")
     options = WriteOptions(compression=compression, layout=layout,
-                           row_group_size=row_group_size)
+                           row_group_size=row_group_size, kernel_copy=path == "fast",
+                           progress=progress)
     with atomic_output(dst, overwrite) as f:
         fmt.write(bundle, f, dst, options)
         size = os.path.getsize(f.name)
@@ -208,8 +212,18 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             select=(), exclude=(), cast=None, allow_lossy: bool = False,
             overwrite: bool = False, compression: str | None = None,
             allow_external: bool = False, layout: str | None = None,
-            row_group_size: int | None = None) -> Report:
-    """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options."""
+            row_group_size: int | None = None, path: str = "fast", progress=None,
+            dry_run: bool = False):
+    """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
+
+    Returns a Report, or with ``dry_run`` the Plan, writing nothing. ``progress`` is called
+    with the bytes written as they go (``total_bytes`` of the plan is the expected sum).
+    """
+    if dry_run:
+        return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
+                    exclude=exclude, cast=cast, allow_lossy=allow_lossy,
+                    compression=compression, allow_external=allow_external, layout=layout,
+                    path=path)
     t0 = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
     out_fmt = for_output(dst, to_format)
@@ -221,10 +235,120 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                allow_lossy=allow_lossy)
+        if progress is not None and hasattr(progress, "total"):
+            progress.total = total_bytes(fitted)
         size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
-                     layout=layout, row_group_size=row_group_size)
+                     layout=layout, row_group_size=row_group_size, path=path,
+                     progress=progress)
     return Report(src, dst, in_fmt.id, out_fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings)
+
+
+def total_bytes(bundle: Bundle) -> int | None:
+    """Payload bytes a write of ``bundle`` moves, or None when tables make it unknown."""
+    if any(isinstance(e, Table) for e in bundle.values()):
+        return None
+    return sum(t.nbytes or 0 for t in bundle.values())
+
+
+def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
+         select=(), exclude=(), cast=None, allow_lossy: bool = False,
+         compression: str | None = None, allow_external: bool = False,
+         layout: str | None = None, path: str = "fast") -> Plan:
+    """How ``convert`` would run for these files, step by step; nothing is written.
+
+    Given two format ids instead of files (``plan("hdf5", "parquet")``), describes the
+    edge between the formats: how tensors travel at best and what the target cannot hold.
+    """
+    from ..formats import IDS, get
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if src in IDS and dst in IDS and not os.path.exists(src):
+        return _format_plan(get(src), get(dst))
+    out_fmt = for_output(dst, to_format)
+    in_fmt = detect(src, from_format)
+    in_fmt.check_available()
+    result = Plan(src, dst, in_fmt.id, out_fmt.id, path, allow_lossy=allow_lossy)
+    with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
+        try:
+            fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
+                allow_lossy=allow_lossy)
+        except MlconvError as e:
+            result.error = str(e)
+        try:
+            fitted, losses = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
+                                 allow_lossy=True)
+        except MlconvError:
+            return result
+        result.losses = losses
+        result.steps = steps_for(fitted, out_fmt, path == "generic", layout, compression)
+    if os.path.lexists(dst) and result.error is None:
+        result.losses.append(f"{dst} exists and would be replaced (needs --force)")
+    return result
+
+
+def _format_plan(a: Format, b: Format) -> Plan:
+    """The edge between two formats, independent of any file."""
+    result = Plan(a.id, b.id, a.id, b.id)
+    if a.caps.tensors and b.caps.tensors:
+        method = "zero-copy" if a.caps.zero_copy and b.caps.raw_payload else "streamed"
+        result.steps.append(Step("tensors", "tensor", method, None,
+                                 "at best; casts, byte swaps and compression stream"))
+    if a.caps.tables:
+        how = "streamed" if b.caps.tables else "streamed"
+        note = "record batches" if b.caps.tables else "numeric columns become tensors"
+        result.steps.append(Step("tables", "table", how, None, note))
+    missing = sorted(d.value for d in a.caps.dtypes - b.caps.dtypes)
+    if missing:
+        result.losses.append(f"{b.id} cannot hold tensors of dtype {', '.join(missing)}")
+    for cap, what in (("metadata", "file metadata"), ("attrs", "attributes"),
+                      ("tables", "tables"), ("nulls", "nulls")):
+        if getattr(a.caps, cap) and not getattr(b.caps, cap):
+            result.losses.append(f"{b.id} has no {what}")
+    return result
+
+
+def convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = None,
+                 **options) -> list[dict]:
+    """Convert each file of ``sources`` into ``dst_dir`` (as ``<stem>.<ext>``), ``jobs`` at
+    a time in worker processes. One bad file never stops the others: each result is
+    ``{"src", "dst", "ok", "report" | "error"}``.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..formats import get
+
+    fmt = get(to_format)
+    dst_dir = os.fspath(dst_dir)
+    if not os.path.isdir(dst_dir):
+        raise OptionError("the output folder does not exist", dst_dir)
+    tasks = []
+    for src in sources:
+        stem = os.path.splitext(os.path.basename(src))[0]
+        tasks.append((os.fspath(src), os.path.join(dst_dir, stem + fmt.extensions[0])))
+    dsts = [d for _, d in tasks]
+    if len(set(dsts)) != len(dsts):
+        raise OptionError("two inputs would write the same output (same file stem)")
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
+    if jobs == 1:
+        return [_one((s, d, to_format, options)) for s, d in tasks]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_one, [(s, d, to_format, options) for s, d in tasks]))
+
+
+def _one(task) -> dict:
+    src, dst, to_format, options = task
+    try:
+        report = convert(src, dst, to_format=to_format, **options)
+        return {"src": src, "dst": dst, "ok": True, "report": report.as_dict()}
+    except MlconvError as e:
+        return {"src": src, "dst": dst, "ok": False, "error": str(e)}
+    except OSError as e:
+        return {"src": src, "dst": dst, "ok": False,
+                "error": f"{e.strerror or e} ({getattr(e, 'filename', None) or src})"}
+    except Exception as e:  # noqa: BLE001 - a bug on one file must not stop the others
+        return {"src": src, "dst": dst, "ok": False,
+                "error": f"internal error: {type(e).__name__}: {e} ({src})"}
 
 
 def save(data, dst, *, format: str | None = None, metadata: dict | None = None,

@@ -169,6 +169,8 @@ class Arrow(Format):
             with new(library_path(f), schema, options=opts) as writer:
                 for batch in prefetch(table.batches(1 << 18)):
                     writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                    if options.progress:
+                        options.progress(batch.nbytes)
         except MlconvError:
             raise
         except layouts.arrow_errors() as e:

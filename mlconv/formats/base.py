@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..dtypes import DType
@@ -33,6 +34,14 @@ class WriteOptions:
     compression: str | None = None  # None: the format's default
     layout: str | None = None       # tensors as a table: "rows", "entries" or None (auto)
     row_group_size: int | None = None
+    kernel_copy: bool = True        # False forces the generic path (bytes through memory)
+    progress: Callable[[int], None] | None = None  # called with bytes written as they go
+
+    def sink(self, fd: int):
+        """A fileio.Sink on ``fd`` that reports progress and honours ``kernel_copy``."""
+        from ..fileio import Sink
+
+        return Sink(fd, self.progress, self.kernel_copy)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Capabilities:
     attrs: bool = False              # per-entry attrs
     max_entries: int | None = None   # npy holds exactly one
     zero_copy: bool = False          # readers hand out memory maps
+    raw_payload: bool = False        # writers put tensor payloads verbatim (kernel-copyable)
     compressions: tuple[str, ...] = ("none",)  # first one is the default
 
     def as_dict(self) -> dict:
@@ -53,6 +63,7 @@ class Capabilities:
             "dtypes": sorted(d.value for d in self.dtypes),
             "metadata": self.metadata, "attrs": self.attrs, "nulls": self.nulls,
             "max_entries": self.max_entries, "zero_copy": self.zero_copy,
+            "raw_payload": self.raw_payload,
             "compressions": list(self.compressions),
         }
 

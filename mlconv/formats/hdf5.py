@@ -24,7 +24,7 @@ from .. import dtypes as D
 from ..atomic import library_path
 from ..dtypes import DType
 from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
-from ..fileio import CHUNK, Sink
+from ..fileio import CHUNK
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource, Source, array_chunks
 from .base import ALIGN, Capabilities, Format
@@ -612,16 +612,16 @@ class Hdf5(Format):
                     _write_attrs(h5.require_group(group), attrs)
                 for name, entry in bundle.items():
                     if isinstance(entry, Table):
-                        self._table(h5, name, entry, path)
+                        self._table(h5, name, entry, path, options.progress)
                         continue
-                    offset = self._tensor(h5, name, entry, comp, path)
+                    offset = self._tensor(h5, name, entry, comp, path, options.progress)
                     if offset is not None:
                         placed.append((offset, entry))
         except (ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
             if isinstance(e, MlconvError):
                 raise
             raise UnsupportedError(f"HDF5 refused the data: {e}", path) from None
-        sink = Sink(os.open(f.name, os.O_WRONLY))
+        sink = options.sink(os.open(f.name, os.O_WRONLY))
         try:
             for offset, entry in placed:
                 sink.seek(offset)
@@ -629,7 +629,7 @@ class Hdf5(Format):
         finally:
             os.close(sink.fd)
 
-    def _tensor(self, h5, name, t: Tensor, comp, path):
+    def _tensor(self, h5, name, t: Tensor, comp, path, progress=None):
         """Create the dataset; returns the offset to copy the payload to (contiguous case)."""
         h5py = _h5py()
         stored, real = _storage(t.dtype)
@@ -649,6 +649,8 @@ class Hdf5(Format):
                 rows = max(1, CHUNK // max(1, t.nbytes // t.shape[0]))
                 for i in range(0, t.shape[0], rows):
                     ds[i:i + rows] = data[i:i + rows]
+                    if progress:
+                        progress(min(rows, t.shape[0] - i) * (t.nbytes // t.shape[0]))
             elif t.source.count:
                 ds[()] = data
         else:
@@ -663,7 +665,7 @@ class Hdf5(Format):
             return None
         return ds.id.get_offset()
 
-    def _table(self, h5, name, table: Table, path):
+    def _table(self, h5, name, table: Table, path, progress=None):
         import numpy as np
 
         schema = table.schema
@@ -692,6 +694,8 @@ class Hdf5(Format):
                 ds.resize((done + len(block),))
             ds[done:done + len(block)] = block
             done += len(block)
+            if progress:
+                progress(batch.nbytes)
 
 
 FORMAT = Hdf5(
@@ -699,6 +703,7 @@ FORMAT = Hdf5(
     description="HDF5 (h5py): groups, datasets, attributes, compound tables, pandas files",
     extensions=(".h5", ".hdf5", ".he5", ".hdf"),
     caps=Capabilities(tensors=True, tables=True, metadata=True, attrs=True, zero_copy=True,
+                      raw_payload=True,
                       dtypes=frozenset(d for d in DType if not d.is_subbyte),
                       compressions=("none", "gzip", "lzf")),
     requires=("h5py",),

@@ -14,7 +14,6 @@ import tokenize
 
 from .. import dtypes as D
 from ..errors import FormatError, LossyConversionError, UnsafeInputError, UnsupportedError
-from ..fileio import Sink
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource
 from .base import ALIGN, Capabilities, Format
@@ -275,14 +274,14 @@ class Npy(Format):
         return bundle
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
-        sink = Sink(f.fileno())
+        sink = options.sink(f.fileno())
         if len(bundle) != 1:
             raise UnsupportedError(
                 f"npy holds exactly one array; the source has {len(bundle)} entries "
                 "(use --select NAME, or write .npz)", path)
         (name, entry), = bundle.items()
         if isinstance(entry, Table):
-            _write_table(entry, sink, path, name)
+            _write_table(entry, sink, path, name)  # the sink reports progress
             return
         descr = D.to_npy_descr(entry.dtype, entry.itemsize)
         if descr is None:
@@ -296,7 +295,7 @@ FORMAT = Npy(
     description="NumPy array file",
     extensions=(".npy",),
     caps=Capabilities(tensors=True, tables=True, dtypes=D.NPY_DTYPES, max_entries=1,
-                      zero_copy=True),
+                      zero_copy=True, raw_payload=True),
     magic=(MAGIC,),
 )
 

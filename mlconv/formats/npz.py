@@ -172,6 +172,8 @@ class Npz(Format):
                     m.write(header)
                     for piece in entry.chunks():
                         m.write(piece)
+                        if options.progress:
+                            options.progress(len(piece))
 
 
 def _check_name(name: str, path) -> None:

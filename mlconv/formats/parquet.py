@@ -138,6 +138,8 @@ class Parquet(Format):
                 pending, count, size = [], 0, 0
                 for batch in prefetch(table.batches(min(rows, 1 << 18)), depth=4):
                     pending.append(batch.replace_schema_metadata(schema.metadata))
+                    if options.progress:
+                        options.progress(batch.nbytes)
                     count, size = count + batch.num_rows, size + batch.nbytes
                     # a row group per row_group_size rows, memory bounded by ~64 MiB
                     if count >= rows or size >= 64 << 20:

@@ -13,7 +13,7 @@ import struct
 
 from .. import dtypes as D
 from ..errors import FormatError, LossyConversionError, UnsupportedError
-from ..fileio import Sink, read_exact
+from ..fileio import read_exact
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource
 from .base import ALIGN, Capabilities, Format
@@ -141,7 +141,7 @@ class Safetensors(Format):
             tensors.append(entry)
         text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         padded = -(-(8 + len(text)) // ALIGN) * ALIGN - 8
-        sink = Sink(f.fileno())
+        sink = options.sink(f.fileno())
         sink.write(struct.pack("<Q", padded) + text + b" " * (padded - len(text)))
         for entry in tensors:
             entry.write_to(sink)
@@ -152,5 +152,5 @@ FORMAT = Safetensors(
     description="Hugging Face safetensors",
     extensions=(".safetensors",),
     caps=Capabilities(tensors=True, dtypes=D.SAFETENSORS_DTYPES, metadata=True,
-                      zero_copy=True),
+                      zero_copy=True, raw_payload=True),
 )
