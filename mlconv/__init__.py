@@ -5,6 +5,8 @@
     mlconv.save({"w": arr}, "out.npz", metadata={"k": "v"})
     mlconv.convert("in.safetensors", "out.npz", select=["enc/*"], overwrite=True)
     mlconv.inspect("file.npz")                    # dict, schemas/manifest.schema.json
+    mlconv.validate("file.npz", schema="e.json")  # Report: .ok, .problems
+    mlconv.plan("in.h5", "out.safetensors")       # how convert would run, step by step
     mlconv.formats()                              # the registry
 """
 
