@@ -229,7 +229,9 @@ def _frame_table(g, group: str, path: str):
             arrays = [c.convert(block, encoding, path, group) for c in ordered]
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
-    described = [(c.name, str(c.arrow_type(encoding))) for c in ordered]
+    from ..layouts import type_name
+
+    described = [(c.name, type_name(c.arrow_type(encoding))) for c in ordered]
     return Table(described, n, batches, schema, encoding={"pandas_type": "frame_table"})
 
 
@@ -308,5 +310,7 @@ def _frame_fixed(g, group: str, path: str):
                 raise FormatError(f"cannot read pandas frame: {e}", path, group) from None
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
-    return Table([(f.name, str(f.type)) for f in fields], n, batches, lambda: sch,
+    from ..layouts import type_name
+
+    return Table([(f.name, type_name(f.type)) for f in fields], n, batches, lambda: sch,
                  encoding={"pandas_type": "frame"})

@@ -402,7 +402,6 @@ class _Reader:
     def table(self, ds, name: str, attrs: dict):
         from .. import tables
 
-        pa_schema = None
         raw = attrs.pop(SCHEMA_ATTR, None)
         try:
             n = ds.shape[0] if ds.shape else 1
@@ -460,17 +459,11 @@ class _Reader:
                     cols.append(arr)
                 yield pa.RecordBatch.from_arrays(cols, schema=sch)
 
-        pa_schema = schema
-        described = [(f, str(t)) for f, t in columns] if pa_schema is None else \
-            [(f.name, str(f.type)) for f in pa_schema]
-        return Table(_simple_names(described), n, batches, arrow_schema, attrs)
+        from ..layouts import type_name
 
-
-def _simple_names(columns):
-    """Column types as canonical dtype names where Arrow's name differs only in spelling."""
-    alias = {"double": "float64", "float": "float32", "halffloat": "float16",
-             "binary": "bytes", "bool": "bool"}
-    return [(c, alias.get(t, t)) for c, t in columns]
+        described = [(f, type_name(t)) for f, t in columns] if schema is None else \
+            [(f.name, type_name(f.type)) for f in schema]
+        return Table(described, n, batches, arrow_schema, attrs)
 
 
 def _table_fields(np_dtype):
