@@ -106,6 +106,10 @@ def _convert_options(f):
 @_convert_options
 @click.option("--row-group-size", type=click.IntRange(min=1), metavar="ROWS",
               help="Rows per Parquet row group.")
+@click.option("--template", type=click.Path(dir_okay=False), metavar="MODEL.onnx",
+              help="ONNX output: replace the initializers of this model.")
+@click.option("--external-data", is_flag=True,
+              help="ONNX output: tensor bytes in DST.data (automatic over 2 GiB).")
 @click.option("--force", is_flag=True, help="Replace an existing DST.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, write nothing.")
 @click.option("--progress/--no-progress", default=None,
@@ -116,8 +120,8 @@ def _convert_options(f):
 @_debug_option
 @click.pass_context
 def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, layout, allow_external, path, row_group_size, force, dry_run,
-            progress, jobs, as_json, debug):
+            compression, layout, allow_external, path, row_group_size, template,
+            external_data, force, dry_run, progress, jobs, as_json, debug):
     """Convert SRC to DST (format from DST's extension or --to).
 
     With a glob SRC ('in/*.h5') or a folder DST, converts every file into DST --to FORMAT,
@@ -154,7 +158,7 @@ def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_
     try:
         report = _run(ctx, debug, lambda: run_convert(
             src, dst, to_format=to_format, overwrite=force, row_group_size=row_group_size,
-            progress=bar, **options))
+            progress=bar, template=template, external_data=external_data, **options))
     finally:
         if bar is not None:
             bar.close()

@@ -187,7 +187,8 @@ def _fit_dtype(t: Tensor, name, fmt, allow_lossy, warnings, src) -> Tensor | Non
 
 def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
           compression: str | None = None, layout: str | None = None,
-          row_group_size: int | None = None, path: str = "fast", progress=None) -> int:
+          row_group_size: int | None = None, path: str = "fast", progress=None,
+          template: str | None = None, external_data: bool = False) -> int:
     """Write a fitted bundle atomically; returns the size of the file written."""
     if compression is not None and compression not in fmt.caps.compressions:
         raise OptionError(f"{fmt.id} supports --compression "
@@ -201,7 +202,12 @@ def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
         raise OptionError(f"--path must be fast or generic, not {path!r}")
     options = WriteOptions(compression=compression, layout=layout,
                            row_group_size=row_group_size, kernel_copy=path == "fast",
-                           progress=progress)
+                           progress=progress, template=template,
+                           external_data=external_data)
+    if template is not None and fmt.id != "onnx":
+        raise OptionError("--template applies to ONNX output only")
+    if template is not None and not os.path.isfile(template):
+        raise OptionError("--template: no such model", template)
     with atomic_output(dst, overwrite) as f:
         fmt.write(bundle, f, dst, options)
         size = os.path.getsize(f.name)
@@ -213,7 +219,8 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             overwrite: bool = False, compression: str | None = None,
             allow_external: bool = False, layout: str | None = None,
             row_group_size: int | None = None, path: str = "fast", progress=None,
-            dry_run: bool = False):
+            dry_run: bool = False, template: str | None = None,
+            external_data: bool = False):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
     Returns a Report, or with ``dry_run`` the Plan, writing nothing. ``progress`` is called
@@ -239,7 +246,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             progress.total = total_bytes(fitted)
         size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
                      layout=layout, row_group_size=row_group_size, path=path,
-                     progress=progress)
+                     progress=progress, template=template, external_data=external_data)
     return Report(src, dst, in_fmt.id, out_fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings)
 

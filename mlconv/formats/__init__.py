@@ -19,6 +19,7 @@ IDS = (
     "hdf5",
     "parquet",
     "arrow",
+    "onnx",
 )
 
 _SNIFF_BYTES = 64

@@ -35,6 +35,8 @@ class WriteOptions:
     layout: str | None = None       # tensors as a table: "rows", "entries" or None (auto)
     row_group_size: int | None = None
     kernel_copy: bool = True        # False forces the generic path (bytes through memory)
+    template: str | None = None     # ONNX: replace the initializers of this model
+    external_data: bool = False     # ONNX: payloads in a side file even under 2 GiB
     progress: Callable[[int], None] | None = None  # called with bytes written as they go
 
     def sink(self, fd: int):
