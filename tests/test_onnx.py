@@ -57,8 +57,8 @@ def test_every_dtype_reads_and_round_trips(tmp_path, dtype):
     onnx.checker.check_model(str(out), full_check=True)
     ref = numpy_helper.to_array(onnx.load(str(out)).graph.initializer[0])
     assert payload(ref) == payload(arr)
-    for fmt in ("safetensors", "npz", "h5"):
-        held = {"safetensors": D.SAFETENSORS_DTYPES, "npz": D.NPY_DTYPES,
+    for fmt in ("safetensors", "npz", "h5", "npy"):
+        held = {"safetensors": D.SAFETENSORS_DTYPES, "npz": D.NPY_DTYPES, "npy": D.NPY_DTYPES,
                 "h5": {d for d in D.DType if not d.is_subbyte}}[fmt]
         if dtype not in held:
             continue
@@ -66,8 +66,9 @@ def test_every_dtype_reads_and_round_trips(tmp_path, dtype):
         mlconv.convert(src, dst, overwrite=True)
         back = tmp_path / f"again-{fmt}.onnx"
         mlconv.convert(dst, back)
-        assert payload(numpy_helper.to_array(onnx.load(str(back)).graph.initializer[0])) \
-            == payload(arr)
+        init = onnx.load(str(back)).graph.initializer[0]
+        assert init.name == ("o" if fmt == "npy" else "w")  # npy names by the file stem
+        assert payload(numpy_helper.to_array(init)) == payload(arr)
 
 
 def test_typed_fields_and_strings(tmp_path):
