@@ -78,10 +78,6 @@ def make_tensor(path: str, gib: float) -> None:
             ds[i:i + len(block)] = block
 
 
-def child(fn: str, *args) -> None:
-    run_function(__file__, fn, *args)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -92,7 +88,7 @@ def main() -> None:
     env = dict(os.environ)
     try:
         src = os.path.join(tmp, "t.h5")
-        child("make_table", src, args.rows)
+        run_function(__file__, "make_table", src, args.rows)
         outs = [os.path.join(tmp, n) for n in ("cp.h5", "ml.parquet", "pd.parquet", "hand.parquet")]
         print(f"\n{args.rows:,}-row x 8-column pandas table h5 ({os.path.getsize(src) / 2**20:.0f} "
               f"MiB) -> Parquet, {args.runs} alternating runs, {os.cpu_count()} cores")
@@ -106,7 +102,7 @@ def main() -> None:
             remover(p)()
 
         src = os.path.join(tmp, "x.h5")
-        child("make_tensor", src, args.gib)
+        run_function(__file__, "make_tensor", src, args.gib)
         out_cp, out_ml = os.path.join(tmp, "cp.h5"), os.path.join(tmp, "x.safetensors")
         print(f"\n{args.gib} GiB contiguous float32 h5 dataset -> safetensors")
         env["MLCONV_HDF5_GUARD"] = "1"

@@ -33,16 +33,6 @@ save_file({t.name: numpy_helper.to_array(t) for t in m.graph.initializer}, sys.a
 """
 
 
-def make_model(path: str, gib: float) -> None:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(0)
-    per = int(gib * (1 << 30)) // 200 // 4 // 256 * 256
-    save_file({f"layer{i // 4}/w{i % 4}": rng.standard_normal(per, dtype=np.float32)
-               .reshape(-1, 256) for i in range(200)}, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=1.0)
@@ -52,7 +42,7 @@ def main() -> None:
     j = lambda n: os.path.join(tmp, n)  # noqa: E731
     try:
         src = j("m.safetensors")
-        run_function(__file__, "make_model", src, args.gib)
+        run_function("bench_fast_edges.py", "make_model", src, args.gib)
         print(f"{args.gib} GiB, 200 float32 tensors, {args.runs} alternating runs")
         print("\nsafetensors -> ONNX with external data")
         compare({

@@ -77,10 +77,6 @@ def make_tensors(path: str, gib: float) -> None:
     os.unlink(path + ".x.npy")
 
 
-def child(fn: str, *args) -> None:
-    run_function(__file__, fn, *args)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -91,7 +87,7 @@ def main() -> None:
     j = lambda n: os.path.join(tmp, n)  # noqa: E731
     try:
         src = j("t.parquet")
-        child("make_parquet", src, args.rows)
+        run_function(__file__, "make_parquet", src, args.rows)
         print(f"\n{args.rows:,}-row x 8-column table: Parquet ({os.path.getsize(src) / 2**20:.0f} "
               f"MiB) -> Arrow IPC, {args.runs} alternating runs")
         compare({
@@ -118,7 +114,7 @@ def main() -> None:
         for p in (src, ipc):
             remover(p)()
         npz = j("w.npz")
-        child("make_tensors", npz, args.gib)
+        run_function(__file__, "make_tensors", npz, args.gib)
         print(f"\n{args.gib} GiB tensor bundle (x: (n, 16, 16) float32, y: (n,) int64) -> Parquet "
               "rows layout")
         compare({

@@ -79,7 +79,7 @@ def remover(*paths):
 def run_function(module_file: str, fn: str, *args) -> None:
     """Call ``fn(*args)`` of a benchmark module in a child (keeps this process's RSS low,
     which every child would otherwise inherit as its starting peak)."""
-    here = os.path.dirname(os.path.abspath(module_file))
+    here = os.path.dirname(os.path.abspath(__file__))
     name = os.path.splitext(os.path.basename(module_file))[0]
     code = f"import sys; sys.path.insert(0, {here!r}); import {name} as b; b.{fn}(*{args!r})"
     run_once([PY, "-c", code])

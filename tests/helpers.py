@@ -73,3 +73,20 @@ def payload(arr: np.ndarray) -> bytes:
         return (raw[0::2] | (raw[1::2] << 4)).astype(np.uint8).tobytes()
     le = arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
     return np.ascontiguousarray(arr, dtype=le).tobytes()
+
+
+def cli_refuses(src, folder, targets, *args) -> str:
+    """Converting ``src`` to each target format fails as users must see it: exit 1, one
+    ``mlconv: error:`` line, no output file. Returns the last error line."""
+    from click.testing import CliRunner
+
+    from mlconv.cli import cli
+
+    for ext in targets:
+        dst = folder / f"refused.{ext}"
+        res = CliRunner().invoke(cli, [str(src), str(dst), *args], catch_exceptions=False)
+        assert res.exit_code == 1, res.output
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("mlconv: error: ")
+        assert not dst.exists()
+    return res.stderr
+

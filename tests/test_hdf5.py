@@ -19,7 +19,7 @@ from mlconv.errors import FormatError, LossyConversionError, MlconvError, Unsupp
 from mlconv.formats import _hdf5_guard
 
 from .conftest import CORPUS, corpus_files
-from .helpers import payload, sample, st_read, st_write
+from .helpers import cli_refuses, payload, sample, st_read, st_write
 
 NUMPY_NATIVE = sorted((d for d in D.NUMERIC if not d.is_subbyte and d.numpy().kind != "V"
                        and not d.value.startswith("float8")), key=str)
@@ -300,12 +300,7 @@ def _good_h5(path):
 
 
 def assert_refused(src, tmp_path):
-    dst = tmp_path / "out.safetensors"
-    res = run(src, dst)
-    assert res.exit_code == 1, res.output
-    assert res.stderr.count("\n") == 1 and res.stderr.startswith("mlconv: error: ")
-    assert not dst.exists()
-    return res.stderr
+    return cli_refuses(src, tmp_path, ("safetensors",))
 
 
 def test_truncated_h5(tmp_path):

@@ -20,7 +20,7 @@ from mlconv.dtypes import DType
 from mlconv.errors import LossyConversionError, MlconvError
 
 from .conftest import CORPUS, corpus_files
-from .helpers import payload, sample, st_read, st_write
+from .helpers import cli_refuses, payload, sample, st_read, st_write
 
 TABLE_FORMATS = ["parquet", "arrow", "arrows"]
 HELD = sorted(layouts.HELD, key=str)
@@ -294,12 +294,7 @@ def _good_parquet(path):
 
 
 def assert_refused(src, tmp_path, targets=("npz", "arrow")):
-    for dst in (tmp_path / f"o.{t}" for t in targets):
-        res = run(src, dst, "--allow-lossy")
-        assert res.exit_code == 1, res.output
-        assert res.stderr.count("\n") == 1 and res.stderr.startswith("mlconv: error: ")
-        assert not dst.exists()
-    return res.stderr
+    return cli_refuses(src, tmp_path, targets, "--allow-lossy")
 
 
 def test_corrupted_footer_and_truncation(tmp_path):
