@@ -42,3 +42,32 @@ def test_npy_to_safetensors_to_npz(tmp_path_factory, dtype, shape, seed, fortran
     mlconv.convert(tmp / "x.safetensors", tmp / "x.npz")
     with np.load(tmp / "x.npz") as z:
         assert z["x"].dtype == arr.dtype and payload(z["x"]) == payload(arr)
+
+
+LAYOUT_DTYPES = sorted(D.SAFETENSORS_DTYPES & (D.NPY_DTYPES | {D.DType.bfloat16,
+                                                               D.DType.float8_e4m3fn,
+                                                               D.DType.float8_e5m2}),
+                       key=str)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtypes=st.lists(st.sampled_from(LAYOUT_DTYPES), min_size=1, max_size=3),
+       rows=st.integers(0, 5), inner=st.lists(st.integers(1, 3), max_size=2).map(tuple),
+       via=st.sampled_from(["h5", "parquet", "arrow", "arrows", "onnx"]),
+       layout=st.sampled_from([None, "entries"]), seed=st.integers(0, 1000))
+def test_any_bundle_survives_any_format(tmp_path_factory, dtypes, rows, inner, via, layout,
+                                        seed):
+    from .helpers import st_write
+
+    tmp = tmp_path_factory.mktemp("b")
+    tensors = {f"g/t{i}": sample(d, (rows,) + inner, seed + i) for i, d in enumerate(dtypes)}
+    st_write(tmp / "in.safetensors", tensors)
+    mid = tmp / f"mid.{via}"
+    mlconv.convert(tmp / "in.safetensors", mid,
+                   layout=layout if via in ("parquet", "arrow", "arrows") else None)
+    mlconv.convert(mid, tmp / "out.safetensors")
+    got = st_read(tmp / "out.safetensors")[1]
+    assert sorted(got) == sorted(tensors)
+    for name, arr in tensors.items():
+        assert got[name][1:] == (arr.shape, payload(arr))
