@@ -392,13 +392,15 @@ def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
     for batch in table.batches(65536, columns=["name", "dtype", "shape"]):
         for rec in batch.to_pylist():
             try:
+                if not isinstance(rec["name"], str) or not isinstance(rec["dtype"], str):
+                    raise TypeError("name and dtype must be text")
                 dtype = D.parse(rec["dtype"])
                 shape = tuple(int(d) for d in rec["shape"])
                 if any(d < 0 for d in shape):
                     raise ValueError(shape)
             except (UnsupportedError, TypeError, ValueError):
-                raise FormatError(f"entries row {row} has an invalid dtype/shape",
-                                  path, rec.get("name")) from None
+                raise FormatError(f"entries row {row} has an invalid name/dtype/shape",
+                                  path, str(rec.get("name"))) from None
             bundle[rec["name"]] = Tensor(EntrySource(entries_reader, row, dtype, shape,
                                                      path, rec["name"]))
             row += 1

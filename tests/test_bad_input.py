@@ -175,6 +175,17 @@ def test_npz_zip_bomb_declared_size(tmp_path):
     assert_refused(tmp_path, src, FormatError, "zip bomb|declares")
 
 
+def test_npz_member_offset_outside_the_file(tmp_path):
+    # found by fuzzing: a central directory whose member offset points before the file
+    src = tmp_path / "off.npz"
+    np.savez(src, x=np.arange(20))
+    data = bytearray(src.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", data, cd + 42, 0xFFFFFF00)  # relative offset of local header
+    src.write_bytes(bytes(data))
+    assert_refused(tmp_path, src, FormatError)
+
+
 def test_npz_member_header_lies_about_shape(tmp_path):
     # The npy header inside claims far more data than the member holds.
     header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (4000000000,), }"

@@ -216,6 +216,15 @@ def test_external_data_beyond_the_side_file(tmp_path):
         mlconv.load(src)
 
 
+def test_initializer_name_not_utf8(tmp_path):
+    # found by fuzzing: a mangled name field protobuf hands back as bytes
+    good = model_of({"wé": np.ones(2, np.float32)}, tmp_path / "g.onnx").read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(good.replace("wé".encode(), b"w\xe9\xff"))
+    with pytest.raises(FormatError, match="UTF-8"):
+        mlconv.load(bad)
+
+
 def test_truncated_and_not_onnx(tmp_path):
     good = model_of({"w": np.ones((64, 64), np.float32)}, tmp_path / "g.onnx")
     cut = tmp_path / "cut.onnx"

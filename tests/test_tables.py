@@ -169,6 +169,17 @@ def test_entries_layout_restores_model_weights(tmp_path, fmt):
         assert got[k] == (D.to_safetensors(D.from_numpy(v.dtype)), v.shape, payload(v))
 
 
+def test_entries_with_a_binary_name_column_are_refused(tmp_path):
+    # found by fuzzing: a mangled entries table whose names are bytes
+    schema = pa.schema([("name", pa.binary()), ("dtype", pa.string()),
+                        ("shape", pa.list_(pa.int64())), ("bytes", pa.large_binary())],
+                       metadata={"mlconv.layout": "entries"})
+    src = tmp_path / "e.parquet"
+    pq.write_table(pa.table([[b"w"], ["int8"], [[1]], [b"\x01"]], schema=schema), src)
+    with pytest.raises(MlconvError, match="entries row 0"):
+        mlconv.load(src)
+
+
 def test_layout_option(tmp_path):
     src = tmp_path / "in.safetensors"
     st_write(src, {"a": np.arange(4.0), "b": np.arange(8.0).reshape(4, 2)})

@@ -40,6 +40,9 @@ class _Member:
 
 def _data_start(fh, info: zipfile.ZipInfo, size: int, path, entry) -> int:
     """Offset of a member's bytes in the file, from its local header (checked)."""
+    if not 0 <= info.header_offset <= size - 30:
+        raise FormatError(f"zip member header offset {info.header_offset} lies outside the "
+                          f"{size}-byte file", path, entry)
     fh.seek(info.header_offset)
     local = fh.read(30)
     if len(local) != 30 or local[:4] != b"PK\x03\x04":

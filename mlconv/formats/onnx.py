@@ -45,6 +45,16 @@ def _parse(cls, data: bytes, path, what):
     return obj
 
 
+def _text(value, path, what: str) -> str:
+    """A protobuf string field; corrupt files can carry bytes that are not UTF-8 there."""
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{what} is not valid UTF-8 text", path) from None
+
+
 def safe_location(folder: str, location: str, path, entry) -> str:
     """The side file of an external tensor, refused unless it lies inside ``folder``."""
     parts = location.replace("\\", "/").split("/")
@@ -106,7 +116,8 @@ class _Reader:
         return Tensor(ArraySource(arr.astype(dtype.numpy(), copy=False), dtype))
 
     def external(self, t, name, dtype, shape):
-        info = {e.key: e.value for e in t.external_data}
+        info = {_text(e.key, self.path, "external data key"):
+                _text(e.value, self.path, "external data value") for e in t.external_data}
         target = safe_location(self.folder, info.get("location", ""), self.path, name)
         size = os.path.getsize(target)
         nbytes = dtype.nbytes(shape)
@@ -184,16 +195,19 @@ class Onnx(Format):
             with open(path, "rb") as f:
                 data = f.read()
             for key, proto in _pb_tensors(data, path, name):
+                key = _text(key, path, "tensor name")
                 entry = self._tensor(reader, proto, key, bundle)
                 if entry is not None:
                     bundle[key] = entry
             return bundle
         model = read_model(path)
-        bundle.metadata = {p.key: p.value for p in model.metadata_props}
+        bundle.metadata = {_text(p.key, path, "metadata key"):
+                           _text(p.value, path, "metadata value") for p in model.metadata_props}
         for init in model.graph.initializer:
-            entry = self._tensor(reader, init, init.name, bundle)
+            name = _text(init.name, path, "initializer name")
+            entry = self._tensor(reader, init, name, bundle)
             if entry is not None:
-                bundle[init.name] = entry
+                bundle[name] = entry
         for sparse in model.graph.sparse_initializer:
             bundle.skipped[sparse.values.name or "sparse"] = "sparse initializers are not " \
                                                              "supported"
