@@ -147,6 +147,22 @@ def test_compressed_output_option(tmp_path, compression):
     assert out.stat().st_size < 100_000
 
 
+@pytest.mark.parametrize("filters", [{"compression": "lzf"}, {"fletcher32": True},
+                                     {"compression": "gzip", "shuffle": True,
+                                      "fletcher32": True}, {"scaleoffset": 0}])
+def test_builtin_filters_read_lazily(tmp_path, filters):
+    src = tmp_path / "f.h5"
+    arr = np.arange(30_000, dtype=np.int32).reshape(300, 100)
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=arr, chunks=(50, 100), **filters)
+    with mlconv.open(src) as b:
+        t = b["x"]
+        assert b"".join(bytes(p) for p in t.chunks(20_000)) == arr.tobytes()
+        assert np.array_equal(t.numpy(), arr)
+    mlconv.convert(src, tmp_path / "o.safetensors")
+    assert st_read(tmp_path / "o.safetensors")[1]["x"][2] == arr.tobytes()
+
+
 def test_streamed_chunks_are_bounded_and_chunk_aligned(tmp_path):
     src = tmp_path / "big.h5"
     arr = np.arange(200_000, dtype=np.float64).reshape(2000, 100)
