@@ -437,9 +437,6 @@ class EntrySource(Source):
             yield buf[i:i + size]
 
 
-def dumps_shape(shape) -> str:
-    return json.dumps(list(shape))
-
 
 # --- shared by the Arrow-table formats (Parquet, Arrow IPC) -------------------------------
 
