@@ -15,7 +15,7 @@ import os
 import shutil
 import warnings
 
-from harness import PY, compare, remover, run_function, tempdir
+from harness import PY, compare, remover, run_function, table_columns, tempdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,15 +54,7 @@ def make_table(path: str, rows: int) -> None:
     step = 1 << 21
     for start in range(0, rows, step):
         n = min(step, rows - start)
-        df = pd.DataFrame({
-            "i64": rng.integers(0, 1 << 40, n), "f64": rng.standard_normal(n),
-            "f32": rng.standard_normal(n).astype(np.float32),
-            "i32": rng.integers(0, 1 << 30, n).astype(np.int32),
-            "flag": rng.integers(0, 2, n).astype(bool),
-            "tag": np.array(["alpha", "beta", "gamma", "delta"])[rng.integers(0, 4, n)],
-            "ts": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 10**9, n), "s"),
-            "i8": rng.integers(-100, 100, n).astype(np.int8),
-        }, index=pd.RangeIndex(start, start + n))
+        df = pd.DataFrame(table_columns(rng, n), index=pd.RangeIndex(start, start + n))
         df.to_hdf(path, key="df", format="table", append=start > 0, min_itemsize={"tag": 8})
 
 

@@ -15,7 +15,7 @@ import argparse
 import os
 import shutil
 
-from harness import PY, compare, remover, run_function, run_once, tempdir
+from harness import PY, compare, remover, run_function, run_once, table_columns, tempdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,14 +52,7 @@ def make_parquet(path: str, rows: int) -> None:
     writer = None
     for start in range(0, rows, step):
         n = min(step, rows - start)
-        t = pa.table({
-            "i64": rng.integers(0, 1 << 40, n), "f64": rng.standard_normal(n),
-            "f32": rng.standard_normal(n).astype(np.float32),
-            "i32": rng.integers(0, 1 << 30, n).astype(np.int32),
-            "flag": rng.integers(0, 2, n).astype(bool),
-            "tag": pa.array(np.array(["alpha", "beta", "gamma", "delta"])[rng.integers(0, 4, n)]),
-            "ts": pa.array(rng.integers(0, 10**15, n), pa.timestamp("us")),
-            "i8": rng.integers(-100, 100, n).astype(np.int8)})
+        t = pa.table(table_columns(rng, n))
         writer = writer or pq.ParquetWriter(path, t.schema, compression="zstd")
         writer.write_table(t)
     writer.close()

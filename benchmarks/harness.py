@@ -76,6 +76,22 @@ def remover(*paths):
     return clean
 
 
+def table_columns(rng, n: int) -> dict:
+    """The benchmark table's 8 columns as numpy arrays (int64, float64, float32, int32,
+    bool, short string, timestamp[s], int8), ``n`` rows."""
+    import numpy as np
+
+    return {
+        "i64": rng.integers(0, 1 << 40, n), "f64": rng.standard_normal(n),
+        "f32": rng.standard_normal(n).astype(np.float32),
+        "i32": rng.integers(0, 1 << 30, n).astype(np.int32),
+        "flag": rng.integers(0, 2, n).astype(bool),
+        "tag": np.array(["alpha", "beta", "gamma", "delta"])[rng.integers(0, 4, n)],
+        "ts": np.datetime64("2020-01-01", "s") + rng.integers(0, 10**9, n).astype("m8[s]"),
+        "i8": rng.integers(-100, 100, n).astype(np.int8),
+    }
+
+
 def run_function(module_file: str, fn: str, *args) -> None:
     """Call ``fn(*args)`` of a benchmark module in a child (keeps this process's RSS low,
     which every child would otherwise inherit as its starting peak)."""

@@ -274,6 +274,16 @@ _ARROW = {
 }
 
 
+def from_arrow(typ) -> DType | None:
+    """The canonical dtype of an Arrow type that maps one to one, else None."""
+    import pyarrow as pa
+
+    for dtype, name in _ARROW.items():
+        if typ == getattr(pa, name)():
+            return dtype
+    return None
+
+
 def to_arrow(dtype: DType):
     """The pyarrow type of a canonical dtype that Arrow holds natively."""
     import pyarrow as pa

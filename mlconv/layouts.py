@@ -17,7 +17,7 @@ import json
 
 from . import dtypes as D
 from .dtypes import DType
-from .errors import FormatError, LossyConversionError, UnsupportedError
+from .errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from .fileio import CHUNK
 from .model import Bundle, Table, Tensor
 from .sources import Source, array_chunks
@@ -54,10 +54,8 @@ def storage_type(dtype: DType):
 
 def type_name(t) -> str:
     """A column type for people: the canonical dtype name where there is one."""
-    for dtype, name in D._ARROW.items():
-        if t == getattr(_pa(), name)():
-            return dtype.value
-    return str(t)
+    found = D.from_arrow(t)
+    return found.value if found is not None else str(t)
 
 
 def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
@@ -77,10 +75,8 @@ def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
             return D.parse(named.decode()), shape
         except (UnsupportedError, UnicodeDecodeError):
             return None
-    for dtype, name in D._ARROW.items():
-        if dtype.bits is not None and t == getattr(pa, name)():
-            return dtype, shape
-    return None
+    found = D.from_arrow(t)
+    return (found, shape) if found is not None and found.bits is not None else None
 
 
 def to_column(values, dtype: DType):
@@ -158,7 +154,7 @@ def tensor_table(bundle: Bundle, layout: str | None) -> Table:
 
     def row_batches(rows: int, columns=None):
         step = max(1, min(rows, BATCH_BYTES // row_bytes))
-        blocks = [row_blocks(t, step) for t in bundle.values()]
+        blocks = [t.blocks(step) for t in bundle.values()]
         for _ in range(0, n, step):
             cols = [to_column(next(it), t.dtype) for it, t in zip(blocks, bundle.values(),
                                                                    strict=True)]
@@ -208,35 +204,6 @@ def extension_notes(schema, path) -> list[str]:
                          f"{name.decode('utf-8', 'replace')!r} read as its storage type "
                          f"{field.type} ({path})")
     return notes
-
-
-def row_blocks(t: Tensor, rows: int):
-    """A tensor as numpy blocks of ``rows`` rows (the last may be shorter), streamed from its
-    chunks, so memory stays bounded by the block whatever the source."""
-    import numpy as np
-
-    from .sources import element_dtype
-
-    per_row = t.shape[1:]
-    row_bytes = t.nbytes // t.shape[0] if t.shape[0] else 0
-    dtype = element_dtype(t.dtype, t.itemsize)
-    if row_bytes == 0:
-        for i in range(0, t.shape[0], rows):
-            yield np.zeros((min(rows, t.shape[0] - i),) + per_row, dtype)
-        return
-    want = rows * row_bytes
-    buf = bytearray()
-    for piece in t.chunks(want):
-        if not buf and len(piece) == want:  # the usual case: one copy (pieces are reused)
-            yield np.frombuffer(piece, dtype).reshape((rows,) + per_row).copy()
-            continue
-        buf += piece
-        while len(buf) >= want:
-            yield np.frombuffer(buf, dtype, want // dtype.itemsize).reshape(
-                (rows,) + per_row).copy()
-            del buf[:want]
-    if buf:
-        yield np.frombuffer(bytes(buf), dtype).reshape((-1,) + per_row)
 
 
 def file_metadata(schema) -> dict[str, str]:
@@ -371,6 +338,25 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
         out[entry] = Tensor(ColumnSource(table, field.name, dtype, shape, path, entry, fill,
                                          warnings))
     return out
+
+
+def read_bundle(table: Table, name: str, path, format_id: str, entries_reader) -> Bundle:
+    """What a Parquet/Arrow file holds: the tensors it was written from, else its one table
+    (named ``name``), with metadata, attrs and notes restored from the schema."""
+    schema = table.schema
+    try:
+        bundle = decode(table, name, path, entries_reader)
+    except MlconvError:
+        raise
+    except arrow_errors() as e:
+        raise FormatError(f"corrupt data: {one_line(e)}", path) from None
+    if bundle is None:
+        bundle = Bundle(metadata=file_metadata(schema), path=path)
+        bundle[name] = table
+    restore_attrs(bundle, schema)
+    bundle.notes.extend(extension_notes(schema, path))
+    bundle.format = format_id
+    return bundle
 
 
 def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:

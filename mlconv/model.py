@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
 
-from typing_extensions import Self
-
 from .dtypes import DType, from_numpy
 from .errors import FormatError
 from .fileio import CHUNK
@@ -82,6 +80,39 @@ class Tensor:
             raise FormatError(f"data yielded {sink.pos - start} bytes, {self.nbytes} expected",
                               getattr(self.source, "path", None),
                               getattr(self.source, "entry", None))
+
+    def blocks(self, rows: int) -> Iterator:
+        """numpy blocks of ``rows`` rows along the first axis (the last may be shorter),
+        built from ``chunks()``: memory stays bounded by one block whatever the source."""
+        import numpy as np
+
+        from .sources import element_dtype
+
+        per_row, n = self.shape[1:], self.shape[0]
+        if self.dtype.is_subbyte:  # packed payload: slice the unpacked array instead
+            arr = self.numpy()
+            for i in range(0, n, rows):
+                yield arr[i:i + rows]
+            return
+        dtype = element_dtype(self.dtype, self.itemsize)
+        row_bytes = self.nbytes // n if n else 0
+        if row_bytes == 0:
+            for i in range(0, n, rows):
+                yield np.zeros((min(rows, n - i),) + per_row, dtype)
+            return
+        want = rows * row_bytes
+        buf = bytearray()
+        for piece in self.chunks(want):
+            if not buf and len(piece) == want:  # the usual case: one copy (pieces are reused)
+                yield np.frombuffer(piece, dtype).reshape((rows,) + per_row).copy()
+                continue
+            buf += piece
+            while len(buf) >= want:
+                yield np.frombuffer(buf, dtype, want // dtype.itemsize).reshape(
+                    (rows,) + per_row).copy()
+                del buf[:want]
+        if buf:
+            yield np.frombuffer(bytes(buf), dtype).reshape((-1,) + per_row)
 
     def cast(self, dtype: DType) -> Tensor:
         """A lazy view of this tensor converted to ``dtype`` (numpy ``astype`` rules)."""
@@ -175,7 +206,7 @@ class Bundle(MutableMapping):
         while self._closers:
             self._closers.pop()()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Bundle:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -82,7 +82,7 @@ def array_chunks(arr, dtype: DType, size: int = CHUNK, casting: str = "equiv", a
     if dtype.is_subbyte:
         _need_nibbles(dtype)
         flat = arr.reshape(-1) if arr.flags.c_contiguous else arr.ravel(order="C")
-        step = max(2, (size * 2) // 2 * 2)
+        step = max(2, size * 2)  # values per piece: two per packed byte
         for i in range(0, flat.size, step):
             yield memoryview(pack4(flat[i:i + step].astype(dtype.numpy(), casting="unsafe")))
         return

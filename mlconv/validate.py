@@ -164,7 +164,10 @@ def expand(patterns) -> list[str]:
     out = []
     for p in patterns:
         hits = sorted(glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else []
-        out.extend(h for h in hits if os.path.isfile(h)) if hits else out.append(p)
+        if hits:
+            out.extend(h for h in hits if os.path.isfile(h))
+        else:
+            out.append(p)
     return out
 
 

@@ -346,6 +346,18 @@ def test_dataset_past_end_of_file(tmp_path):
     assert "g.h5" in err
 
 
+def test_contiguous_offset_is_checked_against_the_file_size(tmp_path, monkeypatch):
+    # libhdf5 usually notices a short file first; prove mlconv's own check holds too
+    src = _good_h5(tmp_path / "g.h5")
+    from mlconv.formats import hdf5
+
+    real = os.path.getsize
+    monkeypatch.setattr(hdf5.os.path, "getsize",
+                        lambda p: real(p) - 4096 if str(p) == str(src) else real(p))
+    with pytest.raises(FormatError, match="extends past the end"):
+        mlconv.load(src, trusted=True)
+
+
 HDF5_BAD = [r for r in corpus_files("hdf5") if r["expect"] == "reject"]
 HDF5_GOOD = [r for r in corpus_files("hdf5") if r["expect"] == "read"]
 

@@ -302,9 +302,8 @@ def _format_plan(a: Format, b: Format) -> Plan:
         result.steps.append(Step("tensors", "tensor", method, None,
                                  "at best; casts, byte swaps and compression stream"))
     if a.caps.tables:
-        how = "streamed" if b.caps.tables else "streamed"
         note = "record batches" if b.caps.tables else "numeric columns become tensors"
-        result.steps.append(Step("tables", "table", how, None, note))
+        result.steps.append(Step("tables", "table", "streamed", None, note))
     missing = sorted(d.value for d in a.caps.dtypes - b.caps.dtypes)
     if missing:
         result.losses.append(f"{b.id} cannot hold tensors of dtype {', '.join(missing)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UnsupportedError
 from ..formats.base import Format
 from ..model import Bundle, Table, Tensor
 
@@ -106,8 +107,8 @@ def steps_for(bundle: Bundle, fmt: Format, generic: bool = False,
 
         try:
             layout = choose(bundle, layout)
-        except Exception:  # noqa: BLE001 - the write itself reports an impossible layout
-            pass
+        except UnsupportedError:
+            pass  # the write itself reports an impossible layout
     steps = []
     for name, entry in bundle.items():
         if isinstance(entry, Table):

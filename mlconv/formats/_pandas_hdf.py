@@ -20,8 +20,7 @@ import re
 from .. import safepickle
 from ..errors import FormatError, UnsupportedError
 from ..model import Bundle, Table
-
-_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+from .hdf5 import _H5_ERRORS  # hdf5 imports this module lazily, so no cycle at load
 
 
 def _text(value, default=None):

@@ -138,21 +138,10 @@ class Arrow(Format):
     def read(self, path: str, options) -> Bundle:
         src = _Source(path)
         name = os.path.splitext(os.path.basename(path))[0]
-        try:
-            schema = src.schema
-            cols = [(f.name, layouts.type_name(f.type)) for f in schema]
-            table = Table(cols, src.count_rows(), src.batches, lambda: schema)
-            bundle = layouts.decode(table, name, path, src.row)
-        except MlconvError:
-            raise
-        except layouts.arrow_errors() as e:
-            raise FormatError(f"corrupt Arrow data: {layouts.one_line(e)}", path) from None
-        if bundle is None:
-            bundle = Bundle(metadata=layouts.file_metadata(schema), path=path)
-            bundle[name] = table
-        layouts.restore_attrs(bundle, schema)
-        bundle.notes.extend(layouts.extension_notes(schema, path))
-        bundle.format = self.id
+        schema = src.schema
+        cols = [(f.name, layouts.type_name(f.type)) for f in schema]
+        table = Table(cols, src.count_rows(), src.batches, lambda: schema)
+        bundle = layouts.read_bundle(table, name, path, self.id, src.row)
         bundle.on_close(src.close)
         return bundle
 

@@ -632,20 +632,19 @@ class Hdf5(Format):
             kw = {}
             if comp != "none" and t.shape and t.nbytes:
                 kw = {"compression": comp, "chunks": True}
-            data = t.numpy()
-            if t.dtype is DType.string:
-                data = data.astype(object)
-            elif real:
-                data = data.view(stored)
             ds = h5.create_dataset(name, shape=t.shape, dtype=stored, **kw)
-            if t.shape and t.nbytes:
-                rows = max(1, CHUNK // max(1, t.nbytes // t.shape[0]))
-                for i in range(0, t.shape[0], rows):
-                    ds[i:i + rows] = data[i:i + rows]
+            if t.dtype is DType.string:  # variable-length text: h5py wants objects
+                ds[()] = t.numpy().astype(object)
+            elif t.shape and t.nbytes:  # streamed block by block, never whole
+                rows, done = max(1, CHUNK // max(1, t.nbytes // t.shape[0])), 0
+                for block in t.blocks(rows):
+                    ds[done:done + len(block)] = block.view(stored) if real else block
+                    done += len(block)
                     if progress:
-                        progress(min(rows, t.shape[0] - i) * (t.nbytes // t.shape[0]))
+                        progress(block.nbytes)
             elif t.source.count:
-                ds[()] = data
+                data = t.numpy()
+                ds[()] = data.view(stored) if real else data
         else:
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)

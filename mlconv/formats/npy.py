@@ -194,20 +194,13 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
     def batches(rows: int, columns=None):
         import pyarrow as pa
 
+        from ..tables import to_arrow
+
         arr = get_array()
         sch = schema()
         for i in range(0, h.shape[0], rows):
             block = arr[i:i + rows]
-            cols = []
-            for name, _, _, _ in h.fields:
-                col = block[name]
-                if col.dtype.byteorder == ">":
-                    col = col.astype(col.dtype.newbyteorder("="))
-                try:
-                    cols.append(pa.array(col, type=sch.field(name).type))
-                except (UnicodeError, pa.ArrowInvalid) as e:
-                    raise FormatError(f"column {name!r} cannot be converted: {e}",
-                                      path, entry) from None
+            cols = [to_arrow(block[f.name], f.type, f.name, path, entry) for f in sch]
             yield pa.RecordBatch.from_arrays(cols, schema=sch)
 
     return Table(columns, h.shape[0], batches, schema, encoding=encoding)

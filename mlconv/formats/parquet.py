@@ -80,19 +80,7 @@ class Parquet(Format):
             except layouts.arrow_errors() as e:
                 raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
 
-        try:
-            bundle = layouts.decode(table, name, path, entry_bytes)
-        except (MlconvError, *layouts.arrow_errors()) as e:
-            if isinstance(e, MlconvError):
-                raise
-            raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
-        if bundle is None:
-            bundle = Bundle(metadata=layouts.file_metadata(pf.schema_arrow), path=path)
-            bundle[name] = table
-        layouts.restore_attrs(bundle, pf.schema_arrow)
-        bundle.notes.extend(layouts.extension_notes(pf.schema_arrow, path))
-        bundle.format = self.id
-        return bundle
+        return layouts.read_bundle(table, name, path, self.id, entry_bytes)
 
     def check(self, path: str, bundle: Bundle, deep: bool):
         """Row group and column chunk bounds from the footer; deep: every page, CRCs too."""
