@@ -154,7 +154,7 @@ def parse(name: str | DType) -> DType:
         pass
     try:
         return from_numpy(_np().dtype(name))
-    except (TypeError, UnsupportedError):
+    except (TypeError, ValueError, SyntaxError, UnsupportedError):
         raise UnsupportedError(f"unknown dtype {name!r}") from None
 
 

@@ -7,6 +7,42 @@ the CLI prints: ``<what> (<file>[:<entry>])``.
 from __future__ import annotations
 
 import os
+import re
+
+MAX_LINE = 2000  # an error is one line a person can read; longer ones are cut
+
+# Messages name their way out in CLI words (``use --force``); a library caller reads the
+# same hint as keyword arguments (``use overwrite=True``).
+_VALUED = {"cast", "select", "exclude", "from", "to", "layout", "compression", "template",
+           "row-group-size", "max-memory", "pad", "schema"}
+_RENAMED = {"force": "overwrite", "from": "from_format", "to": "to_format"}
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,()]+))?")
+
+
+def _api_words(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if name in ("from", "to") and (value is None or value.isupper()):
+            return f"the {'from_format/format' if name == 'from' else 'to_format/format'} " \
+                "argument"
+        key = _RENAMED.get(name, name.replace("-", "_"))
+        if name not in _VALUED:
+            return f"{key}=True" + (f" {value}" if value else "")
+        if value is None:
+            return key + "=..."
+        if name == "cast" and "=" in value:
+            a, b = value.split("=", 1)
+            return f"cast={{{a!r}: {b!r}}}"
+        if name in ("select", "exclude"):
+            return f"{key}=[{value!r}]"
+        return f"{key}={value!r}" if not value.isupper() else f"{key}=..."
+    return _FLAG.sub(sub, text)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line of bounded length (names from files may hold newlines)."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "..."
 
 
 class MlconvError(Exception):
@@ -19,11 +55,23 @@ class MlconvError(Exception):
         self.path = os.fspath(path) if path is not None else None
         self.entry = entry
 
-    def __str__(self) -> str:
+    def render(self, cli: bool = False) -> str:
+        """The one line: the CLI's words with ``cli``, keyword arguments without."""
         where = self.path or ""
         if self.entry is not None:
             where = f"{where}:{self.entry}" if where else self.entry
-        return f"{self.message} ({where})" if where else self.message
+        message = self.message if cli else _api_words(self.message)
+        return one_line(f"{message} ({where})" if where else message)
+
+    def __str__(self) -> str:
+        return self.render(cli=False)
+
+    def __reduce__(self):  # keep path and entry across processes
+        return (_rebuild, (type(self), self.message, self.path, self.entry))
+
+
+def _rebuild(cls, message, path, entry):
+    return cls(message, path, entry)
 
 
 class FormatError(MlconvError, ValueError):
@@ -60,3 +108,28 @@ class OptionError(MlconvError, ValueError):
 
 class SourceNotFoundError(MlconvError, FileNotFoundError):
     """The input file does not exist or cannot be read."""
+
+
+class Loss(str):
+    """A loss accepted with ``allow_lossy``: reads as its one line (``what (file:entry)``);
+    ``what`` is the same for alike losses, so they can be counted together."""
+
+    def __new__(cls, what: str, path: str | os.PathLike | None = None,
+                entry: str | None = None):
+        line = MlconvError(what, path, entry).render()
+        self = super().__new__(cls, line)
+        self.what, self.entry = what, entry
+        self.path = os.fspath(path) if path is not None else None
+        return self
+
+    def render(self, cli: bool = False) -> str:
+        return MlconvError(self.what, self.path, self.entry).render(cli)
+
+
+def as_loss(item) -> Loss:
+    """A Loss from a Loss, an MlconvError or a plain warning line."""
+    if isinstance(item, Loss):
+        return item
+    if isinstance(item, MlconvError):
+        return Loss(item.message, item.path, item.entry)
+    return Loss(str(item))

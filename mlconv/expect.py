@@ -2,37 +2,36 @@
 
 The document (``schemas/expectations.schema.json``) is shaped like ``mlconv inspect --json``
 output, so a manifest of a good file is a starting expectation: its entries are required
-(names may be globs), with their dtype and shape (``-1`` or ``null`` for any size along an
-axis), rows and column types for tables, and its metadata keys and values. Beyond the
+(names may be globs), with their dtype and shape (``-1``, ``null`` or ``"*"`` for any size
+along an axis), rows and column types for tables, and its metadata keys and values. Beyond the
 manifest: ``forbidden`` globs, ``max_size`` in bytes, ``allow_extra`` (default true),
 ``metadata_keys``, ``min_rows``/``max_rows`` and ``optional`` entries. Keys a manifest has
 but an expectation does not check (``mlconv``, ``path``, ``size``, ``nbytes``, ...) are
-ignored.
+ignored. A document may instead map file globs to expectations (``files``). The JSON Schema
+is the one judge of a document's shape: a bad field is a usage error naming its pointer.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 
 from .errors import OptionError
 
-_TOP = {"format", "max_size", "metadata", "metadata_keys", "entries", "forbidden",
-        "allow_extra", "mlconv", "path", "size", "groups", "skipped", "notes", "$schema",
-        "description"}
-_ENTRY = {"name", "kind", "dtype", "shape", "rows", "min_rows", "max_rows", "columns",
-          "attrs", "optional", "nbytes", "description"}
-
 
 def load(source) -> dict:
-    """An expectation from a JSON file (or YAML when pyyaml is installed)."""
+    """An expectation from a JSON file (or YAML when pyyaml is installed), checked against
+    ``schemas/expectations.schema.json``."""
     path = os.fspath(source)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise OptionError(f"cannot read the expectation file: {e.strerror}", path) from None
+    except UnicodeDecodeError:
+        raise OptionError("the expectation file is not UTF-8 text", path) from None
     if path.lower().endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -52,42 +51,63 @@ def load(source) -> dict:
     return doc
 
 
-def check_document(doc, path=None) -> None:
-    """Raise OptionError naming what is wrong with an expectation document."""
-    def bad(msg):
-        raise OptionError(f"expectation: {msg}", path)
+@functools.cache
+def _validator():
+    import jsonschema
 
-    if not isinstance(doc, dict):
-        bad("must be an object")
-    unknown = set(doc) - _TOP
-    if unknown:
-        bad(f"unknown key(s) {sorted(unknown)}")
-    if "max_size" in doc and not (isinstance(doc["max_size"], int) and doc["max_size"] >= 0):
-        bad("max_size must be a number of bytes")
-    if not isinstance(doc.get("metadata", {}), dict):
-        bad("metadata must be an object")
-    for key in ("metadata_keys", "forbidden"):
-        if not (isinstance(doc.get(key, []), list)
-                and all(isinstance(x, str) for x in doc.get(key, []))):
-            bad(f"{key} must be a list of strings")
-    entries = doc.get("entries", [])
-    if not isinstance(entries, list):
-        bad("entries must be a list")
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
-            bad(f"entries[{i}] needs a name")
-        unknown = set(e) - _ENTRY
-        if unknown:
-            bad(f"entries[{i}] has unknown key(s) {sorted(unknown)}")
-        shape = e.get("shape")
-        if shape is not None and not (isinstance(shape, list) and all(
-                d is None or (isinstance(d, int) and d >= -1) for d in shape)):
-            bad(f"entries[{i}].shape must list sizes, -1 or null for any")
+    from .schemas import load as load_schema
+
+    return jsonschema.Draft202012Validator(load_schema("expectations"))
+
+
+def check_document(doc, path=None) -> None:
+    """Raise OptionError naming the JSON pointer of the first bad field of ``doc``."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is not None:
+        pointer = "".join(f"/{p}" for p in error.absolute_path) or "/"
+        raise OptionError(f"expectation {pointer}: {error.message}", path)
+
+
+class Chooser:
+    """Which expectation a file meets: ``--schema EXPECT`` for every file, ``--schema
+    GLOB=EXPECT`` for matching files, and a document's own ``files`` mapping."""
+
+    def __init__(self, rules: list[tuple[str | None, dict]]):
+        self.rules = rules
+
+    @classmethod
+    def from_options(cls, specs) -> Chooser:
+        rules = []
+        for spec in specs:
+            glob, sep, file = spec.rpartition("=")
+            if not sep or not glob or os.path.exists(spec):
+                glob, file = None, spec
+            rules.append((glob, load(file)))
+        return cls(rules)
+
+    def for_file(self, path: str) -> dict | None:
+        for glob, doc in self.rules:
+            if glob is None or _matches(path, glob):
+                if "files" not in doc:
+                    return doc
+                for pattern, sub in doc["files"].items():
+                    if _matches(path, pattern):
+                        return sub
+        return None
+
+
+def _matches(path: str, pattern: str) -> bool:
+    path = os.path.normpath(path)
+    return fnmatch.fnmatchcase(path, os.path.normpath(pattern)) or \
+        fnmatch.fnmatchcase(os.path.basename(path), pattern)
 
 
 def _shape_ok(expected, actual) -> bool:
     return len(expected) == len(actual) and all(
-        e is None or e == -1 or e == a for e, a in zip(expected, actual, strict=True))
+        e is None or e == -1 or e == "*" or e == a
+        for e, a in zip(expected, actual, strict=True))
 
 
 def check(manifest: dict, doc: dict) -> list[tuple[str | None, str]]:

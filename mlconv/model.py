@@ -152,8 +152,27 @@ class Table:
         for batch in self._batches(rows, columns):
             yield batch.select(columns) if columns is not None else batch
 
+    def project(self, keep: list[str]) -> Table:
+        """This table with only the columns ``keep``, in its own order; the others are never
+        read. On-disk details (``encoding``) describe the whole table, so they go."""
+        names = [c for c, _ in self.columns if c in keep]
+
+        def batches(rows: int, columns=None):
+            wanted = names if columns is None else columns
+            for batch in self._batches(rows, wanted):
+                yield batch.select(wanted)
+
+        return Table([c for c in self.columns if c[0] in names], self.num_rows, batches,
+                     lambda: _project_schema(self._schema(), names), self.attrs)
+
     def __repr__(self) -> str:
         return f"Table({len(self.columns)} columns, rows={self.num_rows})"
+
+
+def _project_schema(schema, names: list[str]):
+    import pyarrow as pa
+
+    return pa.schema([schema.field(n) for n in names], schema.metadata)
 
 
 Entry = Tensor | Table
@@ -173,6 +192,7 @@ class Bundle(MutableMapping):
         self.group_attrs: dict[str, dict] = {}
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []  # what the reader read differently than written, and why
+        self.encoding: dict = {}  # on-disk details only the same format applies (SPEC §2)
         self.path = path
         self.format = format
         self._closers: list[Callable[[], None]] = []

@@ -52,8 +52,13 @@ class Report:
                 "warnings": [p.as_dict() for p in self.warnings]}
 
 
-def validate(path, schema=None, *, deep: bool = False, format: str | None = None) -> Report:
-    """Validate one file; ``schema`` is an expectation (dict or path to JSON/YAML)."""
+def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
+             allow_external: bool = False) -> Report:
+    """Validate one file; ``schema`` is an expectation (dict or path to JSON/YAML).
+
+    By default every page, chunk and tensor is decoded (a file that passes converts);
+    ``deep=False`` checks headers only.
+    """
     from . import expect
 
     path = os.fspath(path)
@@ -65,21 +70,22 @@ def validate(path, schema=None, *, deep: bool = False, format: str | None = None
     try:
         fmt = detect(path, format)
     except MlconvError as e:
-        report.problems.append(Problem(e.entry, e.message))
+        report.problems.append(Problem(e.entry, e.render(cli=True)))
         return report
     report.format = fmt.id
+    options = ReadOptions(trusted=True, allow_external=allow_external)
     if fmt.id == "hdf5" and _isolate():
-        return _in_child(path, expectation, deep)
-    return _validate_here(path, fmt, expectation, deep, report)
+        return _in_child(path, expectation, deep, options)
+    return _validate_here(path, fmt, expectation, deep, report, options)
 
 
-def _validate_here(path, fmt, expectation, deep, report) -> Report:
+def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
     from . import expect
     from .describe import bundle_manifest
 
     try:
         fmt.check_available()
-        with fmt.read(path, ReadOptions(trusted=True)) as bundle:
+        with fmt.read(path, options) as bundle:
             problems, warnings = fmt.check(path, bundle, deep)
             report.problems.extend(Problem(e, r) for e, r in problems)
             report.warnings.extend(Problem(e, r) for e, r in warnings)
@@ -91,7 +97,7 @@ def _validate_here(path, fmt, expectation, deep, report) -> Report:
                 report.problems.extend(Problem(e, r, "expectation")
                                        for e, r in expect.check(manifest, expectation))
     except MlconvError as e:
-        report.problems.append(Problem(e.entry, e.message))
+        report.problems.append(Problem(e.entry, e.render(cli=True)))
     return report
 
 
@@ -101,7 +107,8 @@ TIMEOUT = 300
 
 _CHILD = ("import json, sys\n"
           "from mlconv.validate import child_main\n"
-          "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1'))\n")
+          "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1',\n"
+          "                    sys.argv[4] == '1'))\n")
 
 
 def _isolate() -> bool:
@@ -110,7 +117,7 @@ def _isolate() -> bool:
     return _hdf5_guard.enabled(ReadOptions())
 
 
-def _in_child(path: str, expectation, deep: bool) -> Report:
+def _in_child(path: str, expectation, deep: bool, options: ReadOptions) -> Report:
     from .formats import _hdf5_guard
 
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
@@ -118,8 +125,8 @@ def _in_child(path: str, expectation, deep: bool) -> Report:
     report = Report(path, "hdf5")
     try:
         res = subprocess.run([sys.executable, "-c", _CHILD, path, json.dumps(expectation),
-                              "1" if deep else "0"], capture_output=True, text=True,
-                             timeout=TIMEOUT, preexec_fn=_hdf5_guard._limits, env=env,
+                              "1" if deep else "0", "1" if options.allow_external else "0"],
+                             capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=_hdf5_guard._limits, env=env,
                              stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         report.problems.append(Problem(None, f"libhdf5 did not finish within {TIMEOUT} s "
@@ -145,11 +152,12 @@ def _in_child(path: str, expectation, deep: bool) -> Report:
     return report
 
 
-def child_main(path: str, expectation_json: str, deep: bool) -> int:
+def child_main(path: str, expectation_json: str, deep: bool, allow_external: bool) -> int:
     """Child side of the HDF5 isolation: validate here, print the report as JSON."""
     expectation = json.loads(expectation_json)
     fmt = detect(path, "hdf5")
-    report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id))
+    options = ReadOptions(trusted=True, allow_external=allow_external)
+    report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id), options)
     print(json.dumps(report.as_dict()))
     return 0
 

@@ -22,7 +22,7 @@ def run_cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def assert_refused(tmp_path, src, exc=MlconvError, match=None):
+def assert_refused(tmp_path, src, exc=MlconvError, match=None, cli_match=None):
     """The library raises ``exc``; the CLI exits 1 with one line; nothing is written."""
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(exc, match=match):
@@ -34,6 +34,7 @@ def assert_refused(tmp_path, src, exc=MlconvError, match=None):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mlconv: error: "), res.stderr
         assert str(src) in lines[0]
+        assert cli_match is None or cli_match in lines[0]
         assert "Traceback" not in res.output
         assert not dst.exists()
     assert sorted(os.listdir(tmp_path)) == before
@@ -236,7 +237,8 @@ def test_garbage_with_known_extension_and_unknown(tmp_path):
     src.unlink()
     src = tmp_path / "junk.dat"
     src.write_bytes(b"hello world")
-    assert_refused(tmp_path, src, FormatError, "--from")
+    # the library names its argument; the CLI its option
+    assert_refused(tmp_path, src, FormatError, "from_format/format argument", "use --from")
 
 
 def test_missing_source(tmp_path):

@@ -130,7 +130,7 @@ def test_yaml_expectations_and_bad_expectation_files(tmp_path, model):
     bad = tmp_path / "bad.json"
     bad.write_text('{"entries": [{"nme": "x"}]}')
     res = run("validate", model, "--schema", bad)
-    assert res.exit_code == 2 and "entries[0]" in res.stderr
+    assert res.exit_code == 2 and "/entries/0" in res.stderr
     bad.write_text("{not json")
     assert run("validate", model, "--schema", bad).exit_code == 2
 

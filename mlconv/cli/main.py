@@ -1,35 +1,70 @@
 """The ``mlconv`` command: words in, exit codes out. The only place that prints or exits.
 
-Exit codes: 0 success, 1 the data is at fault (one line ``mlconv: error: ...``), 2 usage.
+Exit codes: 0 success, 1 the data is at fault (one line ``mlconv: error: ...``), 2 usage
+(one line too). Shell completion: ``eval "$(_MLCONV_COMPLETE=bash_source mlconv)"``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
 import click
 
-from ..errors import MlconvError, OptionError
+from ..errors import MlconvError, OptionError, as_loss, one_line
 from ..formats import IDS
 from . import show
 
 FORMAT_IDS = click.Choice(list(IDS), case_sensitive=False)
 
 
-class DefaultToConvert(click.Group):
-    """``mlconv SRC DST`` means ``mlconv convert SRC DST``."""
+def say(text: str, err: bool = False) -> None:
+    click.echo(text, err=err)
+
+
+def fail_line(text: str) -> str:
+    return f"mlconv: error: {one_line(text)}"
+
+
+class MlconvGroup(click.Group):
+    """``mlconv SRC DST`` means ``mlconv convert SRC DST``; usage errors are one line."""
 
     def parse_args(self, ctx, args):
         for i, arg in enumerate(args):
             if arg in ("--help", "-h", "--version"):
                 break
-            if not arg.startswith("-"):
-                if arg not in self.commands:
-                    args = args[:i] + ["convert"] + args[i:]
-                break
+            if arg == "--debug":
+                continue
+            if arg.startswith("-") and arg != "-" or arg not in self.commands:
+                args = args[:i] + ["convert"] + args[i:]  # a convert option or SRC
+            break
         return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain `mlconv`: the help, exit 0
+                say(e.ctx.get_help())
+                sys.exit(0)
+            where = e.ctx.command_path if e.ctx is not None else "mlconv"
+            say(fail_line(f"{e.format_message()} (see '{where} --help')"), err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            say(fail_line(e.format_message()), err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            say("mlconv: aborted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # `mlconv inspect x | head`: the reader left, not an error
+            sys.stderr.close()
+            sys.exit(0)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _debug_option(f):
@@ -44,17 +79,17 @@ def _run(ctx: click.Context, debug: bool, action):
     except MlconvError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"mlconv: error: {e}", err=True)
+        say(fail_line(e.render(cli=True)), err=True)
         ctx.exit(2 if isinstance(e, OptionError) else 1)
     except OSError as e:
         if debug:
             traceback.print_exc()
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        click.echo(f"mlconv: error: {e.strerror or e}{where}", err=True)
+        say(fail_line(f"{e.strerror or e}{where}"), err=True)
         ctx.exit(1)
 
 
-@click.group(cls=DefaultToConvert, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MlconvGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlconv", prog_name="mlconv")
 @_debug_option
 @click.pass_context
@@ -64,7 +99,7 @@ def cli(ctx, debug):
     \b
     mlconv SRC DST [options]      convert (same as `mlconv convert SRC DST`)
     mlconv inspect FILE [--json]  entries, dtypes, shapes, metadata (headers only)
-    mlconv validate FILE...       structure and expectations, for CI
+    mlconv validate FILE...       structure, every byte decoded, expectations: for CI
     mlconv plan SRC DST           how a conversion would run, step by step
     mlconv formats [--json]       the formats mlconv reads and writes
     """
@@ -75,12 +110,14 @@ def _convert_options(f):
     """Options shared by ``convert`` and ``plan``."""
     for option in reversed([
         click.option("--from", "from_format", type=FORMAT_IDS,
-                     help="Input format (default: detect)."),
+                     help="Input format (default: detect; needed for SRC '-')."),
         click.option("--to", "to_format", type=FORMAT_IDS,
-                     help="Output format (default: extension)."),
-        click.option("--select", multiple=True, metavar="GLOB",
-                     help="Only these entries (repeatable)."),
-        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these entries out."),
+                     help="Output format (default: extension; needed for DST '-')."),
+        click.option("--select", multiple=True, metavar="PATTERN",
+                     help="Only these entries (repeatable). A glob, or a name that picks "
+                     "itself and everything under it ('/' or '.' separated)."),
+        click.option("--exclude", multiple=True, metavar="PATTERN",
+                     help="Leave these entries (or table columns: TABLE/COLUMN) out."),
         click.option("--cast", multiple=True, metavar="SRC=DST",
                      help="Convert a dtype, e.g. --cast bfloat16=float32 (repeatable)."),
         click.option("--allow-lossy", is_flag=True,
@@ -95,119 +132,231 @@ def _convert_options(f):
         click.option("--path", "path", type=click.Choice(["fast", "generic"]), default="fast",
                      show_default=True,
                      help="generic: move every byte through memory (no kernel copies)."),
+        click.option("--force", is_flag=True, help="Replace an existing DST."),
     ]):
         f = option(f)
     return f
 
 
 @cli.command()
-@click.argument("src")
-@click.argument("dst", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 @_convert_options
 @click.option("--row-group-size", type=click.IntRange(min=1), metavar="ROWS",
               help="Rows per Parquet row group.")
-@click.option("--template", type=click.Path(dir_okay=False), metavar="MODEL.onnx",
+@click.option("--template", metavar="MODEL.onnx",
               help="ONNX output: replace the initializers of this model.")
 @click.option("--external-data", is_flag=True,
-              help="ONNX output: tensor bytes in DST.data (automatic over 2 GiB).")
-@click.option("--force", is_flag=True, help="Replace an existing DST.")
+              help="ONNX output: tensor bytes in a side file (automatic over 2 GiB).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, write nothing.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar (default: on a terminal only).")
 @click.option("--jobs", type=click.IntRange(min=1), metavar="N",
-              help="Files converted at once when SRC is a glob (default: cores).")
+              help="Files converted at once into a folder (default: cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="List every loss, not one line per kind.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @_debug_option
 @click.pass_context
-def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, layout, allow_external, path, row_group_size, template,
-            external_data, force, dry_run, progress, jobs, as_json, debug):
+def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
+            compression, layout, allow_external, path, force, row_group_size, template,
+            external_data, dry_run, progress, jobs, as_json, verbose, quiet, debug):
     """Convert SRC to DST (format from DST's extension or --to).
 
-    With a glob SRC ('in/*.h5') or a folder DST, converts every file into DST --to FORMAT,
-    --jobs at a time; one bad file never stops the others.
+    \b
+    mlconv in.h5 out.parquet               one file
+    mlconv 'in/*.h5' out/ --to parquet     each file into a folder, --jobs at a time
+    mlconv a.npz b.npz out/ --to npy       (a list works as a glob does)
+    mlconv 'ckpt/*.npy' model.safetensors  many files merged into one
+    mlconv - out.npz --from safetensors    '-' is stdin or stdout
     """
-    import os
-
-    from ..convert import convert as run_convert
-    from ..convert import convert_many
     from ..validate import expand
 
+    if len(paths) < 2:
+        raise click.UsageError("needs SRC and DST")
+    *srcs, dst = paths
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
-                   allow_external=allow_external, layout=layout, path=path)
+                   allow_external=allow_external, layout=layout, path=path, overwrite=force)
+    verbosity = -1 if quiet else (1 if verbose else 0)
     show_bar = progress if progress is not None else sys.stderr.isatty()
-    if any(c in src for c in "*?[") or os.path.isdir(dst) or dst.endswith(os.sep):
+    many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")
+    if dst.endswith(("/", os.sep)) or (os.path.isdir(dst) and dst != "-"):
         if not to_format:
-            raise click.UsageError("converting many files needs --to FORMAT")
+            raise click.UsageError("converting into a folder needs --to FORMAT")
         if dry_run:
-            raise click.UsageError("--dry-run takes one SRC and one DST")
-        sources = expand([src])
-        results = _run(ctx, debug, lambda: convert_many(
-            sources, dst, to_format=to_format, jobs=jobs, overwrite=force,
-            row_group_size=row_group_size, **options))
-        click.echo(json.dumps(results, indent=2) if as_json else show.many_text(results))
-        ctx.exit(0 if results and all(r["ok"] for r in results) else 1)
+            raise click.UsageError("--dry-run takes one DST file")
+        _convert_into_folder(ctx, debug, expand(srcs), dst, to_format, options, jobs,
+                             row_group_size, template, external_data, show_bar, as_json,
+                             verbosity)
+        return
+    sources = expand(srcs) if many else srcs[0]
+    if "-" in srcs or dst == "-":
+        from .stdio import convert_stdio
+
+        if many:
+            raise click.UsageError("'-' takes one SRC")
+        _run(ctx, debug, lambda: convert_stdio(
+            sources, dst, to_format, options, dict(row_group_size=row_group_size,
+                                                   template=template,
+                                                   external_data=external_data),
+            lambda report: _print_report(report, as_json, verbosity, to_stderr=dst == "-")))
+        return
+    from ..convert import convert as run_convert
+
     if dry_run:
-        plan = _run(ctx, debug, lambda: run_convert(src, dst, to_format=to_format,
+        plan = _run(ctx, debug, lambda: run_convert(sources, dst, to_format=to_format,
                                                     dry_run=True, **options))
-        click.echo(json.dumps(plan.as_dict(), indent=2) if as_json
-                   else show.plan_text(plan.as_dict()))
+        say(json.dumps(plan.as_dict(), indent=2) if as_json else show.plan_text(plan.as_dict()))
         ctx.exit(0 if plan.ok else 1)
-    bar = _bar(show_bar)
+    bar = _bar(show_bar, "B")
     try:
         report = _run(ctx, debug, lambda: run_convert(
-            src, dst, to_format=to_format, overwrite=force, row_group_size=row_group_size,
+            sources, dst, to_format=to_format, row_group_size=row_group_size,
             progress=bar, template=template, external_data=external_data, **options))
     finally:
         if bar is not None:
             bar.close()
-    for w in report.warnings:
-        click.echo(f"mlconv: warning: {w}", err=True)
+    _print_report(report, as_json, verbosity)
+
+
+def _print_report(report, as_json: bool, verbosity: int, to_stderr: bool = False) -> None:
+    print_losses(report.warnings, report.notes, verbosity)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        say(json.dumps(report.as_dict(), indent=2), err=to_stderr)
+    elif verbosity >= 0:
+        say(show.report_line(report), err=to_stderr)
+
+
+def print_losses(losses, notes, verbosity: int) -> None:
+    """Warnings on stderr, alike losses counted on one line (``-v``: every entry)."""
+    if verbosity < 0:
+        return
+    groups: dict[str, list] = {}
+    for loss in map(as_loss, losses):
+        groups.setdefault(loss.what, []).append(loss)
+    for what, items in groups.items():
+        if len(items) == 1 or verbosity > 0:
+            for loss in items:
+                say(f"mlconv: warning: {one_line(loss.render(cli=True))}", err=True)
+            continue
+        paths = {loss.path for loss in items}
+        where = f" ({paths.pop()})" if len(paths) == 1 and None not in paths else ""
+        say(f"mlconv: warning: {one_line(what)}: {len(items)} entries{where} "
+            "(-v lists them)", err=True)
+    for note in map(as_loss, notes):
+        say(f"mlconv: note: {one_line(note.render(cli=True))}", err=True)
+
+
+def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, row_group_size,
+                         template, external_data, show_bar, as_json, verbosity):
+    """Each file exactly as one file would go (its warnings, its error or report line),
+    then a summary line; exit 1 if any failed."""
+    from ..convert import iter_convert_many
+
+    results = _run(ctx, debug, lambda: iter_convert_many(
+        sources, dst, to_format=to_format, jobs=jobs, row_group_size=row_group_size,
+        template=template, external_data=external_data, **options))
+    bar = _bar(show_bar, "file", total=len(sources))
+    done = []
+    try:
+        for result in _run(ctx, debug, lambda: _drain(results)):
+            done.append(result)
+            if bar is not None:
+                bar.clear()
+            if as_json:
+                pass
+            elif result.ok:
+                print_losses(result.report.warnings, result.report.notes, verbosity)
+                if verbosity >= 0:
+                    say(show.report_line(result.report))
+            else:
+                say(fail_line(result.error.render(cli=True)), err=True)
+            if bar is not None:
+                bar(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    bad = sum(not r.ok for r in done)
+    if as_json:
+        say(json.dumps([r.as_dict(cli=True) for r in done], indent=2))
     else:
-        click.echo(show.report_line(report))
+        say(f"{len(done) - bad} converted, {bad} failed")
+    ctx.exit(0 if done and not bad else 1)
 
 
-def _bar(enabled: bool):
-    """A tqdm byte counter on stderr, or None; convert() sets its total once it knows it."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def _drain(results):
+    """Pull the first result now, so that an error before any file (a missing output
+    folder) is raised inside ``_run``; then hand the rest out lazily."""
+    first = next(results, None)
+    if first is None:
+        return iter(())
+    import itertools
 
-    class Bar(tqdm):
-        def __call__(self, n: int) -> None:
-            self.update(n)
+    return itertools.chain([first], results)
 
-    return Bar(total=None, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               leave=False, dynamic_ncols=True, mininterval=0.2, desc="mlconv")
+
+class _Bar:
+    """A tqdm bar on stderr, called with amounts done; ``total`` may be set later."""
+
+    def __init__(self, unit: str, total=None):
+        from tqdm import tqdm
+
+        scaled = unit == "B"
+        self._bar = tqdm(total=total, unit=unit, unit_scale=scaled, unit_divisor=1024,
+                         file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.2,
+                         desc="mlconv")
+
+    def __call__(self, n: int) -> None:
+        self._bar.update(n)
+
+    @property
+    def total(self):
+        return self._bar.total
+
+    @total.setter
+    def total(self, value) -> None:
+        self._bar.total = value
+        self._bar.refresh()
+
+    def clear(self) -> None:
+        self._bar.clear()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _bar(enabled: bool, unit: str, total=None) -> _Bar | None:
+    return _Bar(unit, total) if enabled else None
 
 
 @cli.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 @_convert_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_debug_option
 @click.pass_context
-def plan(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
-         compression, layout, allow_external, path, as_json, debug):
+def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
+         compression, layout, allow_external, path, force, as_json, debug):
     """Show how SRC would become DST: each entry zero-copy, streamed or in-memory, the bytes
     moved, and any loss that would stop it. SRC and DST may also be two format ids."""
     from ..convert import plan as run_plan
+    from ..validate import expand
 
+    if len(paths) < 2:
+        raise click.UsageError("needs SRC and DST")
+    *srcs, dst = paths
+    many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")
     result = _run(ctx, debug, lambda: run_plan(
-        src, dst, from_format=from_format, to_format=to_format, select=select,
-        exclude=exclude, cast=cast, allow_lossy=allow_lossy, compression=compression,
-        allow_external=allow_external, layout=layout, path=path))
-    click.echo(json.dumps(result.as_dict(), indent=2) if as_json
-               else show.plan_text(result.as_dict()))
+        expand(srcs) if many else srcs[0], dst, from_format=from_format,
+        to_format=to_format, select=select, exclude=exclude, cast=cast,
+        allow_lossy=allow_lossy, compression=compression, allow_external=allow_external,
+        layout=layout, path=path, overwrite=force))
+    say(json.dumps(result.as_dict(), indent=2) if as_json else show.plan_text(result.as_dict()))
     ctx.exit(0 if result.ok else 1)
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--allow-external", is_flag=True,
@@ -215,28 +364,38 @@ def plan(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_los
 @_debug_option
 @click.pass_context
 def inspect(ctx, file, from_format, as_json, allow_external, debug):
-    """Show a file's entries, dtypes, shapes and metadata (reads headers only)."""
+    """Show a file's entries, dtypes, shapes, attributes and metadata (reads headers only)."""
     from ..describe import inspect as run_inspect
 
     manifest = _run(ctx, debug, lambda: run_inspect(file, from_format,
                                                     allow_external=allow_external))
     if as_json:
-        click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+        say(json.dumps(manifest, indent=2, ensure_ascii=False))
     else:
-        click.echo(show.manifest_text(manifest))
+        say(show.manifest_text(manifest))
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--schema", "schema", type=click.Path(dir_okay=False), metavar="EXPECT",
-              help="Expectation file (JSON, or YAML with pyyaml) the files must meet.")
+@click.option("--schema", "schemas", multiple=True, metavar="[GLOB=]EXPECT",
+              help="Expectation file (JSON, or YAML with pyyaml); GLOB=EXPECT applies it to "
+              "matching files only (repeatable).")
 @click.option("--format", "style", type=click.Choice(["text", "json", "junit", "github"]),
               default="text", show_default=True, help="Output for people or CI systems.")
-@click.option("--deep", is_flag=True, help="Also read every byte (pages, CRCs, batches).")
+@click.option("--junit-xml", metavar="PATH",
+              help="Also write a JUnit XML report to PATH (as pytest does).")
+@click.option("--quick", is_flag=True,
+              help="Headers only: skip decoding pages, chunks and tensors.")
+@click.option("--deep", is_flag=True, hidden=True, help="The default now; kept for old scripts.")
+@click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
+@click.option("--allow-external", is_flag=True,
+              help="Follow HDF5 external links into files in the same folder.")
 @_debug_option
 @click.pass_context
-def validate(ctx, files, schema, style, deep, debug):
-    """Check FILES (globs allowed): structure and, with --schema, expectations.
+def validate(ctx, files, schemas, style, junit_xml, quick, deep, from_format, allow_external,
+             debug):
+    """Check FILES (globs allowed): structure, every page, chunk and tensor decoded
+    (checksums verified where the format has them) and, with --schema, expectations.
 
     Exit 0 when every file passes, 1 when any fails, 2 on usage errors.
     """
@@ -244,10 +403,23 @@ def validate(ctx, files, schema, style, deep, debug):
     from ..validate import expand, render
     from ..validate import validate as run_validate
 
-    expectation = _run(ctx, debug, lambda: expect.load(schema)) if schema else None
-    reports = [run_validate(path, expectation, deep=deep) for path in expand(files)]
-    click.echo(render(reports, style))
+    if quick and deep:
+        raise click.UsageError("--quick and --deep contradict each other")
+    chooser = _run(ctx, debug, lambda: expect.Chooser.from_options(schemas))
+    reports = [run_validate(path, chooser.for_file(path), deep=not quick, format=from_format,
+                            allow_external=allow_external)
+               for path in expand(files)]
+    if junit_xml:
+        _run(ctx, debug, lambda: _write_text(junit_xml, render(reports, "junit")))
+    say(render(reports, style))
     ctx.exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _write_text(path: str, text: str) -> None:
+    from ..atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as f:
+        f.write(text.encode("utf-8") + b"\n")
 
 
 @cli.command()
@@ -258,9 +430,9 @@ def formats(as_json):
 
     rows = mlconv.formats()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        say(json.dumps(rows, indent=2))
     else:
-        click.echo(show.formats_text(rows))
+        say(show.formats_text(rows))
 
 
 def main(argv=None) -> None:
@@ -271,6 +443,6 @@ def main(argv=None) -> None:
     except Exception as e:  # a bug, not the user's doing; keep it to one line
         if "--debug" in args:
             traceback.print_exc()
-        click.echo(f"mlconv: internal error: {type(e).__name__}: {e} "
-                   "(a bug in mlconv; --debug shows the traceback)", err=True)
+        say(f"mlconv: internal error: {one_line(f'{type(e).__name__}: {e}')} "
+            "(a bug in mlconv; --debug shows the traceback)", err=True)
         sys.exit(1)

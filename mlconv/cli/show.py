@@ -78,9 +78,10 @@ def plan_text(plan: dict) -> str:
     lines = [head]
     if rows:
         lines += ["", table(rows, ["entry", "kind", "method", "bytes", "note"])]
-    if plan["losses"]:
+    if plan["losses"] or plan.get("notes"):
         lines.append("")
         lines += [f"loss: {loss}" for loss in plan["losses"]]
+        lines += [f"note: {note}" for note in plan.get("notes", [])]
     lines.append("")
     if plan["error"]:
         lines.append(f"stops: {plan['error']}")

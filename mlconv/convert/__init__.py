@@ -1,17 +1,10 @@
 """Conversions between formats through the interchange model, planned by the graph."""
 
-from .execute import (
-                      Report,
-                      convert,
-                      convert_many,
-                      fit,
-                      parse_casts,
-                      plan,
-                      save,
-                      select_entries,
-                      total_bytes,
-)
+from .execute import Report, convert, fit, plan, save, total_bytes
 from .graph import Plan, Step
+from .many import FileResult, convert_many, iter_convert_many
+from .select import parse_casts, select_entries
 
-__all__ = ["Plan", "Report", "Step", "convert", "convert_many", "fit", "parse_casts", "plan",
-           "save", "select_entries", "total_bytes"]
+__all__ = ["FileResult", "Plan", "Report", "Step", "convert", "convert_many", "fit",
+           "iter_convert_many", "parse_casts", "plan", "save", "select_entries",
+           "total_bytes"]

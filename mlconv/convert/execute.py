@@ -7,7 +7,7 @@ warning in the report. Nothing is ever changed silently.
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,21 +16,26 @@ from .. import dtypes as D
 from .. import layouts
 from ..atomic import atomic_output
 from ..errors import (
+    Loss,
     LossyConversionError,
     MlconvError,
     OptionError,
     OutputExistsError,
     UnsupportedError,
+    as_loss,
 )
-from ..formats import detect, for_output
+from ..formats import detect, for_output, get
 from ..formats.base import Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
 from .graph import Plan, Step, steps_for
+from .select import kept, parse_casts, select_entries
 
 
 @dataclass
 class Report:
-    """What a conversion did. ``warnings`` lists every loss accepted with ``allow_lossy``."""
+    """What a conversion did. ``warnings`` lists every loss accepted with ``allow_lossy``
+    (each a ``Loss``: its line, plus ``what``/``entry`` to group alike ones); ``notes`` what
+    the source format keeps that the target does not (an ONNX graph)."""
 
     src: str | None
     dst: str
@@ -39,75 +44,40 @@ class Report:
     entries: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Loss] = field(default_factory=list)
+    notes: list[Loss] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"src": self.src, "dst": self.dst, "src_format": self.src_format,
                 "dst_format": self.dst_format, "entries": self.entries,
                 "bytes_written": self.bytes_written, "seconds": round(self.seconds, 6),
-                "warnings": list(self.warnings)}
-
-
-def parse_casts(casts) -> dict[D.DType, D.DType]:
-    """``{"bfloat16": "float32"}`` or ``["bfloat16=float32"]`` -> {DType: DType}."""
-    if not casts:
-        return {}
-    pairs = casts.items() if isinstance(casts, dict) else (_split_cast(c) for c in casts)
-    out = {}
-    for a, b in pairs:
-        try:
-            src, dst = D.parse(a), D.parse(b)
-        except UnsupportedError as e:
-            raise OptionError(f"--cast: {e.message}") from None
-        if src.bits is None or dst.bits is None:
-            raise OptionError(f"--cast {src.value}={dst.value}: only numeric dtypes cast")
-        out[src] = dst
-    return out
-
-
-def _split_cast(text: str):
-    a, sep, b = str(text).partition("=")
-    if not sep or not a or not b:
-        raise OptionError(f"--cast expects SRC=DST (e.g. bfloat16=float32), got {text!r}")
-    return a.strip(), b.strip()
-
-
-def _hit(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
-        name, pattern.rstrip("/") + "/*")
-
-
-def _kept(name: str, select=(), exclude=()) -> bool:
-    return (not select or any(_hit(name, p) for p in select)) and \
-        not any(_hit(name, p) for p in exclude)
-
-
-def select_entries(bundle: Bundle, select=(), exclude=()) -> list[str]:
-    """Names kept by --select/--exclude globs; a glob also matches everything under a group."""
-    names = [n for n in bundle if _kept(n, select, exclude)]
-    if select and not names:
-        raise MlconvError(f"no entry matches --select {' '.join(select)}", bundle.path)
-    return names
+                "warnings": [str(w) for w in self.warnings],
+                "notes": [str(n) for n in self.notes]}
 
 
 def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
-        allow_lossy: bool = False) -> tuple[Bundle, list[str]]:
-    """A new Bundle holding only what ``fmt`` can hold, and the warnings for what changed."""
+        allow_lossy: bool = False) -> tuple[Bundle, list[Loss]]:
+    """A new Bundle holding only what ``fmt`` can hold, and the losses accepted on the way.
+
+    The new bundle's ``notes`` say what the source format keeps that no other format does
+    (an ONNX graph): left behind on purpose, never a refusal.
+    """
     casts = parse_casts(casts)
     caps = fmt.caps
-    warnings: list[str] = list(bundle.notes)
+    losses: list[Loss] = [as_loss(n) for n in bundle.notes]
     src = bundle.path
 
     def loss(what: str, entry: str | None, way_out: str = "--allow-lossy"):
         """``what`` is lost: an error naming the way out, or a warning with allow_lossy."""
         if not allow_lossy:
             raise LossyConversionError(f"{what} would be lost; use {way_out}", src, entry)
-        warnings.append(str(LossyConversionError(f"{what} dropped", src, entry)))
+        losses.append(Loss(f"{what} dropped", src, entry))
 
     out = Bundle(path=bundle.path, format=bundle.format)
+    out.encoding = dict(bundle.encoding)
     names = select_entries(bundle, select, exclude)
     for name, reason in bundle.skipped.items():
-        if _kept(name, select, exclude):
+        if kept(name, select, exclude):
             loss(f"{reason}: the entry", name, "--exclude NAME or --allow-lossy")
     for group, attrs in bundle.group_attrs.items():
         if not attrs or not any(n == group or n.startswith(group + "/") for n in names) \
@@ -120,32 +90,30 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
                  f"{group or '/'}", group or None)
     for name in names:
         entry = bundle[name]
-        if isinstance(entry, Table):
-            if not caps.tables:
-                # a tensor-only target: each column becomes a tensor "table/column"
-                bad: list[str] = []
-                columns = layouts.table_tensors(entry, name, src, fill=allow_lossy,
-                                                warnings=warnings, bad=bad)
-                for why in bad:
-                    loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
-                         "--exclude NAME or --allow-lossy")
-                for cname, column in columns.items():
-                    if column.dtype not in caps.dtypes:
-                        column = _fit_dtype(column, cname, fmt, allow_lossy, warnings, src)
+        if isinstance(entry, Table) and not caps.tables:
+            # a tensor-only target: each numeric column becomes a tensor "table/column"
+            bad: list[str] = []
+            columns = layouts.table_tensors(entry, name, src, fill=allow_lossy,
+                                            warnings=losses, bad=bad)
+            for why in bad:
+                loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
+                     "--exclude NAME or --allow-lossy")
+            for cname, column in columns.items():
+                if kept(cname, select, exclude):
+                    column = _fit_tensor(column, cname, fmt, casts, allow_lossy, losses, src)
                     if column is not None:
                         out[cname] = column
+            continue
+        if isinstance(entry, Table):
+            entry = _fit_columns(entry, name, fmt, exclude, loss)
+            if entry is None:
                 continue
             if not caps.nulls and allow_lossy:
-                entry = layouts.filled(entry, warnings, src, name)
+                entry = layouts.filled(entry, losses, src, name)
         else:
-            if entry.itemsize is None:  # variable-width text: its width is known once read
-                entry = Tensor.from_numpy(entry.numpy(), entry.attrs)
-            if entry.dtype in casts:
-                entry = entry.cast(casts[entry.dtype])
-            if entry.dtype not in caps.dtypes:
-                entry = _fit_dtype(entry, name, fmt, allow_lossy, warnings, src)
-                if entry is None:
-                    continue
+            entry = _fit_tensor(entry, name, fmt, casts, allow_lossy, losses, src)
+            if entry is None:
+                continue
         if entry.attrs and not caps.attrs:
             loss(f"{fmt.id} has no per-entry attributes: {len(entry.attrs)} attribute(s)",
                  name)
@@ -164,10 +132,33 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
             f"the source has {len(out)} ({names}); use --select NAME", src)
     if not out and len(bundle):
         raise UnsupportedError(f"nothing left to write as {fmt.id}", src)
-    return out, warnings
+    if bundle.format and bundle.format != fmt.id:
+        out.notes = [Loss(n, src) for n in get(bundle.format).left_behind(bundle)]
+    return out, losses
 
 
-def _fit_dtype(t: Tensor, name, fmt, allow_lossy, warnings, src) -> Tensor | None:
+def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table | None:
+    """``table`` without its excluded columns (``--exclude TABLE/COLUMN``) and those ``fmt``
+    cannot hold (each a loss); None when no column is left."""
+    drop = {c for c, _ in table.columns if not kept(f"{name}/{c}", (), exclude)}
+    for column, why in fmt.unheld_columns(table.project(
+            [c for c, _ in table.columns if c not in drop]) if drop else table):
+        loss(why, f"{name}/{column}", f"--exclude {name}/{column} or --allow-lossy")
+        drop.add(column)
+    if not drop:
+        return table
+    keep = [c for c, _ in table.columns if c not in drop]
+    return table.project(keep) if keep else None
+
+
+def _fit_tensor(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor | None:
+    """``t`` cast as asked, then in a dtype ``fmt`` holds (or None: dropped, with a loss)."""
+    if t.itemsize is None:  # variable-width text: its width is known once read
+        t = Tensor.from_numpy(t.numpy(), t.attrs)
+    if t.dtype in casts:
+        t = t.cast(casts[t.dtype])
+    if t.dtype in fmt.caps.dtypes:
+        return t
     fb = D.fallback(t.dtype, fmt.caps.dtypes)
     if not allow_lossy:
         way = f"--cast {t.dtype.value}={fb[0].value} or --allow-lossy" if fb else \
@@ -175,13 +166,12 @@ def _fit_dtype(t: Tensor, name, fmt, allow_lossy, warnings, src) -> Tensor | Non
         raise LossyConversionError(f"{fmt.id} cannot hold dtype {t.dtype.value}; use {way}",
                                    src, name)
     if fb is None:
-        warnings.append(str(LossyConversionError(
-            f"{fmt.id} cannot hold dtype {t.dtype.value}; entry dropped", src, name)))
+        losses.append(Loss(f"{fmt.id} cannot hold dtype {t.dtype.value}; entry dropped", src,
+                           name))
         return None
     to, exact = fb
     how = "values exact" if exact else "values rounded"
-    warnings.append(str(LossyConversionError(
-        f"{t.dtype.value} stored as {to.value} ({how})", src, name)))
+    losses.append(Loss(f"{t.dtype.value} stored as {to.value} ({how})", src, name))
     return t.cast(to)
 
 
@@ -223,23 +213,23 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             external_data: bool = False):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
-    Returns a Report, or with ``dry_run`` the Plan, writing nothing. ``progress`` is called
-    with the bytes written as they go (``total_bytes`` of the plan is the expected sum).
+    ``src`` may also be a list of files: they merge into one ``dst`` (each keeps its entry
+    names; an npy file's entry is its file stem). Returns a Report, or with ``dry_run`` the
+    Plan, writing nothing. ``progress`` is called with the bytes written as they go; when it
+    has a ``total`` attribute, that is set to the expected sum first.
     """
     if dry_run:
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
                     compression=compression, allow_external=allow_external, layout=layout,
-                    path=path)
+                    path=path, overwrite=overwrite)
     t0 = time.perf_counter()
-    src, dst = os.fspath(src), os.fspath(dst)
+    dst = os.fspath(dst)
     out_fmt = for_output(dst, to_format)
-    in_fmt = detect(src, from_format)
-    in_fmt.check_available()
     out_fmt.check_available()
     if not overwrite and os.path.lexists(dst):
         raise OutputExistsError("output exists; use --force to replace it", dst)
-    with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
+    with open_sources(src, from_format, allow_external, allow_lossy) as (bundle, in_id, shown):
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                allow_lossy=allow_lossy)
         if progress is not None and hasattr(progress, "total"):
@@ -247,8 +237,58 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
         size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
                      layout=layout, row_group_size=row_group_size, path=path,
                      progress=progress, template=template, external_data=external_data)
-    return Report(src, dst, in_fmt.id, out_fmt.id, len(fitted), size,
-                  time.perf_counter() - t0, warnings)
+    return Report(shown, dst, in_id, out_fmt.id, len(fitted), size,
+                  time.perf_counter() - t0, warnings, fitted.notes)
+
+
+@contextlib.contextmanager
+def open_sources(src, from_format, allow_external, allow_lossy=False):
+    """Yield (bundle, format id, name for reports) for one file, or for a list of files
+    merged into one bundle (kept open together, closed together)."""
+    if isinstance(src, (str, os.PathLike)) or len(src) == 1:
+        one = os.fspath(src if isinstance(src, (str, os.PathLike)) else src[0])
+        fmt = detect(one, from_format)
+        fmt.check_available()
+        with fmt.read(one, ReadOptions(allow_external=allow_external)) as bundle:
+            yield bundle, fmt.id, one
+        return
+    with contextlib.ExitStack() as stack:
+        merged = Bundle(path=None, format=None)
+        owner: dict[str, str] = {}
+        ids = []
+        for item in map(os.fspath, src):
+            fmt = detect(item, from_format)
+            fmt.check_available()
+            ids.append(fmt.id)
+            part = stack.enter_context(fmt.read(item, ReadOptions(
+                allow_external=allow_external)))
+            _merge_into(merged, part, item, owner, allow_lossy)
+        merged.format = ids[0] if len(set(ids)) == 1 else None
+        yield merged, "+".join(dict.fromkeys(ids)), f"{len(src)} files"
+
+
+def _merge_into(merged: Bundle, part: Bundle, path: str, owner: dict, allow_lossy) -> None:
+    for name in part:
+        if name in merged:
+            raise UnsupportedError(f"two inputs hold an entry named {name!r} ({owner[name]} "
+                                   "and this one); merge files with distinct names", path,
+                                   name)
+        merged[name] = part[name]
+        owner[name] = path
+    for name, reason in part.skipped.items():
+        merged.skipped.setdefault(name, reason)
+    for group, attrs in part.group_attrs.items():
+        merged.group_attrs.setdefault(group, {}).update(attrs)
+    for key, value in part.metadata.items():
+        if merged.metadata.get(key, value) != value:
+            if not allow_lossy:
+                raise LossyConversionError(f"metadata {key!r} differs between the inputs; "
+                                           "the first value would be kept; use --allow-lossy",
+                                           path)
+            merged.notes.append(Loss(f"metadata {key!r} differs; the first value kept", path))
+            continue
+        merged.metadata[key] = value
+    merged.notes.extend(part.notes)
 
 
 def total_bytes(bundle: Bundle) -> int | None:
@@ -261,36 +301,43 @@ def total_bytes(bundle: Bundle) -> int | None:
 def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
-         layout: str | None = None, path: str = "fast") -> Plan:
+         layout: str | None = None, path: str = "fast", overwrite: bool = False) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
 
-    Given two format ids instead of files (``plan("hdf5", "parquet")``), describes the
-    edge between the formats: how tensors travel at best and what the target cannot hold.
+    It stops where the run would stop (a refused loss, an existing DST without
+    ``overwrite``). Given two format ids instead of files (``plan("hdf5", "parquet")``),
+    describes the edge between the formats: how tensors travel at best and what the target
+    cannot hold.
     """
-    from ..formats import IDS, get
+    from ..formats import IDS
 
-    src, dst = os.fspath(src), os.fspath(dst)
-    if src in IDS and dst in IDS and not os.path.exists(src):
+    if isinstance(src, (str, os.PathLike)):
+        src = os.fspath(src)
+    dst = os.fspath(dst)
+    if isinstance(src, str) and src in IDS and dst in IDS and not os.path.exists(src):
         return _format_plan(get(src), get(dst))
     out_fmt = for_output(dst, to_format)
-    in_fmt = detect(src, from_format)
-    in_fmt.check_available()
-    result = Plan(src, dst, in_fmt.id, out_fmt.id, path, allow_lossy=allow_lossy)
-    with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
+    with open_sources(src, from_format, allow_external, allow_lossy) as (bundle, in_id, shown):
+        result = Plan(shown, dst, in_id, out_fmt.id, path, allow_lossy=allow_lossy)
         try:
             fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                 allow_lossy=allow_lossy)
         except MlconvError as e:
-            result.error = str(e)
+            result.error = e.render(cli=True)
         try:
             fitted, losses = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                  allow_lossy=True)
         except MlconvError:
             return result
-        result.losses = losses
+        result.losses = [str(x) for x in losses]
+        result.notes = [str(n) for n in fitted.notes]
         result.steps = steps_for(fitted, out_fmt, path == "generic", layout, compression)
     if os.path.lexists(dst) and result.error is None:
-        result.losses.append(f"{dst} exists and would be replaced (needs --force)")
+        if overwrite:
+            result.notes.append(f"{dst} exists and will be replaced (--force)")
+        else:
+            result.error = str(OutputExistsError("output exists; use --force to replace it",
+                                                 dst).render(cli=True))
     return result
 
 
@@ -312,49 +359,6 @@ def _format_plan(a: Format, b: Format) -> Plan:
         if getattr(a.caps, cap) and not getattr(b.caps, cap):
             result.losses.append(f"{b.id} has no {what}")
     return result
-
-
-def convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = None,
-                 **options) -> list[dict]:
-    """Convert each file of ``sources`` into ``dst_dir`` (as ``<stem>.<ext>``), ``jobs`` at
-    a time in worker processes. One bad file never stops the others: each result is
-    ``{"src", "dst", "ok", "report" | "error"}``.
-    """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ..formats import get
-
-    fmt = get(to_format)
-    dst_dir = os.fspath(dst_dir)
-    if not os.path.isdir(dst_dir):
-        raise OptionError("the output folder does not exist", dst_dir)
-    tasks = []
-    for src in sources:
-        stem = os.path.splitext(os.path.basename(src))[0]
-        tasks.append((os.fspath(src), os.path.join(dst_dir, stem + fmt.extensions[0])))
-    dsts = [d for _, d in tasks]
-    if len(set(dsts)) != len(dsts):
-        raise OptionError("two inputs would write the same output (same file stem)")
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
-    if jobs == 1:
-        return [_one((s, d, to_format, options)) for s, d in tasks]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_one, [(s, d, to_format, options) for s, d in tasks]))
-
-
-def _one(task) -> dict:
-    src, dst, to_format, options = task
-    try:
-        report = convert(src, dst, to_format=to_format, **options)
-        return {"src": src, "dst": dst, "ok": True, "report": report.as_dict()}
-    except MlconvError as e:
-        return {"src": src, "dst": dst, "ok": False, "error": str(e)}
-    except OSError as e:
-        return {"src": src, "dst": dst, "ok": False,
-                "error": f"{e.strerror or e} ({getattr(e, 'filename', None) or src})"}
-    except Exception as e:  # noqa: BLE001 - a bug on one file must not stop the others
-        return {"src": src, "dst": dst, "ok": False,
-                "error": f"internal error: {type(e).__name__}: {e} ({src})"}
 
 
 def save(data, dst, *, format: str | None = None, metadata: dict | None = None,

@@ -52,6 +52,7 @@ class Plan:
     path: str = "fast"
     steps: list[Step] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # left behind on purpose (an ONNX graph)
     allow_lossy: bool = False
     error: str | None = None  # what stops it (a refused loss, an impossible layout, ...)
 
@@ -72,7 +73,8 @@ class Plan:
                 "dst_format": self.dst_format, "path": self.path, "ok": self.ok,
                 "allow_lossy": self.allow_lossy,
                 "error": self.error, "bytes": self.nbytes, "cost": self.cost,
-                "steps": [s.as_dict() for s in self.steps], "losses": list(self.losses)}
+                "steps": [s.as_dict() for s in self.steps], "losses": list(self.losses),
+                "notes": list(self.notes)}
 
 
 def _tensor_method(t: Tensor, fmt: Format, generic: bool, layout: str | None) -> tuple[str, str]:

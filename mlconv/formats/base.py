@@ -98,6 +98,16 @@ class Format:
     def read(self, path: str, options: ReadOptions):
         raise NotImplementedError
 
+    def unheld_columns(self, table) -> list[tuple[str, str]]:
+        """(column, why) for each column of ``table`` this format cannot write; the
+        planner makes each a named loss (``--exclude TABLE/COLUMN``)."""
+        return []
+
+    def left_behind(self, bundle) -> list[str]:
+        """What of ``bundle`` (read by this format) no other format carries, one line each
+        (an ONNX graph): reported when converting elsewhere, never a refusal."""
+        return []
+
     def check(self, path: str, bundle, deep: bool):
         """(problems, warnings) beyond what reading the headers proved, each (entry, reason).
 

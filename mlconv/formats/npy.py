@@ -206,18 +206,29 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
     return Table(columns, h.shape[0], batches, schema, encoding=encoding)
 
 
+def _field_descr(field) -> str | None:
+    """The npy descr of an Arrow column (dictionaries by their values), or None when npy
+    has no fixed-width dtype for it."""
+    import pyarrow as pa
+
+    typ = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+    dt = D.from_arrow(typ)
+    return D.to_npy_descr(dt) if dt is not None and dt.bits is not None else None
+
+
 def _write_table(table: Table, sink, path, name) -> None:
     import numpy as np
+    import pyarrow as pa
 
     descr = table.encoding.get("npy_descr")
     if descr is None:
         descr = []
-        for col, typ in table.columns:
-            dt = D.parse(typ)
-            if dt.bits is None or D.to_npy_descr(dt) is None:
-                raise UnsupportedError(
-                    f"column {col!r} of type {typ} has no fixed-width npy dtype", path, name)
-            descr.append((col, D.to_npy_descr(dt)))
+        for field in table.schema:
+            code = _field_descr(field)
+            if code is None:
+                raise UnsupportedError(f"column {field.name!r} of type {field.type} has no "
+                                       "fixed-width npy dtype", path, name)
+            descr.append((field.name, code))
     if table.num_rows is None:
         raise UnsupportedError("table of unknown length cannot be written as npy", path, name)
     rec = np.dtype(descr)
@@ -227,6 +238,8 @@ def _write_table(table: Table, sink, path, name) -> None:
         out = np.zeros(batch.num_rows, dtype=rec)
         for col in rec.names:
             column = batch.column(col)
+            if pa.types.is_dictionary(column.type):
+                column = column.dictionary_decode()
             if column.null_count:
                 raise LossyConversionError(
                     f"column {col!r} has nulls, which npy cannot hold", path, name)
@@ -241,6 +254,12 @@ def _write_table(table: Table, sink, path, name) -> None:
 # --- the format ------------------------------------------------------------------------------
 
 class Npy(Format):
+    def unheld_columns(self, table: Table) -> list[tuple[str, str]]:
+        if table.encoding.get("npy_descr") is not None:
+            return []
+        return [(f.name, f"column of type {f.type} (npy holds fixed-width columns only)")
+                for f in table.schema if _field_descr(f) is None]
+
     def read(self, path: str, options) -> Bundle:
         size = os.path.getsize(path)
         name = os.path.splitext(os.path.basename(path))[0]

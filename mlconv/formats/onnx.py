@@ -203,6 +203,8 @@ class Onnx(Format):
         model = read_model(path)
         bundle.metadata = {_text(p.key, path, "metadata key"):
                            _text(p.value, path, "metadata value") for p in model.metadata_props}
+        if model.graph.node:  # the graph travels only onnx -> onnx (this file is its template)
+            bundle.encoding.update({"onnx.model": path, "onnx.nodes": len(model.graph.node)})
         for init in model.graph.initializer:
             name = _text(init.name, path, "initializer name")
             entry = self._tensor(reader, init, name, bundle)
@@ -219,6 +221,10 @@ class Onnx(Format):
         except UnsupportedError as e:
             bundle.skipped[name] = e.message
             return None
+
+    def left_behind(self, bundle: Bundle) -> list[str]:
+        nodes = bundle.encoding.get("onnx.nodes")
+        return [f"graph not carried: {nodes} node{'s' if nodes != 1 else ''}"] if nodes else []
 
     def check(self, path: str, bundle: Bundle, deep: bool):
         problems, warnings = super().check(path, bundle, deep)
@@ -242,11 +248,17 @@ class Onnx(Format):
             tensors.append((name, entry))
         total = sum(t.nbytes or 0 for _, t in tensors)
         external = options.external_data or total > EXTERNAL_LIMIT
-        if options.template:
-            model, pending = _fill_template(options.template, dict(tensors), path)
+        template = options.template
+        if template is None and bundle.format == self.id:
+            template = bundle.encoding.get("onnx.model")  # onnx -> onnx keeps its graph
+        if template:
+            model, pending = _fill_template(template, dict(tensors), path)
         else:
             model, pending = _weights_model(tensors), dict(tensors)
-        for key, value in bundle.metadata.items():
+        metadata = {p.key: p.value for p in model.metadata_props}
+        metadata.update(bundle.metadata)
+        del model.metadata_props[:]
+        for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
         side = path + ".data"
         side_name = os.path.basename(side)
@@ -366,7 +378,8 @@ def _fill_template(template: str, tensors: dict, path):
         proto.data_location = _onnx().TensorProto.DEFAULT
         pending[proto.name] = t
     if mismatches:
-        raise UnsupportedError("--template does not match: " + "; ".join(mismatches), path)
+        raise UnsupportedError("--template does not match: " + "; ".join(mismatches),
+                               template)
     return model, pending
 
 

@@ -1,0 +1,66 @@
+"""Which entries a conversion keeps (--select/--exclude) and the dtype casts it applies."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+from .. import dtypes as D
+from ..errors import MlconvError, OptionError, UnsupportedError
+
+_GLOB = frozenset("*?[")
+
+
+def parse_casts(casts) -> dict[D.DType, D.DType]:
+    """``{"bfloat16": "float32"}`` or ``["bfloat16=float32"]`` -> {DType: DType}."""
+    if not casts:
+        return {}
+    pairs = casts.items() if isinstance(casts, dict) else (_split_cast(c) for c in casts)
+    out = {}
+    for a, b in pairs:
+        try:
+            src, dst = D.parse(a), D.parse(b)
+        except UnsupportedError as e:
+            raise OptionError(f"--cast: {e.message}") from None
+        if src.bits is None or dst.bits is None:
+            raise OptionError(f"--cast {src.value}={dst.value}: only numeric dtypes cast")
+        out[src] = dst
+    return out
+
+
+def _split_cast(text: str):
+    a, sep, b = str(text).partition("=")
+    if not sep or not a or not b:
+        raise OptionError(f"--cast expects SRC=DST (e.g. bfloat16=float32), got {text!r}")
+    return a.strip(), b.strip()
+
+
+def hit(name: str, pattern: str) -> bool:
+    """Does ``pattern`` pick ``name``? A glob matches the name or everything under a group;
+    a plain name picks itself and everything under it, whether the hierarchy separator is
+    ``/`` (HDF5, mlconv) or ``.`` (Hugging Face: ``model.layers.0`` picks
+    ``model.layers.0.mlp.weight`` but not ``model.layers.01``)."""
+    if _GLOB & set(pattern):
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
+            name, pattern.rstrip("/") + "/*")
+    base = pattern.rstrip("/.")
+    return name == base or name.startswith(base + "/") or name.startswith(base + ".")
+
+
+def kept(name: str, select=(), exclude=()) -> bool:
+    return (not select or any(hit(name, p) for p in select)) and \
+        not any(hit(name, p) for p in exclude)
+
+
+def select_entries(bundle, select=(), exclude=()) -> list[str]:
+    """Names kept by --select/--exclude; a selection that matches nothing is an error that
+    lists the closest names."""
+    names = [n for n in bundle if kept(n, select, exclude)]
+    if select and not names and len(bundle):
+        close: list[str] = []
+        for p in select:
+            close += difflib.get_close_matches(p, list(bundle), n=5, cutoff=0.4)
+        hint = f"; closest: {', '.join(dict.fromkeys(close))}" if close else \
+            f"; entries: {', '.join(list(bundle)[:5])}{', ...' if len(bundle) > 5 else ''}"
+        raise MlconvError(f"no entry matches --select {' '.join(select)}{hint}", bundle.path)
+    return names
