@@ -126,7 +126,8 @@ def _in_child(path: str, expectation, deep: bool, options: ReadOptions) -> Repor
     try:
         res = subprocess.run([sys.executable, "-c", _CHILD, path, json.dumps(expectation),
                               "1" if deep else "0", "1" if options.allow_external else "0"],
-                             capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=_hdf5_guard._limits, env=env,
+                             capture_output=True, text=True, timeout=TIMEOUT,
+                             preexec_fn=_hdf5_guard._limits, env=env,
                              stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         report.problems.append(Problem(None, f"libhdf5 did not finish within {TIMEOUT} s "
