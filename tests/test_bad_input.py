@@ -92,7 +92,15 @@ def st_raw(tmp_path, header, data=b"", name="bad.safetensors", length=None):
 def test_safetensors_offsets_past_eof(tmp_path):
     src = st_raw(tmp_path, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
                  b"\0" * 8)
-    assert_refused(tmp_path, src, FormatError, "outside")
+    assert_refused(tmp_path, src, FormatError, "truncated")
+
+
+def test_truncated_safetensors_names_every_tensor_cut_off(tmp_path):
+    header = {n: {"dtype": "F32", "shape": [4], "data_offsets": [16 * i, 16 * i + 16]}
+              for i, n in enumerate(["a", "b", "c", "d"])}
+    src = st_raw(tmp_path, header, b"\0" * 20)  # a and part of b survived
+    with pytest.raises(FormatError, match=r"3 tensor\(s\) lie past its end: b, c, d"):
+        mlconv.load(src)
 
 
 def test_safetensors_overlapping_offsets(tmp_path):

@@ -42,7 +42,33 @@ def manifest_text(m: dict) -> str:
     if rows:
         out.append("")
         out.append(table(rows, ["name", "kind", "dtype", "shape", "size"]))
+    attrs = [[g, k, _one_line(_text(v))] for g, a in m.get("groups", {}).items()
+             for k, v in a.items() if not _bookkeeping(k)]
+    attrs += [[e["name"], k, _one_line(_text(v))] for e in m["entries"]
+              for k, v in (e.get("attrs") or {}).items() if not _bookkeeping(k)]
+    if attrs:
+        out += ["", table(attrs, ["attributes of", "name", "value"])]
+    if m.get("skipped"):
+        out += ["", table([[s["name"], _one_line(s["reason"], 100)] for s in m["skipped"]],
+                          ["skipped", "why"])]
+    for note in m.get("notes", []):
+        out.append(f"note: {_one_line(note, 200)}")
     return "\n".join(out)
+
+
+# PyTables' own bookkeeping on every node: format details, not the user's attributes
+_PYTABLES = {"CLASS", "VERSION", "TITLE", "PYTABLES_FORMAT_VERSION", "FILTERS", "NROWS",
+             "EXTDIM", "AUTO_INDEX", "FLAVOR"}
+
+
+def _bookkeeping(key: str) -> bool:
+    return key in _PYTABLES or (key.startswith("FIELD_") and key.endswith(("_NAME", "_FILL")))
+
+
+def _text(value) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def formats_text(rows: list[dict]) -> str:

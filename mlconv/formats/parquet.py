@@ -32,11 +32,34 @@ def _open(path: str):
                               "are required and mlconv does not take them", path)
         if head != MAGIC or tail != MAGIC:
             raise FormatError("not a Parquet file: it must start and end with PAR1", path)
+        _refuse_encrypted_columns(fh, path)
     try:
         return pq.ParquetFile(path, thrift_string_size_limit=THRIFT_LIMIT,
                               thrift_container_size_limit=THRIFT_LIMIT)
     except layouts.arrow_errors() as e:
         raise FormatError(f"not a readable Parquet file: {layouts.one_line(e)}", path) from None
+
+
+def _refuse_encrypted_columns(fh, path: str) -> None:
+    """A plaintext footer over encrypted columns (FileMetaData field 8): pyarrow would abort
+    the process on the first column's metadata, so refuse before it looks."""
+    from ._thrift import top_level_fields
+
+    size = fh.seek(0, os.SEEK_END)
+    if size < 12:
+        return  # pyarrow says what is wrong with a file this small
+    fh.seek(size - 8)
+    n = int.from_bytes(fh.read(4), "little")
+    if n > size - 12 or n > THRIFT_LIMIT:
+        return  # pyarrow refuses an impossible footer length itself
+    fh.seek(size - 8 - n)
+    try:
+        fields = top_level_fields(fh.read(n))
+    except FormatError:
+        return  # a damaged footer: pyarrow's parser reports it
+    if 8 in fields:
+        raise FormatError("encrypted Parquet file (plaintext footer, encrypted columns): "
+                          "decryption keys are required and mlconv does not take them", path)
 
 
 def _tail(path: str) -> bytes:

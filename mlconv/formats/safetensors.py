@@ -58,7 +58,14 @@ def read_header(path: str, size: int):
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise FormatError("__metadata__ must map strings to strings", path)
     data_start, data_len = 8 + n, size - 8 - n
-    entries = [_entry(name, info, data_len, path) for name, info in header.items()]
+    entries = [_entry(name, info, path) for name, info in header.items()]
+    outside = [e.name for e in entries if e.end > data_len]
+    if outside:  # all of them: a truncated download names every tensor it cut off
+        shown = ", ".join(outside[:20]) + (f", ... ({len(outside)} in all)"
+                                           if len(outside) > 20 else "")
+        raise FormatError(f"truncated: the data section has {data_len} bytes; "
+                          f"{len(outside)} tensor(s) lie past its end: {shown}", path,
+                          outside[0] if len(outside) == 1 else None)
     expected = 0
     for e in sorted(entries, key=lambda e: (e.begin, e.end)):
         if e.begin != expected:
@@ -71,7 +78,7 @@ def read_header(path: str, size: int):
     return metadata, entries, data_start
 
 
-def _entry(name, info, data_len, path) -> Entry:
+def _entry(name, info, path) -> Entry:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise FormatError("tensor entry needs exactly dtype, shape and data_offsets",
                           path, name)
@@ -86,9 +93,8 @@ def _entry(name, info, data_len, path) -> Entry:
             and all(type(o) is int and o >= 0 for o in offs)):
         raise FormatError(f"invalid data_offsets {offs!r}", path, name)
     begin, end = offs
-    if begin > end or end > data_len:
-        raise FormatError(f"data_offsets {offs} lie outside the {data_len}-byte data section",
-                          path, name)
+    if begin > end:
+        raise FormatError(f"data_offsets {offs} end before they begin", path, name)
     nbytes = dtype.nbytes(tuple(shape))
     if nbytes is None:
         raise FormatError(f"{dtype.value} tensor of shape {shape} does not fill whole bytes",
