@@ -24,6 +24,16 @@ def corpus_files(*formats_):
     return [r for r in rows if r["format"] in formats_]
 
 
+def corpus_params(rows):
+    """``rows`` as test parameters named by path; without the corpus, one skipped test that
+    says why (instead of pytest's "got empty parameter set")."""
+    if not rows:
+        reason = f"shared corpus not present at {CORPUS} (set MLCONV_CORPUS)" \
+            if not (CORPUS / "manifest.json").exists() else "no corpus file of this kind"
+        return [pytest.param(None, id="no-corpus", marks=pytest.mark.skip(reason=reason))]
+    return [pytest.param(r, id=r["path"]) for r in rows]
+
+
 @pytest.fixture
 def corpus():
     if not CORPUS.exists():

@@ -18,7 +18,7 @@ from mlconv.dtypes import DType
 from mlconv.errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from mlconv.formats import _hdf5_guard
 
-from .conftest import CORPUS, corpus_files
+from .conftest import CORPUS, corpus_files, corpus_params
 from .helpers import cli_refuses, payload, sample, st_read, st_write
 
 NUMPY_NATIVE = sorted((d for d in D.NUMERIC if not d.is_subbyte and d.numpy().kind != "V"
@@ -362,12 +362,12 @@ HDF5_BAD = [r for r in corpus_files("hdf5") if r["expect"] == "reject"]
 HDF5_GOOD = [r for r in corpus_files("hdf5") if r["expect"] == "read"]
 
 
-@pytest.mark.parametrize("row", HDF5_BAD, ids=[r["path"] for r in HDF5_BAD])
+@pytest.mark.parametrize("row", corpus_params(HDF5_BAD))
 def test_corpus_bad_files(tmp_path, row):
     assert_refused(CORPUS / row["path"], tmp_path)
 
 
-@pytest.mark.parametrize("row", HDF5_GOOD, ids=[r["path"] for r in HDF5_GOOD])
+@pytest.mark.parametrize("row", corpus_params(HDF5_GOOD))
 def test_corpus_good_files(row):
     """Listed like the reference; data equal to h5py's, or a clear refusal (plugins,
     external storage, virtual datasets, bombs)."""

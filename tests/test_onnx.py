@@ -15,7 +15,7 @@ from mlconv import dtypes as D
 from mlconv.cli import cli
 from mlconv.errors import FormatError, MlconvError, UnsafeInputError
 
-from .conftest import CORPUS, corpus_files
+from .conftest import CORPUS, corpus_files, corpus_params
 from .helpers import payload, sample, st_read, st_write
 
 ort = pytest.importorskip("onnxruntime")
@@ -239,7 +239,7 @@ ONNX_GOOD = [r for r in corpus_files("onnx") if r["expect"] == "read"]
 ONNX_BAD = [r for r in corpus_files("onnx") if r["expect"] == "reject"]
 
 
-@pytest.mark.parametrize("row", ONNX_GOOD, ids=[r["path"] for r in ONNX_GOOD])
+@pytest.mark.parametrize("row", corpus_params(ONNX_GOOD))
 def test_corpus_good_models_and_tensors(tmp_path, row):
     path = CORPUS / row["path"]
     with mlconv.open(path) as b:
@@ -263,7 +263,7 @@ def test_corpus_good_models_and_tensors(tmp_path, row):
     assert mlconv.validate(path).ok
 
 
-@pytest.mark.parametrize("row", ONNX_BAD, ids=[r["path"] for r in ONNX_BAD])
+@pytest.mark.parametrize("row", corpus_params(ONNX_BAD))
 def test_corpus_bad_models(row):
     path = CORPUS / row["path"]
     report = mlconv.validate(path, deep=True)

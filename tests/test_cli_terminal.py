@@ -1,0 +1,171 @@
+"""The installed ``mlconv`` as a person runs it: under a pseudo-terminal (a progress bar may
+show) and piped, for every pair of formats and for many files at once. Both runs must agree:
+the same exit code, one-line errors, never an internal error, the same output files."""
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import mlconv
+from mlconv.formats import IDS, get
+
+MLCONV = str(Path(sys.executable).with_name("mlconv"))
+EXT = {fid: get(fid).extensions[0] for fid in IDS}
+
+
+def run_tty(args, cwd, timeout=120):
+    """(exit code, what the terminal showed): stdin, stdout and stderr on a pty."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([MLCONV, *map(str, args)], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=cwd, close_fds=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            pytest.fail(f"mlconv {' '.join(map(str, args))} hung under a terminal")
+        code = proc.wait(timeout=10)
+    finally:
+        os.close(master)
+    return code, out.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def run_piped(args, cwd, timeout=120):
+    res = subprocess.run([MLCONV, *map(str, args)], cwd=cwd, capture_output=True,
+                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return res.returncode, res.stdout, res.stderr
+
+
+def sources(folder: Path) -> dict[str, Path]:
+    """One small file of weights per format, plus tables where the format holds them."""
+    folder.mkdir()
+    tensors = {"w": np.arange(12, dtype=np.float32).reshape(3, 4),
+               "b": np.arange(3, dtype=np.int64)}
+    out = {}
+    for fid in IDS:
+        path = folder / f"weights{EXT[fid]}"
+        mlconv.save({"w": tensors["w"]} if fid == "npy" else tensors, path)
+        out[fid] = path
+    table = pa.table({"x": np.arange(50, dtype=np.int64), "y": np.linspace(0, 1, 50),
+                      "s": [f"r{i}" for i in range(50)]})
+    pq.write_table(table, folder / "frame.parquet")
+    out["parquet-table"] = folder / "frame.parquet"
+    with h5py.File(folder / "frame.h5", "w") as f:
+        f["t"] = np.array([(i, i / 2) for i in range(50)], dtype=[("a", "<i4"), ("b", "<f8")])
+    out["hdf5-table"] = folder / "frame.h5"
+    return out
+
+
+@pytest.fixture(scope="module")
+def src_files(tmp_path_factory):
+    return sources(tmp_path_factory.mktemp("tty") / "src")
+
+
+def same_output(a: Path, b: Path) -> bool:
+    if a.read_bytes() == b.read_bytes():
+        return True
+    with mlconv.open(a) as x, mlconv.open(b) as y:  # HDF5 files differ in object headers
+        return list(x) == list(y) and all(
+            np.array_equal(x[n].numpy(), y[n].numpy()) for n in x if x[n].kind == "tensor")
+
+
+def check_pair(src: Path, fid: str, folder: Path, extra=()):
+    tty_dst, pipe_dst = folder / f"tty{EXT[fid]}", folder / f"pipe{EXT[fid]}"
+    args = ["--allow-lossy", *extra]
+    code_t, shown = run_tty([src, tty_dst, *args], folder)
+    code_p, out, err = run_piped([src, pipe_dst, *args], folder)
+    where = f"{src.name} -> {fid}"
+    assert "internal error" not in shown + err and "Traceback" not in shown + err, where
+    assert code_t == code_p and code_t in (0, 1), (where, shown, err)
+    if code_p == 1:
+        errors = err.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith("mlconv: error: "), (where, err)
+        assert errors[0] in shown.splitlines(), (where, shown)
+        assert not tty_dst.exists() and not pipe_dst.exists()
+    else:
+        assert "\x1b" not in err and "\r" not in err, where  # no bar when piped
+        assert out.startswith("wrote "), where
+        assert same_output(tty_dst, pipe_dst), where
+    return code_p
+
+
+@pytest.mark.parametrize("source", [*IDS, "parquet-table", "hdf5-table"])
+def test_every_pair_under_a_terminal_and_piped(source, src_files, tmp_path):
+    def one(fid):
+        folder = tmp_path / fid
+        folder.mkdir()
+        return check_pair(src_files[source], fid, folder)
+
+    with ThreadPoolExecutor(3) as pool:
+        codes = dict(zip(IDS, pool.map(one, IDS), strict=True))
+    # weights convert everywhere (npy holds one of two); tables into every table format
+    wanted = [f for f in IDS if (not source.endswith("table") or get(f).caps.tables)
+              and (source in ("npy", "parquet-table", "hdf5-table")
+                   or get(f).caps.max_entries is None)]
+    assert all(codes[f] == 0 for f in wanted), codes
+
+
+def test_progress_bar_shows_on_a_terminal_only(tmp_path):
+    src = tmp_path / "big.npy"
+    np.save(src, np.zeros((4096, 4096), np.float32))  # 64 MiB: long enough for a bar
+    code, shown = run_tty([src, tmp_path / "a.safetensors", "--progress"], tmp_path)
+    assert code == 0 and "mlconv:" in shown and "B/s" in shown or "MiB" in shown
+    code, out, err = run_piped([src, tmp_path / "b.safetensors"], tmp_path)
+    assert code == 0 and err == ""
+    # --progress off a terminal: a bar on stderr, never a crash (tables included)
+    code, out, err = run_piped([src_table(tmp_path), tmp_path / "t.arrow", "--progress"],
+                               tmp_path)
+    assert code == 0 and "internal error" not in err
+
+
+def src_table(folder: Path) -> Path:
+    path = folder / "t.parquet"
+    pq.write_table(pa.table({"x": list(range(1000)), "s": ["a"] * 1000}), path)
+    return path
+
+
+def test_many_files_under_a_terminal_and_piped(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        mlconv.save({"w": np.full((2, 2), i, np.float32), "h": np.zeros(2, np.float16)},
+                    src / f"m{i}.safetensors")
+    (src / "bad.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{not json at all}")
+    for runner, name in ((run_tty, "tty"), (run_piped, "pipe")):
+        out_dir = tmp_path / name
+        out_dir.mkdir()
+        result = runner([str(src / "*.safetensors"), f"{out_dir}/", "--to", "npz",
+                         "--jobs", "2"], tmp_path)
+        text = "".join(result[1:])
+        assert result[0] == 1, text
+        assert "internal error" not in text
+        assert text.count("mlconv: error: ") == 1 and "bad.safetensors" in text
+        assert "3 converted, 1 failed" in text
+        assert sorted(os.listdir(out_dir)) == ["m0.npz", "m1.npz", "m2.npz"]
+    for i in range(3):
+        assert (tmp_path / "tty" / f"m{i}.npz").read_bytes() == \
+            (tmp_path / "pipe" / f"m{i}.npz").read_bytes()
