@@ -70,7 +70,7 @@ def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
     try:
         fmt = detect(path, format)
     except MlconvError as e:
-        report.problems.append(Problem(e.entry, e.render(cli=True)))
+        report.problems.append(Problem(e.entry, e.message))
         return report
     report.format = fmt.id
     options = ReadOptions(trusted=True, allow_external=allow_external)
@@ -97,7 +97,7 @@ def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
                 report.problems.extend(Problem(e, r, "expectation")
                                        for e, r in expect.check(manifest, expectation))
     except MlconvError as e:
-        report.problems.append(Problem(e.entry, e.render(cli=True)))
+        report.problems.append(Problem(e.entry, e.message))
     return report
 
 
@@ -181,16 +181,18 @@ def expand(patterns) -> list[str]:
 
 
 def as_text(reports: list[Report]) -> str:
+    from .errors import one_line
+
     lines = []
     for r in reports:
-        lines.append(f"{'ok' if r.ok else 'FAIL':4}  {r.path}" + (f"  ({r.format})"
-                                                                   if r.format else ""))
+        lines.append(one_line(f"{'ok' if r.ok else 'FAIL':4}  {r.path}"
+                              + (f"  ({r.format})" if r.format else "")))
         for p in r.problems:
             where = f"{p.entry}: " if p.entry else ""
-            lines.append(f"      {where}{p.reason}")
+            lines.append(one_line(f"      {where}{p.reason}"))
         for p in r.warnings:
             where = f"{p.entry}: " if p.entry else ""
-            lines.append(f"      warning: {where}{p.reason}")
+            lines.append(one_line(f"      warning: {where}{p.reason}"))
     bad = sum(not r.ok for r in reports)
     lines.append(f"{len(reports) - bad} passed, {bad} failed")
     return "\n".join(lines)

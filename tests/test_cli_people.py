@@ -402,3 +402,14 @@ def test_shell_completion_script():
     res = subprocess.run([MLCONV], env=dict(os.environ, _MLCONV_COMPLETE="bash_source"),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "_mlconv_completion" in res.stdout
+
+
+def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path):
+    src = tmp_path / "two\nlines.npy"
+    np.save(src, np.ones(2))
+    res = run(src, tmp_path / "out\nname.npz")
+    assert res.exit_code == 0 and len(res.stdout.strip().splitlines()) == 1
+    res = run(src, tmp_path / "out\nname.npz")
+    one_error(res)
+    res = run("validate", src)
+    assert res.exit_code == 0 and len(res.stdout.strip().splitlines()) == 2

@@ -163,7 +163,7 @@ def test_junit_output_parses(mixed):
     failed = [c for c in cases if c.find("failure") is not None]
     assert len(failed) == 1 and failed[0].get("name").endswith("broken.safetensors")
     message = failed[0].find("failure").get("message")
-    assert message.startswith("head/w: ") and "lie outside" in message
+    assert message.startswith("head/w: ") and "lie past its end" in message
 
 
 def test_github_annotations(mixed):

@@ -263,14 +263,8 @@ def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, row
             done.append(result)
             if bar is not None:
                 bar.clear()
-            if as_json:
-                pass
-            elif result.ok:
-                print_losses(result.report.warnings, result.report.notes, verbosity)
-                if verbosity >= 0:
-                    say(show.report_line(result.report))
-            else:
-                say(fail_line(result.error.render(cli=True)), err=True)
+            if not as_json:
+                _print_result(result, verbosity)
             if bar is not None:
                 bar(1)
     finally:
@@ -282,6 +276,15 @@ def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, row
     else:
         say(f"{len(done) - bad} converted, {bad} failed")
     ctx.exit(0 if done and not bad else 1)
+
+
+def _print_result(result, verbosity: int) -> None:
+    if not result.ok:
+        say(fail_line(result.error.render(cli=True)), err=True)
+        return
+    print_losses(result.report.warnings, result.report.notes, verbosity)
+    if verbosity >= 0:
+        say(show.report_line(result.report))
 
 
 def _drain(results):

@@ -85,9 +85,11 @@ def formats_text(rows: list[dict]) -> str:
 
 
 def report_line(r) -> str:
-    return (f"wrote {r.dst} ({r.dst_format}, {r.entries} "
-            f"{'entry' if r.entries == 1 else 'entries'}, "
-            f"{human_bytes(r.bytes_written)}) in {r.seconds:.2f} s")
+    from ..errors import one_line
+
+    return one_line(f"wrote {r.dst} ({r.dst_format}, {r.entries} "
+                    f"{'entry' if r.entries == 1 else 'entries'}, "
+                    f"{human_bytes(r.bytes_written)}) in {r.seconds:.2f} s")
 
 
 def _one_line(v: str, limit: int = 80) -> str:
