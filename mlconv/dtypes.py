@@ -245,6 +245,10 @@ def from_npy_descr(descr: str) -> tuple[DType, str, int]:
     if code == "f1":
         raise UnsupportedError(
             f"npy dtype {descr!r} is ambiguous (np.save writes float8_e5m2 this way)")
+    if kind in "fc" and digits in ("12", "16", "24", "32"):
+        raise UnsupportedError(
+            f"npy dtype {descr!r} is a long double (float{8 * int(digits) // (1 + (kind == 'c'))}"
+            "); mlconv holds no extended precision and never narrows it silently")
     if kind == "V":
         raise UnsupportedError(
             f"npy dtype {descr!r} is opaque bytes (np.save writes bfloat16/float8 this way); "

@@ -162,8 +162,12 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
         raise UnsupportedError(
             f"{fmt.id} holds {'one entry' if caps.max_entries == 1 else caps.max_entries}; "
             f"the source has {len(out)} ({names}); use --select NAME", src)
-    if not out and len(bundle):
-        raise UnsupportedError(f"nothing left to write as {fmt.id}", src)
+    dropped = [n for n in bundle.skipped if _kept(n, select, exclude)] + \
+        [n for n in names if n not in out and not any(k.startswith(n + "/") for k in out)]
+    if not out and (len(bundle) or dropped):
+        shown = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        why = f"dropped {shown}" if dropped else "every entry was excluded"
+        raise UnsupportedError(f"nothing left to write as {fmt.id} ({why})", src)
     return out, warnings
 
 

@@ -188,6 +188,20 @@ def _is_bfloat16(ds) -> bool:
         return False
 
 
+def _unheld_float(ds) -> str | None:
+    """Why a float type numpy cannot express (quad, other extended precision) is skipped."""
+    h5t = _h5py().h5t
+    try:
+        tid = ds.id.get_type()
+        if tid.get_class() != h5t.FLOAT:
+            return None
+        bits = tid.get_size() * 8
+    except _H5_ERRORS:
+        return None
+    return (f"HDF5 {bits}-bit float (float{bits}, extended/quad precision) has no mlconv "
+            "dtype; it is never narrowed silently")
+
+
 def _filters(dcpl) -> list[tuple[int, str]]:
     out = []
     for k in range(dcpl.get_nfilters()):
@@ -340,6 +354,10 @@ class _Reader:
             self.bundle.skipped[name] = f"HDF5 type not supported: {e}"
             return None
         except _H5_ERRORS as e:
+            why = _unheld_float(ds)
+            if why:  # a type, not damage: the rest of the file reads
+                self.bundle.skipped[name] = why
+                return None
             raise FormatError(f"cannot read dataset header: {e}", self.path, name) from None
         if shape is None:
             self.bundle.skipped[name] = "dataset with a null dataspace (no shape, no data)"

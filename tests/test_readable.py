@@ -1,0 +1,96 @@
+"""Issue 17: read what is readable. One member of a type mlconv can't hold is skipped with
+its reason, the rest reads exactly as the reference library reads it."""
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import mlconv
+from mlconv.cli.main import cli
+from mlconv.errors import LossyConversionError, UnsupportedError
+
+from .helpers import payload
+
+
+def _mixed_npz(path):
+    np.savez(path, a=np.arange(5), obj=np.array([{"x": 1}, None], dtype=object),
+             ld=np.ones(2, np.longdouble), b=np.eye(2, dtype=np.float32))
+
+
+def _quad_h5(path):
+    """An HDF5 file with one IEEE binary128 dataset (h5py can't express it) beside others."""
+    with h5py.File(path, "w") as f:
+        f["ok"] = np.arange(4)
+        tid = h5py.h5t.IEEE_F64LE.copy()
+        tid.set_size(16)
+        tid.set_precision(128)
+        tid.set_fields(127, 112, 15, 0, 112)
+        tid.set_ebias(16383)
+        h5py.h5d.create(f.id, b"quad", tid, h5py.h5s.create_simple((3,)))
+
+
+def test_npz_pickled_and_long_double_members_are_skipped(tmp_path):
+    src = tmp_path / "mixed.npz"
+    _mixed_npz(src)
+    with mlconv.open(src) as b, np.load(src, allow_pickle=False) as ref:
+        assert list(b) == ["a", "b"]
+        assert "pickle" in b.skipped["obj"] and "float128" in b.skipped["ld"]
+        for name in b:
+            got = b[name].numpy()
+            assert got.dtype == ref[name].dtype and payload(got) == payload(ref[name])
+
+
+def test_npz_with_nothing_readable_is_refused(corpus):
+    # every member pickled: there is nothing to read, so the file is refused (manifest: reject)
+    with pytest.raises(mlconv.errors.UnsafeInputError, match="pickle"):
+        mlconv.load(corpus / "npy/bad/py2-objarr.npz")
+
+
+def test_hdf5_quad_dataset_is_skipped_not_corrupt(tmp_path):
+    src = tmp_path / "quad.h5"
+    _quad_h5(src)
+    with mlconv.open(src) as b, h5py.File(src) as ref:
+        assert list(b) == ["ok"]
+        assert "float128" in b.skipped["quad"]
+        assert np.array_equal(b["ok"].numpy(), ref["ok"][()])
+
+
+@pytest.mark.parametrize("maker,suffix,bad", [(_mixed_npz, "npz", ["obj", "ld"]),
+                                              (_quad_h5, "h5", ["quad"])])
+def test_converting_skipped_members_is_a_named_loss(tmp_path, maker, suffix, bad):
+    src, dst = tmp_path / f"in.{suffix}", tmp_path / "out.parquet"
+    maker(src)
+    with pytest.raises(LossyConversionError, match="--exclude NAME") as err:
+        mlconv.convert(src, dst)
+    assert any(f":{name})" in str(err.value) for name in bad)
+    assert not dst.exists()
+    args = [str(src), str(dst)] + [a for n in bad for a in ("--exclude", n)]
+    res = CliRunner().invoke(cli, ["convert", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with mlconv.open(dst) as b:
+        assert sorted(b) == sorted(n for n in ("a", "b", "ok") if n in b)
+        assert not set(b) & set(bad)
+    report = mlconv.convert(src, tmp_path / "lossy.npz", allow_lossy=True)
+    assert all(any(f":{n})" in w for w in report.warnings) for n in bad)
+
+
+def test_nothing_left_names_what_was_dropped(tmp_path):
+    src, dst = tmp_path / "bad.npz", tmp_path / "out.parquet"
+    np.savez(src, o=np.array([None], dtype=object), ld=np.ones(2, np.longdouble),
+             k=np.ones(2))
+    with pytest.raises(UnsupportedError, match=r"nothing left to write as parquet "
+                                               r"\(dropped o, ld\)"):
+        mlconv.convert(src, dst, allow_lossy=True, exclude=["k"])
+    assert not dst.exists()  # never an empty entries table
+    with pytest.raises(UnsupportedError, match=r"nothing left .*every entry was excluded"):
+        mlconv.convert(src, dst, exclude=["*"])
+    assert not dst.exists()
+
+
+def test_kept_members_convert_exactly(tmp_path):
+    src, dst = tmp_path / "mixed.npz", tmp_path / "out.parquet"
+    _mixed_npz(src)
+    mlconv.convert(src, dst, exclude=["obj", "ld"], layout="entries")
+    assert pq.read_table(dst).column("name").to_pylist() == ["a", "b"]
