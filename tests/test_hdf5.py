@@ -114,7 +114,7 @@ def test_groups_attrs_and_h5_to_h5(tmp_path):
         f.create_dataset("vlen", data=["héllo", "wörld"], dtype=h5py.string_dtype())
     b = mlconv.load(src)
     assert list(b) == ["model/enc/w", "text", "vlen"]
-    assert b.metadata == {"title": "run 7", "epochs": "12"}
+    assert b.metadata == {"title": "run 7", "epochs": '{"$dtype": "int64", "value": 12}'}
     assert b.group_attrs == {"model/enc": {"units": 64}}
     assert b["model/enc/w"].attrs == {"scale": 0.5, "names": ["a", "b"]}
     assert b["vlen"].numpy().tolist() == ["héllo", "wörld"]

@@ -94,3 +94,75 @@ def test_kept_members_convert_exactly(tmp_path):
     _mixed_npz(src)
     mlconv.convert(src, dst, exclude=["obj", "ld"], layout="entries")
     assert pq.read_table(dst).column("name").to_pylist() == ["a", "b"]
+
+
+# --- attribute types (issue 17; issue 10 item 9) -------------------------------------------
+
+ATTRS = {"n": np.int64(3), "i32": np.int32(7), "f16": np.float16(0.1),
+         "u8": np.arange(6, dtype=np.uint8).reshape(2, 3), "c": np.complex64(1 + 2j),
+         "s": "text", "fl": np.array([0.5, 1.5]), "b": np.bool_(True),
+         "empty": np.zeros(0, np.int16)}
+
+
+def _attr_h5(path):
+    with h5py.File(path, "w") as f:
+        for k, v in ATTRS.items():
+            f.attrs[k] = v
+        f["y"] = np.arange(2.0)  # no attrs: goes where per-entry attrs can't
+        d = f.create_dataset("x", data=np.arange(3))
+        for k, v in ATTRS.items():
+            d.attrs[k] = v
+
+
+def _same_attrs(a, b):
+    for obj in ("/", "x"):
+        assert sorted(a[obj].attrs) == sorted(b[obj].attrs)
+        for k in a[obj].attrs:
+            va, vb = np.asarray(a[obj].attrs[k]), np.asarray(b[obj].attrs[k])
+            assert (va.dtype, va.shape) == (vb.dtype, vb.shape), (obj, k)
+            assert va.tobytes() == vb.tobytes(), (obj, k)
+
+
+@pytest.mark.parametrize("via", [None, "parquet", "arrow", "safetensors", "onnx"])
+def test_attribute_types_survive(tmp_path, via):
+    src, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    _attr_h5(src)
+    plan = mlconv.plan(src, out)
+    assert plan.losses == [] and plan.error is None  # h5 -> h5 loses nothing
+    if via is None:
+        mlconv.convert(src, out)
+    else:  # text-only metadata holds typed JSON; reading it back restores the types
+        mid = tmp_path / f"mid.{via}"
+        mlconv.convert(src, mid, exclude=["x"] if via in ("safetensors", "onnx") else ())
+        mlconv.convert(mid, out)
+    with h5py.File(src) as a, h5py.File(out) as b:
+        if via in ("safetensors", "onnx"):  # no per-entry attrs there: the root only
+            assert {k: str(v) for k, v in a.attrs.items()} == \
+                {k: str(v) for k, v in b.attrs.items()}
+            assert all(np.asarray(a.attrs[k]).dtype == np.asarray(b.attrs[k]).dtype
+                       for k in a.attrs)
+        else:
+            _same_attrs(a, b)
+
+
+def test_int64_root_attribute_is_not_text(tmp_path):
+    src, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["n"] = np.int64(3)
+        f["x"] = np.arange(2)
+    mlconv.convert(src, out)
+    with h5py.File(out) as f:
+        assert f.attrs["n"] == 3 and f.attrs["n"].dtype == np.int64
+
+
+def test_plan_reports_attribute_types_it_cannot_keep(tmp_path):
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["cmp"] = np.array((1, 2.0), dtype=[("a", "i4"), ("b", "f8")])
+        f.attrs["ld"] = np.longdouble(1) / 3
+        f["x"] = np.arange(3)
+        f["x"].attrs["ok"] = np.int32(1)
+    plan = mlconv.plan(src, tmp_path / "out.h5")
+    assert len(plan.losses) == 2
+    assert any("'cmp'" in x and "compound" in x for x in plan.losses)
+    assert any("'ld'" in x and "narrowed" in x for x in plan.losses)

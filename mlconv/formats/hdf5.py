@@ -21,6 +21,7 @@ import json
 import os
 
 from .. import dtypes as D
+from .. import model
 from ..atomic import library_path
 from ..dtypes import DType
 from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
@@ -65,11 +66,11 @@ def attr_value(value):
         if value.dtype.kind == "O" or value.dtype.kind in "SUV" or value.dtype.names:
             return [attr_value(v) for v in value.reshape(-1).tolist()] if value.ndim \
                 else attr_value(value[()])
-        return value.tolist()
+        return _typed(value)
     if isinstance(value, np.void):
         return bytes(value).hex()
     if isinstance(value, np.generic):
-        return value.item()
+        return _typed(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
@@ -77,21 +78,58 @@ def attr_value(value):
     return str(value)
 
 
-def read_attrs(obj, path, entry) -> dict:
+def _typed(value):
+    """A numeric attribute keeps its HDF5 type through the model (int32 stays int32)."""
+    import numpy as np
+
+    try:
+        return model.attr_json(value)
+    except UnsupportedError:
+        pass
+    kind = np.asarray(value).dtype.kind
+    if kind in "fc":  # long double: narrowed, and read_attrs notes it as a loss
+        return model.attr_json(np.asarray(value).astype("f8" if kind == "f" else "c16"))
+    out = np.asarray(value).tolist()
+    return out if isinstance(out, (int, float, bool, str, list)) else str(out)
+
+
+def _attr_loss(dt) -> str | None:
+    """What an attribute of this numpy dtype loses on its way through the model, or None."""
+    h5py = _h5py()
+    base = dt.base
+    if h5py.check_ref_dtype(base) is not None:
+        return "reference kept as text"
+    if base.names is not None or base.kind == "V":
+        return "compound/opaque value kept as hex text"
+    if h5py.check_enum_dtype(base) is not None and base.kind != "b":
+        return "enum kept as its integer values"
+    if base.kind == "O" and h5py.check_string_dtype(base) is None:
+        return "variable-length sequence kept as a list"
+    if base.kind in "fc":
+        try:
+            D.from_numpy(base)
+        except UnsupportedError:
+            return f"{base.itemsize * 8}-bit {base.name} narrowed to float64"
+    return None
+
+
+def read_attrs(obj, path, entry, notes: list | None = None) -> dict:
+    """The attributes as JSON-able values; what can't keep its type is noted in ``notes``."""
     out = {}
     try:
         for key in obj.attrs:
             try:
                 out[key] = attr_value(obj.attrs[key])
+                why = _attr_loss(obj.attrs.get_id(key).dtype) if notes is not None else None
             except _H5_ERRORS as e:
                 out[key] = f"<unreadable attribute: {e}>"
+                why = "unreadable"
+            if why and notes is not None:
+                notes.append(str(LossyConversionError(
+                    f"attribute {key!r}: HDF5 type not kept ({why})", path, entry or "/")))
     except _H5_ERRORS as e:
         raise FormatError(f"cannot read attributes: {e}", path, entry or "/") from None
     return out
-
-
-def metadata_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 # --- dataset sources ---------------------------------------------------------------------
@@ -259,8 +297,8 @@ class _Reader:
         self.bundle.on_close(f.close)
         self.bundle.on_close(self.fmap.close)
         try:
-            root = read_attrs(f, self.path, None)
-            self.bundle.metadata = {k: metadata_text(v) for k, v in root.items()}
+            root = read_attrs(f, self.path, None, self.bundle.notes)
+            self.bundle.metadata = {k: model.metadata_text(v) for k, v in root.items()}
             self.walk(f, "", self.fmap, self.size, 0)
             _pandas_hdf.fold_frames(self.bundle, f, self.path)
         except BaseException:
@@ -300,7 +338,7 @@ class _Reader:
                 continue  # a second hard link (or a cycle): listed once
             self.visited.add(ident)
             if isinstance(obj, h5py.Group):
-                attrs = read_attrs(obj, self.path, name)
+                attrs = read_attrs(obj, self.path, name, self.bundle.notes)
                 if attrs:
                     self.bundle.group_attrs[name] = attrs
                 self.walk(obj, name + "/", fmap, size, depth)
@@ -346,7 +384,7 @@ class _Reader:
 
     def dataset(self, ds, name: str, fmap, size: int):
         h5py = _h5py()
-        attrs = read_attrs(ds, self.path, name)
+        attrs = read_attrs(ds, self.path, name, self.bundle.notes)
         try:
             shape = ds.shape
             dt = ds.dtype
@@ -532,6 +570,8 @@ def _storage(dtype: DType):
 
 def _write_attrs(obj, attrs: dict) -> None:
     for k, v in attrs.items():
+        # typed values (and their JSON text from text-only metadata) get their type back
+        v = model.metadata_value(v) if isinstance(v, str) else model.attr_value(v)
         if isinstance(v, (dict, list)) and not _homogeneous(v):
             v = json.dumps(v, ensure_ascii=False)
         if v is None:
