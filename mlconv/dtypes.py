@@ -302,14 +302,14 @@ def to_arrow(dtype: DType):
 
 _ONNX = {
     1: DType.float32, 2: DType.uint8, 3: DType.int8, 4: DType.uint16, 5: DType.int16,
-    6: DType.int32, 7: DType.int64, 8: DType.bytes, 9: DType.bool, 10: DType.float16,
+    6: DType.int32, 7: DType.int64, 8: DType.string, 9: DType.bool, 10: DType.float16,
     11: DType.float64, 12: DType.uint32, 13: DType.uint64, 14: DType.complex64,
     15: DType.complex128, 16: DType.bfloat16, 17: DType.float8_e4m3fn,
     18: DType.float8_e4m3fnuz, 19: DType.float8_e5m2, 20: DType.float8_e5m2fnuz,
     21: DType.uint4, 22: DType.int4, 23: DType.float4_e2m1fn, 24: DType.float8_e8m0fnu,
 }
 _ONNX_CODE = {d: code for code, d in _ONNX.items()}
-ONNX_DTYPES = frozenset(_ONNX.values()) | {DType.string}
+ONNX_DTYPES = frozenset(_ONNX.values()) | {DType.bytes}
 
 
 def from_onnx(code: int) -> DType:
@@ -320,8 +320,8 @@ def from_onnx(code: int) -> DType:
 
 
 def to_onnx(dtype: DType) -> int:
-    """The TensorProto.DataType code (text is STRING, stored UTF-8)."""
-    return 8 if dtype is DType.string else _ONNX_CODE[dtype]
+    """The TensorProto.DataType code (raw bytes go to STRING too, whose reader decodes it)."""
+    return 8 if dtype is DType.bytes else _ONNX_CODE[dtype]
 
 
 # --- safetensors -------------------------------------------------------------------------

@@ -20,13 +20,15 @@ from .dtypes import DType
 from .errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from .fileio import CHUNK
 from .model import Bundle, Table, Tensor
-from .sources import Source, array_chunks
+from .sources import Source, array_chunks, element_dtype
 
 LAYOUT_KEY = b"mlconv.layout"
 ATTRS_KEY = b"mlconv.attrs"     # JSON: a table's attrs; per field: a column tensor's attrs
 GROUPS_KEY = b"mlconv.groups"   # JSON: group name -> attrs
-HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte)  # tensor dtypes a layout stores
+# tensor dtypes a layout stores (text as string/binary columns, UCS4 payload in entries)
+HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte) | {DType.string, DType.bytes}
 DTYPE_KEY = b"mlconv.dtype"
+WIDTH_KEY = b"mlconv.width"  # bytes per element of a text tensor column
 BATCH_BYTES = 16 << 20  # rows per batch are chosen to keep a batch near this size
 
 
@@ -58,8 +60,9 @@ def type_name(t) -> str:
     return found.value if found is not None else str(t)
 
 
-def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
-    """(dtype, per-row shape) of a column that reads as a tensor, else None."""
+def field_dtype(field, text: bool = False) -> tuple[DType, tuple[int, ...]] | None:
+    """(dtype, per-row shape) of a column that reads as a tensor (with ``text``, string and
+    binary columns too), else None."""
     pa = _pa()
     t = field.type
     shape: tuple[int, ...] = ()
@@ -76,7 +79,9 @@ def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
         except (UnsupportedError, UnicodeDecodeError):
             return None
     found = D.from_arrow(t)
-    return (found, shape) if found is not None and found.bits is not None else None
+    if found is None or (found.bits is None and not text):
+        return None
+    return found, shape
 
 
 def to_column(values, dtype: DType):
@@ -144,6 +149,8 @@ def tensor_table(bundle: Bundle, layout: str | None) -> Table:
         typ, fmeta = storage_type(t.dtype)
         if len(t.shape) > 1:
             typ = pa.fixed_shape_tensor(typ, list(t.shape[1:]))
+        if t.dtype.bits is None:  # text columns are variable: keep numpy's fixed width
+            fmeta = {WIDTH_KEY: str(t.itemsize).encode()}
         if t.attrs:
             fmeta = dict(fmeta or {})
             fmeta[ATTRS_KEY] = json.dumps(t.attrs, ensure_ascii=False, default=str).encode()
@@ -230,6 +237,7 @@ class ColumnSource(Source):
         super().__init__(dtype, (table.num_rows,) + tuple(shape))
         self.table, self.column = table, column
         self.path, self.entry = path, entry
+        self.width = None  # bytes per text element, when the writer recorded it
         self.fill, self.warnings = fill, warnings
 
     def _blocks(self, rows: int = 65536):
@@ -255,6 +263,13 @@ class ColumnSource(Source):
                 flat = np.frombuffer(storage.buffers()[1], np.uint8,
                                      len(storage) * storage.type.byte_width,
                                      storage.offset * storage.type.byte_width)
+            elif self.dtype.bits is None:  # text: fixed width, as numpy holds it
+                kind = str if self.dtype is DType.string else bytes
+                if self.width:
+                    kind = element_dtype(self.dtype, self.width)
+                flat = np.array(storage.to_pylist(), dtype=kind)
+                yield flat.reshape((-1,) + self.shape[1:])
+                continue
             else:
                 flat = storage.to_numpy(zero_copy_only=False)
             stored = self.dtype.numpy()
@@ -268,7 +283,8 @@ class ColumnSource(Source):
 
         blocks = list(self._blocks())
         if not blocks:
-            return np.zeros(self.shape, self.dtype.numpy())
+            return np.zeros(self.shape, self.dtype.numpy() if self.dtype.bits else
+                            ("U1" if self.dtype is DType.string else "S1"))
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
     def chunks(self, size: int = CHUNK):
@@ -318,7 +334,8 @@ def _fill_value(t):
 
 
 def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
-                  prefix: bool = True, bad: list | None = None) -> dict[str, Tensor]:
+                  prefix: bool = True, bad: list | None = None,
+                  text: bool = False) -> dict[str, Tensor]:
     """Every column of ``table`` as a tensor named ``name/column`` (or ``column``).
 
     A column that cannot be a tensor (strings, nested, ...) raises naming it, or, given a
@@ -326,7 +343,7 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
     """
     out = {}
     for field in table.schema:
-        found = field_dtype(field)
+        found = field_dtype(field, text)
         if found is None:
             why = f"column {field.name!r} of type {field.type}"
             if bad is None:
@@ -335,8 +352,11 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
             continue
         dtype, shape = found
         entry = f"{name}/{field.name}" if prefix else field.name
-        out[entry] = Tensor(ColumnSource(table, field.name, dtype, shape, path, entry, fill,
-                                         warnings))
+        src = ColumnSource(table, field.name, dtype, shape, path, entry, fill, warnings)
+        width = (field.metadata or {}).get(WIDTH_KEY)
+        if dtype.bits is None and width is not None and width.isdigit():
+            src.width = int(width)  # the fixed width the tensor was written with
+        out[entry] = Tensor(src)
     return out
 
 
@@ -370,7 +390,7 @@ def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
         return None
     bundle = Bundle(metadata=file_metadata(schema), path=path)
     if layout == b"rows":
-        bundle.update(table_tensors(table, name, path, prefix=False))
+        bundle.update(table_tensors(table, name, path, prefix=False, text=True))
         return bundle
     if layout != b"entries":
         raise UnsupportedError(f"unknown mlconv.layout {layout!r}", path)
@@ -402,7 +422,13 @@ class EntrySource(Source):
 
     def _buffer(self):
         buf = self.reader(self.row)
-        if buf is None or len(buf) != self.nbytes:
+        if self.dtype.bits is None and buf is not None and self.count:
+            # text: fixed-width elements (UCS4 / raw), the width follows from the length
+            width = len(buf) // self.count
+            if width and width * self.count == len(buf) and \
+                    (self.dtype is DType.bytes or width % 4 == 0):
+                self.itemsize = width
+        if buf is None or len(buf) != (self.nbytes or 0):
             raise FormatError(f"entry holds {0 if buf is None else len(buf)} bytes, its "
                               f"dtype and shape need {self.nbytes}", self.path, self.entry)
         return buf
@@ -415,6 +441,11 @@ class EntrySource(Source):
         buf = self._buffer()
         if self.dtype.is_subbyte:
             return unpack4(buf, self.dtype, self.count).reshape(self.shape)
+        if self.dtype.bits is None:
+            if not self.count:
+                return np.zeros(self.shape, "U1" if self.dtype is DType.string else "S1")
+            return np.frombuffer(buf, element_dtype(self.dtype, self.itemsize),
+                                 self.count).reshape(self.shape)
         return np.frombuffer(buf, self.dtype.numpy(), self.count).reshape(self.shape)
 
     def chunks(self, size: int = CHUNK):

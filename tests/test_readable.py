@@ -166,3 +166,79 @@ def test_plan_reports_attribute_types_it_cannot_keep(tmp_path):
     assert len(plan.losses) == 2
     assert any("'cmp'" in x and "compound" in x for x in plan.losses)
     assert any("'ld'" in x and "narrowed" in x for x in plan.losses)
+
+
+# --- text: string (UTF-8) apart from bytes -----------------------------------------------
+
+def test_onnx_string_tensors_read_as_text(corpus):
+    import onnx
+    from onnx import numpy_helper
+
+    path = corpus / "onnx/good/node/test_cast_FLOAT_to_STRING/test_data_set_0/output_0.pb"
+    proto = onnx.TensorProto()
+    proto.ParseFromString(path.read_bytes())
+    ref = numpy_helper.to_array(proto)
+    with mlconv.open(path) as b:
+        t = b["output"]
+        assert t.dtype.value == "string" and t.shape == ref.shape
+        assert t.numpy().tolist() == ref.tolist()
+
+
+def _text_h5(path):
+    with h5py.File(path, "w") as f:
+        f["fixed"] = np.array([b"ab", b"cde", b"f"])  # |S3, ASCII: raw bytes
+        f.create_dataset("vlen", data=["héllo", "wörld", "x"], dtype=h5py.string_dtype())
+        f.create_dataset("fixed_utf8", data=np.array(["ä".encode(), b"bc", b"d"], "S3")
+                         .astype(h5py.string_dtype("utf-8", 3)))
+        f["nd"] = np.array([[b"a", b"b"], [b"c", b"d"], [b"e", b"f"]])
+
+
+def _h5_values(ds):
+    return [v.decode() if isinstance(v, bytes) and h5py.check_string_dtype(ds.dtype)
+            .encoding == "utf-8" else v for v in ds[()].reshape(-1).tolist()]
+
+
+@pytest.mark.parametrize("layout", ["rows", "entries"])
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_hdf5_text_to_arrow_tables_and_back(tmp_path, fmt, layout):
+    import pyarrow as pa
+
+    src, mid, back = tmp_path / "in.h5", tmp_path / f"mid.{fmt}", tmp_path / "back.h5"
+    _text_h5(src)
+    with mlconv.open(src) as b:
+        assert {k: v.dtype.value for k, v in b.items()} == {
+            "fixed": "bytes", "vlen": "string", "fixed_utf8": "string", "nd": "bytes"}
+    mlconv.convert(src, mid, layout=layout)
+    table = pq.read_table(mid) if fmt == "parquet" else pa.ipc.open_file(mid).read_all()
+    if layout == "rows":  # what a pyarrow user sees: string and binary columns
+        assert table.schema.field("vlen").type == pa.string()
+        assert table.schema.field("fixed").type == pa.binary()
+        assert table.column("fixed_utf8").to_pylist() == ["ä", "bc", "d"]
+        assert table.column("vlen").to_pylist() == ["héllo", "wörld", "x"]
+    mlconv.convert(mid, back)
+    with h5py.File(src) as a, h5py.File(back) as c:
+        assert sorted(a) == sorted(c)
+        for k in a:
+            assert _h5_values(a[k]) == _h5_values(c[k]), k
+            assert a[k].shape == c[k].shape
+        assert c["fixed"].dtype == a["fixed"].dtype  # |S3 stays |S3
+        assert h5py.check_string_dtype(c["vlen"].dtype).encoding == "utf-8"
+
+
+def test_hdf5_fixed_utf8_stays_fixed_h5_to_h5(tmp_path):
+    src, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    _text_h5(src)
+    mlconv.convert(src, out)
+    with h5py.File(src) as a, h5py.File(out) as c:
+        for k in a:
+            assert a[k].dtype == c[k].dtype and a[k][()].tolist() == c[k][()].tolist(), k
+        assert h5py.check_string_dtype(c["fixed_utf8"].dtype) == \
+            h5py.check_string_dtype(a["fixed_utf8"].dtype)
+
+
+def test_corpus_vlen_strings_to_parquet(corpus, tmp_path):
+    src, dst = corpus / "hdf5/good/vlen_string_s390x.h5", tmp_path / "o.parquet"
+    mlconv.convert(src, dst)
+    with h5py.File(src) as ref, mlconv.open(dst) as b:
+        assert b["DSvariable"].numpy().tolist() == \
+            [v.decode() for v in ref["DSvariable"][()].tolist()]

@@ -132,7 +132,10 @@ def test_rows_layout_every_dtype(tmp_path, fmt, dtype):
     assert list(t.schema.field("x").type.shape) == [2, 3]
     if dtype in D._ARROW:  # a native Arrow type: a pyarrow user sees the values
         assert t.schema.field("y").type == D.to_arrow(dtype)
-        assert payload(t.column("y").to_numpy()) == payload(y)
+        if dtype.bits is None:  # text: a string/binary column
+            assert t.column("y").to_pylist() == y.tolist()
+        else:
+            assert payload(t.column("y").to_numpy()) == payload(y)
     else:
         assert t.schema.field("y").metadata[b"mlconv.dtype"] == dtype.value.encode()
     if not st:

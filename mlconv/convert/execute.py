@@ -139,7 +139,9 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
                 entry = layouts.filled(entry, warnings, src, name)
         else:
             if entry.itemsize is None:  # variable-width text: its width is known once read
-                entry = Tensor.from_numpy(entry.numpy(), entry.attrs)
+                read = Tensor.from_numpy(entry.numpy(), entry.attrs)
+                read.encoding = entry.encoding  # the same format may use it (HDF5 widths)
+                entry = read
             if entry.dtype in casts:
                 entry = entry.cast(casts[entry.dtype])
             if entry.dtype not in caps.dtypes:

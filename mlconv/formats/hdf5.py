@@ -153,7 +153,8 @@ class H5Source(Source):
             arr = np.asarray(self.ds[sel])
         except _H5_ERRORS as e:
             raise FormatError(f"cannot read dataset: {e}", self.path, self.entry) from None
-        if arr.dtype.kind == "O" or (arr.dtype.kind == "S" and self.ds.dtype.kind == "O"):
+        if arr.dtype.kind == "O" or (arr.dtype.kind == "S" and (
+                self.ds.dtype.kind == "O" or self.dtype is DType.string)):
             items = arr.reshape(-1).tolist()
             if self.dtype is DType.string:
                 items = [v.decode("utf-8") if isinstance(v, bytes) else v for v in items]
@@ -435,6 +436,11 @@ class _Reader:
             return None
         if string is not None:
             encoding["h5_string"] = string.encoding
+            if string.encoding == "utf-8":  # fixed-width UTF-8 is text, as vlen UTF-8 is
+                encoding["h5_string_width"] = dt.itemsize
+                src = H5Source(ds, DType.string, shape, path=self.path, entry=name)
+                src.itemsize = None  # UCS4 width known once read
+                return Tensor(src, attrs, encoding)
         nbytes = dtype.nbytes(shape, dt.itemsize)
         try:
             why = _why_unreadable(ds, nbytes)
@@ -682,17 +688,25 @@ class Hdf5(Format):
 
     def _tensor(self, h5, name, t: Tensor, comp, path, progress=None):
         """Create the dataset; returns the offset to copy the payload to (contiguous case)."""
+        import numpy as np
+
         h5py = _h5py()
         stored, real = _storage(t.dtype)
         if t.dtype is DType.bytes:
             stored = f"S{t.itemsize}"
+        width = t.encoding.get("h5_string_width") if t.dtype is DType.string else None
+        if width is not None:  # it was fixed-width UTF-8: written back so if it fits
+            longest = int(np.char.str_len(np.char.encode(t.numpy(), "utf-8")).max(initial=0))
+            width = width if longest <= width else None
+            stored = h5py.string_dtype("utf-8", width) if width else stored
         if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
             kw = {}
             if comp != "none" and t.shape and t.nbytes:
                 kw = {"compression": comp, "chunks": True}
             ds = h5.create_dataset(name, shape=t.shape, dtype=stored, **kw)
             if t.dtype is DType.string:  # variable-length text: h5py wants objects
-                ds[()] = t.numpy().astype(object)
+                ds[()] = t.numpy().astype(object) if width is None else \
+                    np.char.encode(t.numpy(), "utf-8").astype(stored)
             elif t.shape and t.nbytes:  # streamed block by block, never whole
                 rows, done = max(1, CHUNK // max(1, t.nbytes // t.shape[0])), 0
                 for block in t.blocks(rows):
