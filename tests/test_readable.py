@@ -242,3 +242,28 @@ def test_corpus_vlen_strings_to_parquet(corpus, tmp_path):
     with h5py.File(src) as ref, mlconv.open(dst) as b:
         assert b["DSvariable"].numpy().tolist() == \
             [v.decode() for v in ref["DSvariable"][()].tolist()]
+
+
+# --- HDF5 enums ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("via", [None, "parquet"])
+def test_hdf5_enum_labels_kept_and_written_back(tmp_path, via):
+    src, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    labels = {"RED": 0, "GREEN": 1, "BLUE": 42}
+    with h5py.File(src, "w") as f:
+        f.create_dataset("c", data=np.array([0, 1, 42, 1], "i1"),
+                         dtype=h5py.enum_dtype(labels, basetype="i1"))
+        f.create_dataset("big", data=np.arange(70000) % 2,
+                         dtype=h5py.enum_dtype({"A": 0, "B": 1}, basetype="<u2"))
+    with mlconv.open(src) as b:
+        assert b["c"].attrs["mlconv_enum"] == labels and b["c"].dtype.value == "int8"
+    if via:
+        mlconv.convert(src, tmp_path / f"mid.{via}", layout="entries")
+        mlconv.convert(tmp_path / f"mid.{via}", out)
+    else:
+        mlconv.convert(src, out)
+    with h5py.File(src) as a, h5py.File(out) as c:
+        for k in ("c", "big"):
+            assert h5py.check_enum_dtype(c[k].dtype) == h5py.check_enum_dtype(a[k].dtype)
+            assert c[k].dtype == a[k].dtype and np.array_equal(c[k][()], a[k][()])
+            assert "mlconv_enum" not in c[k].attrs

@@ -32,6 +32,7 @@ from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 DTYPE_ATTR = "mlconv_dtype"
+ENUM_ATTR = "mlconv_enum"  # an enum dataset's labels {label: value}
 SCHEMA_ATTR = "mlconv_arrow_schema"
 # HDF5's own filters plus lzf, which h5py registers itself; anything else is a plugin
 BUILTIN_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
@@ -419,8 +420,8 @@ class _Reader:
             encoding["h5_string"] = string.encoding
             return Tensor(H5Source(ds, dtype, shape, path=self.path, entry=name), attrs, encoding)
         enum = h5py.check_enum_dtype(dt)
-        if enum is not None and dt.kind != "b":
-            encoding["h5_enum"] = {str(k): int(v) for k, v in enum.items()}
+        if enum is not None and dt.kind != "b":  # labels are meaning: attrs, not encoding
+            attrs[ENUM_ATTR] = {str(k): int(v) for k, v in enum.items()}
         real = attrs.get(DTYPE_ATTR)
         try:
             dtype = D.from_numpy(dt)
@@ -699,6 +700,11 @@ class Hdf5(Format):
             longest = int(np.char.str_len(np.char.encode(t.numpy(), "utf-8")).max(initial=0))
             width = width if longest <= width else None
             stored = h5py.string_dtype("utf-8", width) if width else stored
+        attrs, labels = dict(t.attrs), t.attrs.get(ENUM_ATTR)
+        if isinstance(labels, dict) and t.dtype.kind in ("int", "uint") and labels and \
+                all(isinstance(v, int) for v in labels.values()):
+            stored = h5py.enum_dtype(labels, basetype=np.dtype(stored))  # an HDF5 enum again
+            attrs.pop(ENUM_ATTR)
         if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
             kw = {}
             if comp != "none" and t.shape and t.nbytes:
@@ -724,7 +730,7 @@ class Hdf5(Format):
             ds = h5.create_dataset(name, shape=t.shape, dtype=stored, dcpl=dcpl)
         if real:
             ds.attrs[DTYPE_ATTR] = real
-        _write_attrs(ds, t.attrs)
+        _write_attrs(ds, attrs)
         if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
             return None
         return ds.id.get_offset()
