@@ -44,7 +44,10 @@ def storage_type(dtype: DType):
     """(Arrow type holding ``dtype``, field metadata or None)."""
     pa = _pa()
     try:
-        return D.to_arrow(dtype), None
+        typ = D.to_arrow(dtype)
+        # Parquet stores timestamp[s] as ms: the field names the unit to read back
+        return typ, ({DTYPE_KEY: dtype.value.encode()}
+                     if dtype.kind in ("datetime", "timedelta") else None)
     except UnsupportedError:
         pass
     if dtype.bits is None or dtype.is_subbyte:
@@ -97,7 +100,8 @@ def to_column(values, dtype: DType):
         raw = pa.py_buffer(flat.view(np.uint8))
         flat_arr = pa.FixedSizeBinaryArray.from_buffers(typ, len(flat), [None, raw])
     else:
-        flat_arr = pa.array(flat.view(f"<u{dtype.bits // 8}") if meta else flat, type=typ)
+        as_uint = meta and pa.types.is_unsigned_integer(typ)
+        flat_arr = pa.array(flat.view(f"<u{dtype.bits // 8}") if as_uint else flat, type=typ)
     if block.ndim == 1:
         return flat_arr
     per_row = int(np.prod(block.shape[1:]))
@@ -273,6 +277,8 @@ class ColumnSource(Source):
             else:
                 flat = storage.to_numpy(zero_copy_only=False)
             stored = self.dtype.numpy()
+            if flat.dtype.kind in "Mm" and flat.dtype != stored:
+                flat = flat.astype(stored)  # the unit written (Parquet coarsens s to ms)
             if flat.dtype != stored:
                 flat = flat.view(stored) if flat.dtype.itemsize == stored.itemsize or \
                     flat.dtype == np.uint8 else flat.astype(stored)

@@ -21,7 +21,7 @@ from mlconv.formats import _hdf5_guard
 from .conftest import CORPUS, corpus_files
 from .helpers import cli_refuses, payload, sample, st_read, st_write
 
-NUMPY_NATIVE = sorted((d for d in D.NUMERIC if not d.is_subbyte and d.numpy().kind != "V"
+NUMPY_NATIVE = sorted((d for d in D.NUMERIC if not d.is_subbyte and d.numpy().kind not in "VMm"
                        and not d.value.startswith("float8")), key=str)
 HELD = sorted(D.SAFETENSORS_DTYPES - {d for d in D.SAFETENSORS_DTYPES if d.is_subbyte},
               key=str)

@@ -267,3 +267,131 @@ def test_hdf5_enum_labels_kept_and_written_back(tmp_path, via):
             assert h5py.check_enum_dtype(c[k].dtype) == h5py.check_enum_dtype(a[k].dtype)
             assert c[k].dtype == a[k].dtype and np.array_equal(c[k][()], a[k][()])
             assert "mlconv_enum" not in c[k].attrs
+
+
+# --- dates and times ----------------------------------------------------------------------
+
+UNITS = ("D", "h", "m", "s", "ms", "us", "ns")
+TIMES = {f"{k}{u}": (np.arange(-3, 3) * 1000).astype(f"{k}8[{u}]")
+         for k in "Mm" for u in UNITS}
+ARROW_TIME = {"MD": "date32[day]", "Ms": "timestamp[s]", "Mms": "timestamp[ms]",
+              "Mus": "timestamp[us]", "Mns": "timestamp[ns]", "ms": "duration[s]",
+              "mms": "duration[ms]", "mus": "duration[us]", "mns": "duration[ns]"}
+
+
+@pytest.mark.parametrize("fmt,layout", [("parquet", "rows"), ("parquet", "entries"),
+                                         ("arrow", "rows"), ("arrow", "entries"), ("h5", None)])
+def test_datetime_and_timedelta_every_unit(tmp_path, fmt, layout):
+    import pyarrow as pa
+
+    src, mid, back = tmp_path / "t.npz", tmp_path / f"mid.{fmt}", tmp_path / "back.npz"
+    np.savez(src, **TIMES)
+    with mlconv.open(src) as b:
+        assert {k: b[k].dtype.value for k in b} == {k: v.dtype.name for k, v in TIMES.items()}
+    mlconv.convert(src, mid, layout=layout)
+    if fmt == "arrow" and layout == "rows":  # what a pyarrow user sees
+        table = pa.ipc.open_file(mid).read_all()
+        for k, typ in ARROW_TIME.items():
+            assert str(table.schema.field(k).type) == typ, k
+            assert (table.column(k).to_numpy() == TIMES[k]).all(), k  # numpy compares units
+    mlconv.convert(mid, back)
+    with np.load(back) as z:
+        for k, v in TIMES.items():
+            assert z[k].dtype == v.dtype and payload(z[k]) == payload(v), k
+
+
+def test_structured_npz_with_a_date_field(tmp_path):
+    # matplotlib's goog.npz: a record array whose first field is datetime64[D]
+    rec = np.array([(np.datetime64("2004-08-19") + i, 100.0 + i, 22351900 + i)
+                    for i in range(4)],
+                   dtype=[("date", "<M8[D]"), ("close", "<f8"), ("volume", "<i8")])
+    src, dst, back = tmp_path / "goog.npz", tmp_path / "goog.parquet", tmp_path / "g.npy"
+    np.savez(src, price_data=rec)
+    with mlconv.open(src) as b:
+        assert b["price_data"].kind == "table" and not b.skipped
+    mlconv.convert(src, dst)
+    t = pq.read_table(dst)
+    assert str(t.schema.field("date").type) == "date32[day]"
+    assert t.column("date").to_numpy().astype("M8[D]").tolist() == rec["date"].tolist()
+    mlconv.convert(dst, back)
+    got = np.load(back)
+    assert got.dtype == rec.dtype and got.tobytes() == rec.tobytes()
+
+
+def test_times_into_formats_without_them_are_a_named_loss(tmp_path):
+    src = tmp_path / "t.npz"
+    np.savez(src, t=TIMES["Ms"])
+    with pytest.raises(LossyConversionError, match=r"datetime64\[s\].*--exclude NAME"):
+        mlconv.convert(src, tmp_path / "o.safetensors")
+    mlconv.convert(src, tmp_path / "o.safetensors", cast=["datetime64[s]=int64"])
+    with mlconv.open(tmp_path / "o.safetensors") as b:
+        assert b["t"].numpy().tolist() == TIMES["Ms"].astype("i8").tolist()
+
+
+# --- ragged: HDF5 variable-length sequences <-> Arrow list columns -------------------------
+
+def _vlen_rows(ds):
+    return [np.asarray(v).tolist() for v in ([ds[()]] if ds.shape == () else ds[()])]
+
+
+def test_corpus_vlen_sequences_read_and_write_back(corpus, tmp_path):
+    src, out = corpus / "hdf5/good/tvldtypes1.h5", tmp_path / "out.h5"
+    with mlconv.open(src) as b, h5py.File(src) as ref:
+        assert not b.skipped and sorted(b) == sorted(ref)
+        for name, t in b.items():
+            assert t.kind == "table" and str(t.schema.field(0).type).startswith("list<")
+            rows = [r for batch in t.batches(2) for r in batch.column(0).to_pylist()]
+            assert rows == _vlen_rows(ref[name])
+    mlconv.convert(src, out)  # HDF5 vlen on write: same types, shapes and values
+    with h5py.File(src) as a, h5py.File(out) as c:
+        for k in a:
+            assert (c[k].dtype, c[k].shape) == (a[k].dtype, a[k].shape), k
+            assert h5py.check_vlen_dtype(c[k].dtype) == h5py.check_vlen_dtype(a[k].dtype)
+            assert _vlen_rows(c[k]) == _vlen_rows(a[k]), k
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_vlen_to_list_columns_and_back(tmp_path, fmt):
+    import pyarrow as pa
+
+    src, mid, out = tmp_path / "in.h5", tmp_path / f"mid.{fmt}", tmp_path / "out.h5"
+    seqs = [np.arange(i, dtype=np.int16) for i in (0, 3, 1, 5)]
+    with h5py.File(src, "w") as f:
+        ds = f.create_dataset("seq", shape=(4,), dtype=h5py.vlen_dtype(np.int16))
+        for i, s in enumerate(seqs):
+            ds[i] = s
+    mlconv.convert(src, mid)
+    table = pq.read_table(mid) if fmt == "parquet" else pa.ipc.open_file(mid).read_all()
+    assert table.schema.field("seq").type == pa.list_(pa.int16())
+    assert table.column("seq").to_pylist() == [s.tolist() for s in seqs]
+    mlconv.convert(mid, out)
+    with h5py.File(out) as f:
+        (name,) = list(f)
+        assert h5py.check_vlen_dtype(f[name].dtype) == np.dtype(np.int16)
+        assert _vlen_rows(f[name]) == [s.tolist() for s in seqs]
+
+
+def test_compound_with_a_vlen_field_reads_as_a_table(tmp_path):
+    src, mid, out = tmp_path / "in.h5", tmp_path / "mid.parquet", tmp_path / "out.h5"
+    dt = np.dtype([("id", "<i4"), ("seq", h5py.vlen_dtype(np.float64))])
+    rec = np.empty(3, dt)
+    rec["id"] = [1, 2, 3]
+    rec["seq"] = [np.array([1.0]), np.array([]), np.array([2.0, 3.0])]
+    with h5py.File(src, "w") as f:
+        f["t"] = rec
+    with mlconv.open(src) as b:
+        assert not b.skipped
+        assert [r for batch in b["t"].batches() for r in batch.to_pylist()] == [
+            {"id": 1, "seq": [1.0]}, {"id": 2, "seq": []}, {"id": 3, "seq": [2.0, 3.0]}]
+    mlconv.convert(src, mid)
+    mlconv.convert(mid, out)
+    with h5py.File(out) as f:
+        got = f["mid"][()]
+        assert got["id"].tolist() == [1, 2, 3]
+        assert [s.tolist() for s in got["seq"]] == [[1.0], [], [2.0, 3.0]]
+
+
+def test_ragged_into_fixed_shape_formats_is_a_named_loss(corpus, tmp_path):
+    with pytest.raises(LossyConversionError, match=r"list<item: int32>.*--exclude NAME"):
+        mlconv.convert(corpus / "hdf5/good/tvldtypes1.h5", tmp_path / "o.npz")
+    assert not (tmp_path / "o.npz").exists()

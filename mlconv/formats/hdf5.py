@@ -32,6 +32,7 @@ from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 DTYPE_ATTR = "mlconv_dtype"
+RAGGED_ATTR = "mlconv_ragged"  # a table that was one vlen sequence dataset
 ENUM_ATTR = "mlconv_enum"  # an enum dataset's labels {label: value}
 SCHEMA_ATTR = "mlconv_arrow_schema"
 # HDF5's own filters plus lzf, which h5py registers itself; anything else is a plugin
@@ -48,6 +49,12 @@ def _h5py():
     import h5py
 
     return h5py
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
 
 
 # --- attributes --------------------------------------------------------------------------
@@ -414,8 +421,7 @@ class _Reader:
         string = h5py.check_string_dtype(dt)
         if dt.kind == "O":
             if string is None:
-                self.bundle.skipped[name] = "variable-length sequences are not supported"
-                return None
+                return self.ragged(ds, name, attrs, shape)
             dtype = DType.string if string.encoding == "utf-8" else DType.bytes
             encoding["h5_string"] = string.encoding
             return Tensor(H5Source(ds, dtype, shape, path=self.path, entry=name), attrs, encoding)
@@ -427,7 +433,7 @@ class _Reader:
             dtype = D.from_numpy(dt)
             if _is_bfloat16(ds):  # HDF5 2.0's bfloat16, which h5py widens to float32
                 dtype, view, dt = DType.bfloat16, DType.bfloat16.numpy(), DType.bfloat16.numpy()
-            elif isinstance(real, str) and real in DType.__members__:
+            elif isinstance(real, str) and real in DType._value2member_map_:
                 stored = D.parse(real)
                 if stored.bits == dtype.bits and dtype.kind == "uint":
                     dtype, view = stored, stored.numpy()
@@ -461,6 +467,42 @@ class _Reader:
         else:
             src = H5Source(ds, dtype, shape, view, why, self.path, name)
         return Tensor(src, attrs, encoding)
+
+    def ragged(self, ds, name: str, attrs: dict, shape):
+        """A 1-D (or scalar) vlen sequence dataset as a Table of one list column."""
+        from .. import tables
+
+        base = _h5py().check_vlen_dtype(ds.dtype)
+        if base is None or base.kind not in "biuf" or len(shape) > 1:
+            self.bundle.skipped[name] = ("variable-length sequences of this type/shape are "
+                                         "not supported (1-D sequences of numbers are)")
+            return None
+        column = name.rsplit("/", 1)[-1]
+        typ = _pa().list_(tables.arrow_type(base))
+        n = shape[0] if shape else 1
+        path, why = self.path, _why_unreadable(ds, None)
+
+        def schema():
+            return _pa().schema([_pa().field(column, typ)])
+
+        def batches(rows: int, columns=None):
+            import numpy as np
+
+            if why:
+                raise UnsupportedError(why, path, name)
+            for i in range(0, n, rows):
+                try:
+                    block = ds[i:i + rows] if shape else np.array([ds[()], None],
+                                                                   dtype=object)[:1]
+                except _H5_ERRORS as e:
+                    raise FormatError(f"cannot read sequences: {e}", path, name) from None
+                col = tables.to_arrow(np.asarray(block, dtype=object), typ, column, path, name)
+                yield _pa().RecordBatch.from_arrays([col], schema=schema())
+
+        attrs[RAGGED_ATTR] = True if shape else "scalar"  # written back as a vlen dataset
+        from ..layouts import type_name
+
+        return Table([(column, type_name(typ))], n, batches, schema, attrs)
 
     def table(self, ds, name: str, attrs: dict):
         from .. import tables
@@ -542,9 +584,10 @@ def _table_fields(np_dtype):
         text = info is not None and info.encoding == "utf-8"
         vlen = None
         if base.kind == "O":
-            if info is None:
-                raise UnsupportedError(f"field {field!r} holds variable-length sequences")
-            vlen = str if text else bytes
+            vlen = (str if text else bytes) if info is not None else h5py.check_vlen_dtype(base)
+            if vlen is None or (not isinstance(vlen, type) and vlen.kind not in "biuf"):
+                raise UnsupportedError(f"field {field!r} holds variable-length sequences "
+                                       "of a type mlconv can't hold")
         out.append((field, tables.arrow_type(fdt, text=text, vlen=vlen), fdt))
     return out
 
@@ -570,7 +613,7 @@ def _storage(dtype: DType):
         return h5py.string_dtype("utf-8"), None
     if dtype is DType.bytes:
         return None, None  # fixed width: the tensor's itemsize decides
-    if dtype.numpy().kind == "V" or dtype.value.startswith("float8"):
+    if dtype.numpy().kind in "VMm" or dtype.value.startswith("float8"):  # h5py: no time
         return np.dtype(f"<u{dtype.bits // 8}"), dtype.value
     return dtype.numpy().newbyteorder("<") if dtype.numpy().itemsize > 1 else dtype.numpy(), None
 
@@ -617,6 +660,19 @@ def _arrow_storage(field):
         return np.dtype("<i4"), lambda c: c.cast(pa.int32()).to_numpy(zero_copy_only=False)
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
         return np.dtype(t.to_pandas_dtype()), lambda c: c.to_numpy(zero_copy_only=False)
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)):
+        base = np.dtype(t.value_type.to_pandas_dtype())  # a vlen sequence field
+
+        def sequences(c):
+            out = np.empty(len(c), dtype=object)
+            flat = c.flatten().to_numpy(zero_copy_only=False).astype(base)
+            offsets = c.offsets.to_numpy()
+            for i in range(len(c)):
+                out[i] = flat[offsets[i] - offsets[0]:offsets[i + 1] - offsets[0]]
+            return out
+
+        return h5py.vlen_dtype(base), sequences
     raise UnsupportedError(f"column {field.name!r} of type {t} has no HDF5 compound type")
 
 
@@ -735,6 +791,29 @@ class Hdf5(Format):
             return None
         return ds.id.get_offset()
 
+    def _ragged(self, h5, name, table: Table, field, progress=None):
+        """A table read from a vlen sequence dataset goes back as one."""
+        column, dt, convert = field
+        if table.attrs[RAGGED_ATTR] == "scalar" and table.num_rows == 1:
+            ds = h5.create_dataset(name, shape=(), dtype=dt)
+        else:
+            ds = h5.create_dataset(name, shape=(table.num_rows or 0,), maxshape=(None,),
+                                   dtype=dt, chunks=(max(1, min(65536, table.num_rows or 1)),))
+        _write_attrs(ds, {k: v for k, v in table.attrs.items() if k != RAGGED_ATTR})
+        done = 0
+        for batch in table.batches(65536):
+            col = batch.column(0)
+            if col.null_count:
+                raise LossyConversionError(f"column {column!r} has nulls, which HDF5 "
+                                           "sequences cannot hold", None, name)
+            if ds.shape and done + len(col) > ds.shape[0]:
+                ds.resize((done + len(col),))
+            for i, seq in enumerate(convert(col)):  # one by one: h5py would broadcast
+                ds[(done + i) if ds.shape else ()] = seq
+            done += len(col)
+            if progress:
+                progress(batch.nbytes)
+
     def _table(self, h5, name, table: Table, path, progress=None):
         import numpy as np
 
@@ -743,8 +822,12 @@ class Hdf5(Format):
             fields = [(f.name, *_arrow_storage(f)) for f in schema]
         except UnsupportedError as e:
             raise UnsupportedError(e.message, path, name) from None
-        rec = np.dtype([(n, dt) for n, dt, _ in fields])
         rows = table.num_rows
+        if table.attrs.get(RAGGED_ATTR) and len(fields) == 1 and \
+                _h5py().check_vlen_dtype(fields[0][1]) is not None:
+            self._ragged(h5, name, table, fields[0], progress)
+            return
+        rec = np.dtype([(n, dt) for n, dt, _ in fields])
         ds = h5.create_dataset(name, shape=(rows or 0,), maxshape=(None,), dtype=rec,
                                chunks=(max(1, min(65536, rows or 1)),))
         ds.attrs[SCHEMA_ATTR] = schema.serialize().to_pybytes().hex()
