@@ -341,7 +341,7 @@ def _fill_value(t):
 
 def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
                   prefix: bool = True, bad: list | None = None,
-                  text: bool = False) -> dict[str, Tensor]:
+                  text: bool = False, pad: float | None = None) -> dict[str, Tensor]:
     """Every column of ``table`` as a tensor named ``name/column`` (or ``column``).
 
     A column that cannot be a tensor (strings, nested, ...) raises naming it, or, given a
@@ -350,14 +350,19 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
     out = {}
     for field in table.schema:
         found = field_dtype(field, text)
+        entry = f"{name}/{field.name}" if prefix else field.name
+        if found is None and pad is not None and _numeric_list(field.type):
+            out[entry] = padded(table, field, pad, path, entry, warnings)
+            continue
         if found is None:
             why = f"column {field.name!r} of type {field.type}"
+            if _numeric_list(field.type):
+                why += " (ragged: --pad VALUE pads it)"
             if bad is None:
                 raise UnsupportedError(f"{why} cannot be a tensor", path, name)
             bad.append(why)
             continue
         dtype, shape = found
-        entry = f"{name}/{field.name}" if prefix else field.name
         src = ColumnSource(table, field.name, dtype, shape, path, entry, fill, warnings)
         width = (field.metadata or {}).get(WIDTH_KEY)
         if dtype.bits is None and width is not None and width.isdigit():
@@ -496,3 +501,63 @@ def with_metadata(schema, bundle: Bundle, table: Table):
     if (schema.metadata or {}).get(LAYOUT_KEY) is None:
         meta.update(extra_metadata(bundle, table))
     return schema.with_metadata(meta)
+
+
+# --- ragged (list) columns padded into fixed-shape tensors (--pad) ------------------------
+
+def _numeric_list(t) -> bool:
+    pa = _pa()
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and \
+        D.from_arrow(t.value_type) is not None and D.from_arrow(t.value_type).bits is not None
+
+
+def padded(table: Table, field, value: float, path, entry, warnings=None) -> Tensor:
+    """A list column as a (rows, longest) tensor, short rows filled with ``value``; two
+    streaming passes (the longest row first), one batch in memory at a time."""
+    import pyarrow.compute as pc
+
+    dtype = D.from_arrow(field.type.value_type)
+    longest = 0
+    for batch in table.batches(65536, columns=[field.name]):
+        lengths = pc.list_value_length(batch.column(0))
+        longest = max(longest, pc.max(lengths).as_py() or 0)
+    fill = dtype.numpy().type(value)
+    if fill != value:
+        raise LossyConversionError(f"--pad {value} is not a {dtype.value} value", path, entry)
+    if warnings is not None:
+        warnings.append(str(LossyConversionError(
+            f"ragged column padded with {value} to {longest} per row", path, entry)))
+    return Tensor(PaddedSource(table, field.name, dtype, longest, fill, path, entry))
+
+
+class PaddedSource(Source):
+    def __init__(self, table, column, dtype, width, fill, path, entry):
+        super().__init__(dtype, (table.num_rows, width))
+        self.table, self.column, self.fill = table, column, fill
+        self.path, self.entry = path, entry
+
+    def _blocks(self):
+        import numpy as np
+
+        for batch in self.table.batches(65536, columns=[self.column]):
+            col = batch.column(0)
+            if col.null_count:
+                raise LossyConversionError(f"column {self.column!r} has null rows",
+                                           self.path, self.entry)
+            out = np.full((len(col), self.shape[1]), self.fill, self.dtype.numpy())
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            offsets = col.offsets.to_numpy()
+            offsets = offsets - offsets[0]
+            for i in range(len(col)):
+                out[i, :offsets[i + 1] - offsets[i]] = flat[offsets[i]:offsets[i + 1]]
+            yield out
+
+    def array(self):
+        import numpy as np
+
+        blocks = list(self._blocks())
+        return np.concatenate(blocks) if blocks else np.zeros(self.shape, self.dtype.numpy())
+
+    def chunks(self, size: int = CHUNK):
+        for block in self._blocks():
+            yield from array_chunks(block, self.dtype, size)

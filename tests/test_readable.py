@@ -395,3 +395,23 @@ def test_ragged_into_fixed_shape_formats_is_a_named_loss(corpus, tmp_path):
     with pytest.raises(LossyConversionError, match=r"list<item: int32>.*--exclude NAME"):
         mlconv.convert(corpus / "hdf5/good/tvldtypes1.h5", tmp_path / "o.npz")
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_pad_turns_ragged_into_a_fixed_shape_tensor(corpus, tmp_path):
+    src, dst = corpus / "hdf5/good/tvldtypes1.h5", tmp_path / "o.npz"
+    res = CliRunner().invoke(cli, ["convert", str(src), str(dst)], catch_exceptions=False)
+    assert res.exit_code == 1 and "--pad VALUE" in res.output
+    res = CliRunner().invoke(cli, ["convert", str(src), str(dst), "--pad", "-1"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0 and "padded with -1" in res.output  # it says so
+    with np.load(dst) as z, h5py.File(src) as ref:
+        for name in ref:
+            rows = _vlen_rows(ref[name])
+            width = max(len(r) for r in rows)
+            want = np.array([r + [-1] * (width - len(r)) for r in rows],
+                            dtype=h5py.check_vlen_dtype(ref[name].dtype))
+            got = z[f"{name}/{name}"]
+            assert got.dtype == want.dtype and np.array_equal(got, want), name
+    res = CliRunner().invoke(cli, ["convert", str(src), str(dst), "--pad", "0.5", "--force"],
+                             catch_exceptions=False)
+    assert res.exit_code == 1 and "not a int32 value" in res.output

@@ -110,6 +110,8 @@ def _convert_options(f):
               help="ONNX output: replace the initializers of this model.")
 @click.option("--external-data", is_flag=True,
               help="ONNX output: tensor bytes in DST.data (automatic over 2 GiB).")
+@click.option("--pad", metavar="VALUE", type=float,
+              help="Ragged (list) columns into fixed-shape formats: pad rows with VALUE.")
 @click.option("--force", is_flag=True, help="Replace an existing DST.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, write nothing.")
 @click.option("--progress/--no-progress", default=None,
@@ -121,7 +123,7 @@ def _convert_options(f):
 @click.pass_context
 def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
             compression, layout, allow_external, path, row_group_size, template,
-            external_data, force, dry_run, progress, jobs, as_json, debug):
+            external_data, pad, force, dry_run, progress, jobs, as_json, debug):
     """Convert SRC to DST (format from DST's extension or --to).
 
     With a glob SRC ('in/*.h5') or a folder DST, converts every file into DST --to FORMAT,
@@ -135,7 +137,7 @@ def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_
 
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
-                   allow_external=allow_external, layout=layout, path=path)
+                   allow_external=allow_external, layout=layout, path=path, pad=pad)
     show_bar = progress if progress is not None else sys.stderr.isatty()
     if any(c in src for c in "*?[") or os.path.isdir(dst) or dst.endswith(os.sep):
         if not to_format:

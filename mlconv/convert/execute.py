@@ -91,8 +91,9 @@ def select_entries(bundle: Bundle, select=(), exclude=()) -> list[str]:
 
 
 def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
-        allow_lossy: bool = False) -> tuple[Bundle, list[str]]:
-    """A new Bundle holding only what ``fmt`` can hold, and the warnings for what changed."""
+        allow_lossy: bool = False, pad: float | None = None) -> tuple[Bundle, list[str]]:
+    """A new Bundle holding only what ``fmt`` can hold, and the warnings for what changed.
+    ``pad``: ragged (list) columns into tensor-only targets are padded with this value."""
     casts = parse_casts(casts)
     caps = fmt.caps
     warnings: list[str] = list(bundle.notes)
@@ -125,7 +126,7 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
                 # a tensor-only target: each column becomes a tensor "table/column"
                 bad: list[str] = []
                 columns = layouts.table_tensors(entry, name, src, fill=allow_lossy,
-                                                warnings=warnings, bad=bad)
+                                                warnings=warnings, bad=bad, pad=pad)
                 for why in bad:
                     loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
                          "--exclude NAME or --allow-lossy")
@@ -226,7 +227,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             allow_external: bool = False, layout: str | None = None,
             row_group_size: int | None = None, path: str = "fast", progress=None,
             dry_run: bool = False, template: str | None = None,
-            external_data: bool = False):
+            external_data: bool = False, pad: float | None = None):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
     Returns a Report, or with ``dry_run`` the Plan, writing nothing. ``progress`` is called
@@ -236,7 +237,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
                     compression=compression, allow_external=allow_external, layout=layout,
-                    path=path)
+                    path=path, pad=pad)
     t0 = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
     out_fmt = for_output(dst, to_format)
@@ -247,7 +248,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
         raise OutputExistsError("output exists; use --force to replace it", dst)
     with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                               allow_lossy=allow_lossy)
+                               allow_lossy=allow_lossy, pad=pad)
         if progress is not None and hasattr(progress, "total"):
             progress.total = total_bytes(fitted)
         size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
@@ -267,7 +268,7 @@ def total_bytes(bundle: Bundle) -> int | None:
 def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
-         layout: str | None = None, path: str = "fast") -> Plan:
+         layout: str | None = None, path: str = "fast", pad: float | None = None) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
 
     Given two format ids instead of files (``plan("hdf5", "parquet")``), describes the
@@ -285,12 +286,12 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
         try:
             fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                allow_lossy=allow_lossy)
+                allow_lossy=allow_lossy, pad=pad)
         except MlconvError as e:
             result.error = str(e)
         try:
             fitted, losses = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                                 allow_lossy=True)
+                                 allow_lossy=True, pad=pad)
         except MlconvError:
             return result
         result.losses = losses
