@@ -237,6 +237,8 @@ def attr_json(value, plain: bool = True):
         data = arr.tolist()
     elif dtype.kind == "bytes":
         data = np.vectorize(bytes.hex, otypes=[object])(arr).tolist() if arr.size else []
+    elif dtype.kind in ("datetime", "timedelta"):
+        data = arr.astype(np.int64).tolist()  # counts of the unit the dtype names
     else:
         data = arr.astype(np.float64).tolist() if dtype.kind == "float" else arr.tolist()
     if plain and arr.size and dtype in (DType.int64, DType.float64, DType.bool):
