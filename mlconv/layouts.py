@@ -45,9 +45,13 @@ def storage_type(dtype: DType):
     pa = _pa()
     try:
         typ = D.to_arrow(dtype)
-        # Parquet stores timestamp[s] as ms: the field names the unit to read back
-        return typ, ({DTYPE_KEY: dtype.value.encode()}
-                     if dtype.kind in ("datetime", "timedelta") else None)
+        if dtype.kind in ("datetime", "timedelta"):
+            # Parquet has no seconds unit (it would rewrite the column and lose a tensor
+            # column's shape): seconds go as exact milliseconds, the field names the dtype
+            if dtype.value.endswith("[s]"):
+                typ = pa.timestamp("ms") if dtype.kind == "datetime" else pa.duration("ms")
+            return typ, {DTYPE_KEY: dtype.value.encode()}
+        return typ, None
     except UnsupportedError:
         pass
     if dtype.bits is None or dtype.is_subbyte:
@@ -95,6 +99,11 @@ def to_column(values, dtype: DType):
     typ, meta = storage_type(dtype)
     le = values.dtype.newbyteorder("<") if values.dtype.itemsize > 1 else values.dtype
     block = np.ascontiguousarray(values, dtype=le)
+    if dtype.value.endswith("[s]") and dtype.kind in ("datetime", "timedelta"):
+        if block.size and np.abs(block.view(np.int64)).max() > np.iinfo(np.int64).max // 1000:
+            raise LossyConversionError(f"{dtype.value} values beyond the millisecond range "
+                                       "Arrow/Parquet tables hold")
+        block = block.astype(f"{block.dtype.kind}8[ms]")  # exact: seconds * 1000
     flat = block.reshape(-1)
     if pa.types.is_fixed_size_binary(typ):
         raw = pa.py_buffer(flat.view(np.uint8))

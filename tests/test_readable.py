@@ -274,8 +274,9 @@ def test_hdf5_enum_labels_kept_and_written_back(tmp_path, via):
 UNITS = ("D", "h", "m", "s", "ms", "us", "ns")
 TIMES = {f"{k}{u}": (np.arange(-3, 3) * 1000).astype(f"{k}8[{u}]")
          for k in "Mm" for u in UNITS}
-ARROW_TIME = {"MD": "date32[day]", "Ms": "timestamp[s]", "Mms": "timestamp[ms]",
-              "Mus": "timestamp[us]", "Mns": "timestamp[ns]", "ms": "duration[s]",
+# seconds travel as exact milliseconds (Parquet has no seconds unit); the field names the dtype
+ARROW_TIME = {"MD": "date32[day]", "Ms": "timestamp[ms]", "Mms": "timestamp[ms]",
+              "Mus": "timestamp[us]", "Mns": "timestamp[ns]", "ms": "duration[ms]",
               "mms": "duration[ms]", "mus": "duration[us]", "mns": "duration[ns]"}
 
 
