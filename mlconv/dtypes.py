@@ -46,6 +46,21 @@ class DType(str, enum.Enum):
     uint4 = "uint4"
     string = "string"  # text; fixed-width UCS4 in npy, variable elsewhere
     bytes = "bytes"    # raw byte strings
+    # dates and times: numpy's int64 counts of a unit since the epoch / durations
+    datetime64_D = "datetime64[D]"
+    datetime64_h = "datetime64[h]"
+    datetime64_m = "datetime64[m]"
+    datetime64_s = "datetime64[s]"
+    datetime64_ms = "datetime64[ms]"
+    datetime64_us = "datetime64[us]"
+    datetime64_ns = "datetime64[ns]"
+    timedelta64_D = "timedelta64[D]"
+    timedelta64_h = "timedelta64[h]"
+    timedelta64_m = "timedelta64[m]"
+    timedelta64_s = "timedelta64[s]"
+    timedelta64_ms = "timedelta64[ms]"
+    timedelta64_us = "timedelta64[us]"
+    timedelta64_ns = "timedelta64[ns]"
 
     def __str__(self) -> str:
         return self.value
@@ -85,7 +100,7 @@ class DType(str, enum.Enum):
 @dataclass(frozen=True)
 class _Row:
     bits: int | None
-    kind: str              # bool, int, uint, float, complex, string, bytes
+    kind: str              # bool, int, uint, float, complex, string, bytes, datetime, timedelta
     numpy: str | None      # attribute of numpy (np.) or ml_dtypes (ml:)
     npy: str | None        # npy descr, little-endian form
     safetensors: str | None
@@ -124,6 +139,12 @@ _ROWS: dict[DType, _Row] = {
     DType.string: _r(None, "string", None, None, None),
     DType.bytes: _r(None, "bytes", None, None, None),
 }
+TIME_UNITS = ("D", "h", "m", "s", "ms", "us", "ns")
+for _unit in TIME_UNITS:
+    _ROWS[DType(f"datetime64[{_unit}]")] = _r(64, "datetime", f"np:datetime64[{_unit}]",
+                                              f"<M8[{_unit}]", None)
+    _ROWS[DType(f"timedelta64[{_unit}]")] = _r(64, "timedelta", f"np:timedelta64[{_unit}]",
+                                               f"<m8[{_unit}]", None)
 
 # Exact widenings tried in order when --allow-lossy must fit a dtype into a target that lacks it
 # (values are kept; only the dtype changes). complex128 has no exact widening: it rounds.
@@ -181,6 +202,8 @@ def _numpy_dtype(dtype: DType):
     if row.numpy is None:
         raise UnsupportedError(f"{dtype.value} has no fixed numpy dtype")
     lib, attr = row.numpy.split(":")
+    if "[" in attr:  # datetime64[unit] / timedelta64[unit]
+        return _np().dtype(attr)
     if lib == "ml":
         import ml_dtypes
 
@@ -245,6 +268,10 @@ def from_npy_descr(descr: str) -> tuple[DType, str, int]:
     if code == "f1":
         raise UnsupportedError(
             f"npy dtype {descr!r} is ambiguous (np.save writes float8_e5m2 this way)")
+    if kind in "fc" and digits in ("12", "16", "24", "32"):
+        raise UnsupportedError(
+            f"npy dtype {descr!r} is a long double (float{8 * int(digits) // (1 + (kind == 'c'))}"
+            "); mlconv holds no extended precision and never narrows it silently")
     if kind == "V":
         raise UnsupportedError(
             f"npy dtype {descr!r} is opaque bytes (np.save writes bfloat16/float8 this way); "
@@ -274,12 +301,27 @@ _ARROW = {
 }
 
 
+def _arrow_time(dtype: DType):
+    """date32 / timestamp / duration for the units Arrow has (days, s, ms, us, ns)."""
+    import pyarrow as pa
+
+    unit = dtype.value.split("[")[1][:-1]
+    if dtype.kind == "datetime" and unit == "D":
+        return pa.date32()
+    if unit in ("s", "ms", "us", "ns"):
+        return pa.timestamp(unit) if dtype.kind == "datetime" else pa.duration(unit)
+    return None
+
+
 def from_arrow(typ) -> DType | None:
     """The canonical dtype of an Arrow type that maps one to one, else None."""
     import pyarrow as pa
 
     for dtype, name in _ARROW.items():
         if typ == getattr(pa, name)():
+            return dtype
+    for dtype, row in _ROWS.items():
+        if row.kind in ("datetime", "timedelta") and typ == _arrow_time(dtype):
             return dtype
     return None
 
@@ -288,6 +330,8 @@ def to_arrow(dtype: DType):
     """The pyarrow type of a canonical dtype that Arrow holds natively."""
     import pyarrow as pa
 
+    if dtype.kind in ("datetime", "timedelta") and _arrow_time(dtype) is not None:
+        return _arrow_time(dtype)
     name = _ARROW.get(dtype)
     if name is None:
         raise UnsupportedError(f"Arrow has no native type for {dtype.value}")
@@ -298,14 +342,14 @@ def to_arrow(dtype: DType):
 
 _ONNX = {
     1: DType.float32, 2: DType.uint8, 3: DType.int8, 4: DType.uint16, 5: DType.int16,
-    6: DType.int32, 7: DType.int64, 8: DType.bytes, 9: DType.bool, 10: DType.float16,
+    6: DType.int32, 7: DType.int64, 8: DType.string, 9: DType.bool, 10: DType.float16,
     11: DType.float64, 12: DType.uint32, 13: DType.uint64, 14: DType.complex64,
     15: DType.complex128, 16: DType.bfloat16, 17: DType.float8_e4m3fn,
     18: DType.float8_e4m3fnuz, 19: DType.float8_e5m2, 20: DType.float8_e5m2fnuz,
     21: DType.uint4, 22: DType.int4, 23: DType.float4_e2m1fn, 24: DType.float8_e8m0fnu,
 }
 _ONNX_CODE = {d: code for code, d in _ONNX.items()}
-ONNX_DTYPES = frozenset(_ONNX.values()) | {DType.string}
+ONNX_DTYPES = frozenset(_ONNX.values()) | {DType.bytes}
 
 
 def from_onnx(code: int) -> DType:
@@ -316,8 +360,8 @@ def from_onnx(code: int) -> DType:
 
 
 def to_onnx(dtype: DType) -> int:
-    """The TensorProto.DataType code (text is STRING, stored UTF-8)."""
-    return 8 if dtype is DType.string else _ONNX_CODE[dtype]
+    """The TensorProto.DataType code (raw bytes go to STRING too, whose reader decodes it)."""
+    return 8 if dtype is DType.bytes else _ONNX_CODE[dtype]
 
 
 # --- safetensors -------------------------------------------------------------------------

@@ -20,13 +20,15 @@ from .dtypes import DType
 from .errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from .fileio import CHUNK
 from .model import Bundle, Table, Tensor
-from .sources import Source, array_chunks
+from .sources import Source, array_chunks, element_dtype
 
 LAYOUT_KEY = b"mlconv.layout"
 ATTRS_KEY = b"mlconv.attrs"     # JSON: a table's attrs; per field: a column tensor's attrs
 GROUPS_KEY = b"mlconv.groups"   # JSON: group name -> attrs
-HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte)  # tensor dtypes a layout stores
+# tensor dtypes a layout stores (text as string/binary columns, UCS4 payload in entries)
+HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte) | {DType.string, DType.bytes}
 DTYPE_KEY = b"mlconv.dtype"
+WIDTH_KEY = b"mlconv.width"  # bytes per element of a text tensor column
 BATCH_BYTES = 16 << 20  # rows per batch are chosen to keep a batch near this size
 
 
@@ -42,7 +44,14 @@ def storage_type(dtype: DType):
     """(Arrow type holding ``dtype``, field metadata or None)."""
     pa = _pa()
     try:
-        return D.to_arrow(dtype), None
+        typ = D.to_arrow(dtype)
+        if dtype.kind in ("datetime", "timedelta"):
+            # Parquet has no seconds unit (it would rewrite the column and lose a tensor
+            # column's shape): seconds go as exact milliseconds, the field names the dtype
+            if dtype.value.endswith("[s]"):
+                typ = pa.timestamp("ms") if dtype.kind == "datetime" else pa.duration("ms")
+            return typ, {DTYPE_KEY: dtype.value.encode()}
+        return typ, None
     except UnsupportedError:
         pass
     if dtype.bits is None or dtype.is_subbyte:
@@ -58,8 +67,9 @@ def type_name(t) -> str:
     return found.value if found is not None else str(t)
 
 
-def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
-    """(dtype, per-row shape) of a column that reads as a tensor, else None."""
+def field_dtype(field, text: bool = False) -> tuple[DType, tuple[int, ...]] | None:
+    """(dtype, per-row shape) of a column that reads as a tensor (with ``text``, string and
+    binary columns too), else None."""
     pa = _pa()
     t = field.type
     shape: tuple[int, ...] = ()
@@ -76,7 +86,9 @@ def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
         except (UnsupportedError, UnicodeDecodeError):
             return None
     found = D.from_arrow(t)
-    return (found, shape) if found is not None and found.bits is not None else None
+    if found is None or (found.bits is None and not text):
+        return None
+    return found, shape
 
 
 def to_column(values, dtype: DType):
@@ -87,12 +99,18 @@ def to_column(values, dtype: DType):
     typ, meta = storage_type(dtype)
     le = values.dtype.newbyteorder("<") if values.dtype.itemsize > 1 else values.dtype
     block = np.ascontiguousarray(values, dtype=le)
+    if dtype.value.endswith("[s]") and dtype.kind in ("datetime", "timedelta"):
+        if block.size and np.abs(block.view(np.int64)).max() > np.iinfo(np.int64).max // 1000:
+            raise LossyConversionError(f"{dtype.value} values beyond the millisecond range "
+                                       "Arrow/Parquet tables hold")
+        block = block.astype(f"{block.dtype.kind}8[ms]")  # exact: seconds * 1000
     flat = block.reshape(-1)
     if pa.types.is_fixed_size_binary(typ):
         raw = pa.py_buffer(flat.view(np.uint8))
         flat_arr = pa.FixedSizeBinaryArray.from_buffers(typ, len(flat), [None, raw])
     else:
-        flat_arr = pa.array(flat.view(f"<u{dtype.bits // 8}") if meta else flat, type=typ)
+        as_uint = meta and pa.types.is_unsigned_integer(typ)
+        flat_arr = pa.array(flat.view(f"<u{dtype.bits // 8}") if as_uint else flat, type=typ)
     if block.ndim == 1:
         return flat_arr
     per_row = int(np.prod(block.shape[1:]))
@@ -144,6 +162,8 @@ def tensor_table(bundle: Bundle, layout: str | None) -> Table:
         typ, fmeta = storage_type(t.dtype)
         if len(t.shape) > 1:
             typ = pa.fixed_shape_tensor(typ, list(t.shape[1:]))
+        if t.dtype.bits is None:  # text columns are variable: keep numpy's fixed width
+            fmeta = {WIDTH_KEY: str(t.itemsize).encode()}
         if t.attrs:
             fmeta = dict(fmeta or {})
             fmeta[ATTRS_KEY] = json.dumps(t.attrs, ensure_ascii=False, default=str).encode()
@@ -230,6 +250,7 @@ class ColumnSource(Source):
         super().__init__(dtype, (table.num_rows,) + tuple(shape))
         self.table, self.column = table, column
         self.path, self.entry = path, entry
+        self.width = None  # bytes per text element, when the writer recorded it
         self.fill, self.warnings = fill, warnings
 
     def _blocks(self, rows: int = 65536):
@@ -255,9 +276,18 @@ class ColumnSource(Source):
                 flat = np.frombuffer(storage.buffers()[1], np.uint8,
                                      len(storage) * storage.type.byte_width,
                                      storage.offset * storage.type.byte_width)
+            elif self.dtype.bits is None:  # text: fixed width, as numpy holds it
+                kind = str if self.dtype is DType.string else bytes
+                if self.width:
+                    kind = element_dtype(self.dtype, self.width)
+                flat = np.array(storage.to_pylist(), dtype=kind)
+                yield flat.reshape((-1,) + self.shape[1:])
+                continue
             else:
                 flat = storage.to_numpy(zero_copy_only=False)
             stored = self.dtype.numpy()
+            if flat.dtype.kind in "Mm" and flat.dtype != stored:
+                flat = flat.astype(stored)  # the unit written (Parquet coarsens s to ms)
             if flat.dtype != stored:
                 flat = flat.view(stored) if flat.dtype.itemsize == stored.itemsize or \
                     flat.dtype == np.uint8 else flat.astype(stored)
@@ -268,7 +298,8 @@ class ColumnSource(Source):
 
         blocks = list(self._blocks())
         if not blocks:
-            return np.zeros(self.shape, self.dtype.numpy())
+            return np.zeros(self.shape, self.dtype.numpy() if self.dtype.bits else
+                            ("U1" if self.dtype is DType.string else "S1"))
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
     def chunks(self, size: int = CHUNK):
@@ -318,7 +349,8 @@ def _fill_value(t):
 
 
 def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
-                  prefix: bool = True, bad: list | None = None) -> dict[str, Tensor]:
+                  prefix: bool = True, bad: list | None = None,
+                  text: bool = False, pad: float | None = None) -> dict[str, Tensor]:
     """Every column of ``table`` as a tensor named ``name/column`` (or ``column``).
 
     A column that cannot be a tensor (strings, nested, ...) raises naming it, or, given a
@@ -326,17 +358,25 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
     """
     out = {}
     for field in table.schema:
-        found = field_dtype(field)
+        found = field_dtype(field, text)
+        entry = f"{name}/{field.name}" if prefix else field.name
+        if found is None and pad is not None and _numeric_list(field.type):
+            out[entry] = padded(table, field, pad, path, entry, warnings)
+            continue
         if found is None:
             why = f"column {field.name!r} of type {field.type}"
+            if _numeric_list(field.type):
+                why += " (ragged: --pad VALUE pads it)"
             if bad is None:
                 raise UnsupportedError(f"{why} cannot be a tensor", path, name)
             bad.append(why)
             continue
         dtype, shape = found
-        entry = f"{name}/{field.name}" if prefix else field.name
-        out[entry] = Tensor(ColumnSource(table, field.name, dtype, shape, path, entry, fill,
-                                         warnings))
+        src = ColumnSource(table, field.name, dtype, shape, path, entry, fill, warnings)
+        width = (field.metadata or {}).get(WIDTH_KEY)
+        if dtype.bits is None and width is not None and width.isdigit():
+            src.width = int(width)  # the fixed width the tensor was written with
+        out[entry] = Tensor(src)
     return out
 
 
@@ -370,7 +410,7 @@ def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
         return None
     bundle = Bundle(metadata=file_metadata(schema), path=path)
     if layout == b"rows":
-        bundle.update(table_tensors(table, name, path, prefix=False))
+        bundle.update(table_tensors(table, name, path, prefix=False, text=True))
         return bundle
     if layout != b"entries":
         raise UnsupportedError(f"unknown mlconv.layout {layout!r}", path)
@@ -402,7 +442,13 @@ class EntrySource(Source):
 
     def _buffer(self):
         buf = self.reader(self.row)
-        if buf is None or len(buf) != self.nbytes:
+        if self.dtype.bits is None and buf is not None and self.count:
+            # text: fixed-width elements (UCS4 / raw), the width follows from the length
+            width = len(buf) // self.count
+            if width and width * self.count == len(buf) and \
+                    (self.dtype is DType.bytes or width % 4 == 0):
+                self.itemsize = width
+        if buf is None or len(buf) != (self.nbytes or 0):
             raise FormatError(f"entry holds {0 if buf is None else len(buf)} bytes, its "
                               f"dtype and shape need {self.nbytes}", self.path, self.entry)
         return buf
@@ -415,6 +461,11 @@ class EntrySource(Source):
         buf = self._buffer()
         if self.dtype.is_subbyte:
             return unpack4(buf, self.dtype, self.count).reshape(self.shape)
+        if self.dtype.bits is None:
+            if not self.count:
+                return np.zeros(self.shape, "U1" if self.dtype is DType.string else "S1")
+            return np.frombuffer(buf, element_dtype(self.dtype, self.itemsize),
+                                 self.count).reshape(self.shape)
         return np.frombuffer(buf, self.dtype.numpy(), self.count).reshape(self.shape)
 
     def chunks(self, size: int = CHUNK):
@@ -459,3 +510,63 @@ def with_metadata(schema, bundle: Bundle, table: Table):
     if (schema.metadata or {}).get(LAYOUT_KEY) is None:
         meta.update(extra_metadata(bundle, table))
     return schema.with_metadata(meta)
+
+
+# --- ragged (list) columns padded into fixed-shape tensors (--pad) ------------------------
+
+def _numeric_list(t) -> bool:
+    pa = _pa()
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and \
+        D.from_arrow(t.value_type) is not None and D.from_arrow(t.value_type).bits is not None
+
+
+def padded(table: Table, field, value: float, path, entry, warnings=None) -> Tensor:
+    """A list column as a (rows, longest) tensor, short rows filled with ``value``; two
+    streaming passes (the longest row first), one batch in memory at a time."""
+    import pyarrow.compute as pc
+
+    dtype = D.from_arrow(field.type.value_type)
+    longest = 0
+    for batch in table.batches(65536, columns=[field.name]):
+        lengths = pc.list_value_length(batch.column(0))
+        longest = max(longest, pc.max(lengths).as_py() or 0)
+    fill = dtype.numpy().type(value)
+    if fill != value:
+        raise LossyConversionError(f"--pad {value} is not a {dtype.value} value", path, entry)
+    if warnings is not None:
+        warnings.append(str(LossyConversionError(
+            f"ragged column padded with {value} to {longest} per row", path, entry)))
+    return Tensor(PaddedSource(table, field.name, dtype, longest, fill, path, entry))
+
+
+class PaddedSource(Source):
+    def __init__(self, table, column, dtype, width, fill, path, entry):
+        super().__init__(dtype, (table.num_rows, width))
+        self.table, self.column, self.fill = table, column, fill
+        self.path, self.entry = path, entry
+
+    def _blocks(self):
+        import numpy as np
+
+        for batch in self.table.batches(65536, columns=[self.column]):
+            col = batch.column(0)
+            if col.null_count:
+                raise LossyConversionError(f"column {self.column!r} has null rows",
+                                           self.path, self.entry)
+            out = np.full((len(col), self.shape[1]), self.fill, self.dtype.numpy())
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            offsets = col.offsets.to_numpy()
+            offsets = offsets - offsets[0]
+            for i in range(len(col)):
+                out[i, :offsets[i + 1] - offsets[i]] = flat[offsets[i]:offsets[i + 1]]
+            yield out
+
+    def array(self):
+        import numpy as np
+
+        blocks = list(self._blocks())
+        return np.concatenate(blocks) if blocks else np.zeros(self.shape, self.dtype.numpy())
+
+    def chunks(self, size: int = CHUNK):
+        for block in self._blocks():
+            yield from array_chunks(block, self.dtype, size)

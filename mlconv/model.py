@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, MutableMapping
 
 from .dtypes import DType, from_numpy
-from .errors import FormatError
+from .errors import FormatError, UnsupportedError
 from .fileio import CHUNK
 from .sources import ArraySource, CastSource, Source
 
@@ -235,6 +235,85 @@ class Bundle(MutableMapping):
     def __repr__(self) -> str:
         inner = ", ".join(f"{k!r}: {v!r}" for k, v in self._entries.items())
         return f"Bundle({{{inner}}}, metadata={self.metadata!r})"
+
+
+# --- typed attribute values ------------------------------------------------------------
+# attrs are JSON. A numeric value whose type JSON's own int/float/bool would not restore
+# (int32, float16, complex, an empty array...) is held as {"$dtype": name, "value": ...};
+# file metadata (text only) holds every non-text value as that JSON, so it comes back typed.
+
+TYPED = "$dtype"
+
+
+def attr_json(value, plain: bool = True):
+    """A numpy attribute value as JSON; ``plain`` allows bare int64/float64/bool values."""
+    import numpy as np
+
+    arr = np.asarray(value)
+    dtype = from_numpy(arr.dtype)  # UnsupportedError for types the model can't name
+    if dtype.kind == "complex":
+        data = np.stack([arr.real, arr.imag], -1).tolist()
+    elif dtype.kind == "string":
+        data = arr.tolist()
+    elif dtype.kind == "bytes":
+        data = np.vectorize(bytes.hex, otypes=[object])(arr).tolist() if arr.size else []
+    elif dtype.kind in ("datetime", "timedelta"):
+        data = arr.astype(np.int64).tolist()  # counts of the unit the dtype names
+    else:
+        data = arr.astype(np.float64).tolist() if dtype.kind == "float" else arr.tolist()
+    if plain and arr.size and dtype in (DType.int64, DType.float64, DType.bool):
+        return data
+    return {TYPED: dtype.value, "value": data}
+
+
+def attr_value(value):
+    """The numpy value of a typed JSON attribute (see ``attr_json``); others unchanged."""
+    if not (isinstance(value, dict) and set(value) == {TYPED, "value"}):
+        return value
+    import numpy as np
+
+    from .dtypes import parse
+
+    dtype = parse(value[TYPED])
+    data = value["value"]
+    if dtype.kind == "string":
+        return np.asarray(data, dtype=object) if isinstance(data, list) else data
+    if dtype.kind == "bytes":
+        return np.vectorize(bytes.fromhex, otypes=[object])(np.asarray(data)).astype(bytes) \
+            if np.size(data) else np.asarray(data, dtype=bytes)
+    if dtype.kind == "complex":
+        pairs = np.asarray(data, dtype=np.float64)
+        return (pairs[..., 0] + 1j * pairs[..., 1]).astype(dtype.numpy())
+    return np.asarray(data, dtype=dtype.numpy())
+
+
+def metadata_text(value) -> str:
+    """File metadata is text: a non-text attribute becomes its typed JSON (restored by
+    ``metadata_value``)."""
+    import json
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float, list)):
+        try:
+            typed = attr_json(value, plain=False)
+            if attr_value(typed).tolist() == value:  # not a mixed list numpy would coerce
+                value = typed
+        except (UnsupportedError, ValueError, TypeError, OverflowError):
+            pass  # mixed lists, None: plain JSON
+    return json.dumps(value, ensure_ascii=False)
+
+
+def metadata_value(text: str):
+    """The attribute a metadata text stands for: typed JSON back to numpy, else the text."""
+    import json
+
+    if not text.startswith('{"' + TYPED + '"'):
+        return text
+    try:
+        return attr_value(json.loads(text))
+    except (ValueError, TypeError, UnsupportedError):
+        return text
 
 
 __all__ = ["Bundle", "DType", "Table", "Tensor"]

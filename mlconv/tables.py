@@ -37,12 +37,18 @@ def arrow_type(np_dtype, text: bool = False, vlen=None):
             return pa.string()
         if vlen is bytes:
             return pa.binary()
+        if vlen is not None:  # a variable-length sequence of numbers: a list column
+            return pa.list_(arrow_type(vlen))
         raise UnsupportedError("object field of unknown element type")
-    if dt.kind == "M":
+    if dt.kind in "Mm":  # date32 for days; hours and minutes as seconds (exact)
         unit = np.datetime_data(dt)[0]
+        if dt.kind == "M" and unit == "D":
+            return pa.date32()
         if unit not in ("s", "ms", "us", "ns"):
-            raise UnsupportedError(f"datetime64[{unit}] has no Arrow timestamp unit")
-        return pa.timestamp(unit)
+            if unit not in ("D", "h", "m"):
+                raise UnsupportedError(f"{dt.name} has no Arrow unit")
+            unit = "s"
+        return pa.timestamp(unit) if dt.kind == "M" else pa.duration(unit)
     if dt.kind == "c":
         raise UnsupportedError(f"complex field ({dt.str}) has no Arrow type")
     if dt.kind in "biuf":
@@ -68,6 +74,8 @@ def to_arrow(col, typ, name: str, path=None, entry=None):
             return pa.ExtensionArray.from_storage(typ, lists)
         if col.dtype.kind == "S" and pa.types.is_string(typ):
             return pa.array([v.decode("utf-8") for v in col.tolist()], type=typ)
+        if col.dtype.kind == "O" and (pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+            return _lists(col, typ, name, path, entry)
         if col.dtype.kind == "O":
             values = col.tolist()
             if pa.types.is_string(typ):
@@ -75,6 +83,24 @@ def to_arrow(col, typ, name: str, path=None, entry=None):
             return pa.array(values, type=typ)
         if col.dtype.byteorder == ">":
             col = col.astype(col.dtype.newbyteorder("="))
+        if col.dtype.kind in "Mm" and not pa.types.is_date32(typ):
+            col = col.astype(f"{col.dtype.kind}8[{typ.unit}]")  # h/m/D -> s: exact
         return pa.array(col, type=typ)
     except (UnicodeError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise FormatError(f"column {name!r} cannot be converted: {e}", path, entry) from None
+
+
+def _lists(col, typ, name, path, entry):
+    """A list column from an object array of 1-D arrays (h5py's vlen sequences)."""
+    import numpy as np
+
+    pa = _pa()
+    arrays = [np.asarray(v).reshape(-1) for v in col.reshape(-1).tolist()]
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    base = typ.value_type.to_pandas_dtype()
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, base)
+    values = to_arrow(flat, typ.value_type, name, path, entry)
+    if pa.types.is_large_list(typ):
+        return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)

@@ -22,6 +22,8 @@ def sample(dtype: DType, shape, seed=0) -> np.ndarray:
     if dtype is DType.bytes:
         return np.array([b"b%d" % i for i in range(n)], dtype="S3").reshape(shape)
     nd = dtype.numpy()
+    if dtype.kind in ("datetime", "timedelta"):  # in every target's range (date32 days)
+        return rng.integers(-(1 << 30), 1 << 30, n).astype(nd).reshape(shape)
     if dtype.is_subbyte:
         raw = rng.integers(0, 1 << dtype.bits, n, dtype=np.uint8)
     else:

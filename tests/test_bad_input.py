@@ -212,7 +212,6 @@ def test_npz_member_header_lies_about_shape(tmp_path):
     b"{'descr': '<f8', 'fortran_order': False, 'shape': (-2,)}",
     b"__import__('os').system('touch PWNED')",
     b"[" * 5000 + b"]" * 5000,
-    b"{'descr': '<M8[ns]', 'fortran_order': False, 'shape': (2,)}",
 ])
 def test_npy_hostile_headers(tmp_path, header):
     header += b" " * (-(len(header) + 11) % 64) + b"\n"

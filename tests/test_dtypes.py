@@ -46,13 +46,14 @@ def test_ambiguous_numpy_dtypes_are_not_guessed():
     ("<f4", (DType.float32, "<", 4)), (">i8", (DType.int64, ">", 8)),
     ("|b1", (DType.bool, "<", 1)), ("|u1", (DType.uint8, "<", 1)),
     ("<c16", (DType.complex128, "<", 16)), ("<U8", (DType.string, "<", 32)),
-    ("|S3", (DType.bytes, "|", 3)),
+    ("|S3", (DType.bytes, "|", 3)), ("<M8[ns]", (DType.datetime64_ns, "<", 8)),
+    (">m8[D]", (DType.timedelta64_D, ">", 8)),
 ])
 def test_npy_descr(descr, expected):
     assert D.from_npy_descr(descr) == expected
 
 
-@pytest.mark.parametrize("descr", ["|O", "<M8[ns]", "|V4", "", "<x9"])
+@pytest.mark.parametrize("descr", ["|O", "<M8[fs]", "|V4", "", "<x9", "<f16"])
 def test_npy_descr_refused(descr):
     with pytest.raises(UnsupportedError):
         D.from_npy_descr(descr)

@@ -131,8 +131,13 @@ def test_rows_layout_every_dtype(tmp_path, fmt, dtype):
     assert isinstance(t.schema.field("x").type, pa.FixedShapeTensorType)
     assert list(t.schema.field("x").type.shape) == [2, 3]
     if dtype in D._ARROW:  # a native Arrow type: a pyarrow user sees the values
-        assert t.schema.field("y").type == D.to_arrow(dtype)
-        assert payload(t.column("y").to_numpy()) == payload(y)
+        assert t.schema.field("y").type == layouts.storage_type(dtype)[0]  # s goes as ms
+        if dtype.kind in ("datetime", "timedelta"):
+            assert (t.column("y").to_numpy() == y).all()  # numpy compares across units
+        elif dtype.bits is None:  # text: a string/binary column
+            assert t.column("y").to_pylist() == y.tolist()
+        else:
+            assert payload(t.column("y").to_numpy()) == payload(y)
     else:
         assert t.schema.field("y").metadata[b"mlconv.dtype"] == dtype.value.encode()
     if not st:

@@ -147,6 +147,8 @@ def _convert_options(f):
               help="ONNX output: replace the initializers of this model.")
 @click.option("--external-data", is_flag=True,
               help="ONNX output: tensor bytes in a side file (automatic over 2 GiB).")
+@click.option("--pad", metavar="VALUE", type=float,
+              help="Ragged (list) columns into fixed-shape formats: pad rows with VALUE.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, write nothing.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar (default: on a terminal only).")
@@ -159,7 +161,7 @@ def _convert_options(f):
 @click.pass_context
 def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
             compression, layout, allow_external, path, force, row_group_size, template,
-            external_data, dry_run, progress, jobs, as_json, verbose, quiet, debug):
+            external_data, pad, dry_run, progress, jobs, as_json, verbose, quiet, debug):
     """Convert SRC to DST (format from DST's extension or --to).
 
     \b
@@ -176,7 +178,8 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
     *srcs, dst = paths
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
-                   allow_external=allow_external, layout=layout, path=path, overwrite=force)
+                   allow_external=allow_external, layout=layout, path=path, overwrite=force,
+                   pad=pad)
     verbosity = -1 if quiet else (1 if verbose else 0)
     show_bar = progress if progress is not None else sys.stderr.isatty()
     many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")

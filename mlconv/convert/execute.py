@@ -56,9 +56,10 @@ class Report:
 
 
 def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
-        allow_lossy: bool = False) -> tuple[Bundle, list[Loss]]:
+        allow_lossy: bool = False, pad: float | None = None) -> tuple[Bundle, list[Loss]]:
     """A new Bundle holding only what ``fmt`` can hold, and the losses accepted on the way.
 
+    ``pad``: ragged (list) columns into tensor-only targets are padded with this value.
     The new bundle's ``notes`` say what the source format keeps that no other format does
     (an ONNX graph): left behind on purpose, never a refusal.
     """
@@ -94,7 +95,7 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
             # a tensor-only target: each numeric column becomes a tensor "table/column"
             bad: list[str] = []
             columns = layouts.table_tensors(entry, name, src, fill=allow_lossy,
-                                            warnings=losses, bad=bad)
+                                            warnings=losses, bad=bad, pad=pad)
             for why in bad:
                 loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
                      "--exclude NAME or --allow-lossy")
@@ -130,8 +131,12 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
         raise UnsupportedError(
             f"{fmt.id} holds {'one entry' if caps.max_entries == 1 else caps.max_entries}; "
             f"the source has {len(out)} ({names}); use --select NAME", src)
-    if not out and len(bundle):
-        raise UnsupportedError(f"nothing left to write as {fmt.id}", src)
+    dropped = [n for n in bundle.skipped if kept(n, select, exclude)] + \
+        [n for n in names if n not in out and not any(k.startswith(n + "/") for k in out)]
+    if not out and (len(bundle) or dropped):
+        shown = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        why = f"dropped {shown}" if dropped else "every entry was excluded"
+        raise UnsupportedError(f"nothing left to write as {fmt.id} ({why})", src)
     if bundle.format and bundle.format != fmt.id:
         out.notes = [Loss(n, src) for n in get(bundle.format).left_behind(bundle)]
     return out, losses
@@ -154,7 +159,9 @@ def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table |
 def _fit_tensor(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor | None:
     """``t`` cast as asked, then in a dtype ``fmt`` holds (or None: dropped, with a loss)."""
     if t.itemsize is None:  # variable-width text: its width is known once read
-        t = Tensor.from_numpy(t.numpy(), t.attrs)
+        read = Tensor.from_numpy(t.numpy(), t.attrs)
+        read.encoding = t.encoding  # the same format may use it (HDF5 widths)
+        t = read
     if t.dtype in casts:
         t = t.cast(casts[t.dtype])
     if t.dtype in fmt.caps.dtypes:
@@ -210,7 +217,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             allow_external: bool = False, layout: str | None = None,
             row_group_size: int | None = None, path: str = "fast", progress=None,
             dry_run: bool = False, template: str | None = None,
-            external_data: bool = False):
+            external_data: bool = False, pad: float | None = None):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
     ``src`` may also be a list of files: they merge into one ``dst`` (each keeps its entry
@@ -222,7 +229,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
                     compression=compression, allow_external=allow_external, layout=layout,
-                    path=path, overwrite=overwrite)
+                    path=path, overwrite=overwrite, pad=pad)
     t0 = time.perf_counter()
     dst = os.fspath(dst)
     out_fmt = for_output(dst, to_format)
@@ -231,7 +238,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
         raise OutputExistsError("output exists; use --force to replace it", dst)
     with open_sources(src, from_format, allow_external, allow_lossy) as (bundle, in_id, shown):
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                               allow_lossy=allow_lossy)
+                               allow_lossy=allow_lossy, pad=pad)
         if progress is not None and hasattr(progress, "total"):
             progress.total = total_bytes(fitted)
         size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
@@ -301,7 +308,8 @@ def total_bytes(bundle: Bundle) -> int | None:
 def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
-         layout: str | None = None, path: str = "fast", overwrite: bool = False) -> Plan:
+         layout: str | None = None, path: str = "fast", overwrite: bool = False,
+         pad: float | None = None) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
 
     It stops where the run would stop (a refused loss, an existing DST without
@@ -321,12 +329,12 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
         result = Plan(shown, dst, in_id, out_fmt.id, path, allow_lossy=allow_lossy)
         try:
             fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                allow_lossy=allow_lossy)
+                allow_lossy=allow_lossy, pad=pad)
         except MlconvError as e:
             result.error = e.render(cli=True)
         try:
             fitted, losses = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                                 allow_lossy=True)
+                                 allow_lossy=True, pad=pad)
         except MlconvError:
             return result
         result.losses = [str(x) for x in losses]

@@ -60,7 +60,8 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
                       compression: str | None = None, allow_external: bool = False,
                       layout: str | None = None, row_group_size: int | None = None,
                       path: str = "fast", template: str | None = None,
-                      external_data: bool = False) -> Iterator[FileResult]:
+                      external_data: bool = False,
+                      pad: float | None = None) -> Iterator[FileResult]:
     """Convert each of ``sources`` into ``dst_dir``, ``jobs`` at a time; yields a FileResult
     per file, in the order given, as soon as it (and those before it) are done. One bad file
     never stops the others."""
@@ -72,7 +73,7 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
                    exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=overwrite,
                    compression=compression, allow_external=allow_external, layout=layout,
                    row_group_size=row_group_size, path=path, template=template,
-                   external_data=external_data)
+                   external_data=external_data, pad=pad)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
     if jobs == 1:
         for src, dst in tasks:

@@ -21,6 +21,7 @@ import json
 import os
 
 from .. import dtypes as D
+from .. import model
 from ..atomic import library_path
 from ..dtypes import DType
 from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
@@ -31,6 +32,8 @@ from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 DTYPE_ATTR = "mlconv_dtype"
+RAGGED_ATTR = "mlconv_ragged"  # a table that was one vlen sequence dataset
+ENUM_ATTR = "mlconv_enum"  # an enum dataset's labels {label: value}
 SCHEMA_ATTR = "mlconv_arrow_schema"
 # HDF5's own filters plus lzf, which h5py registers itself; anything else is a plugin
 BUILTIN_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
@@ -46,6 +49,12 @@ def _h5py():
     import h5py
 
     return h5py
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
 
 
 # --- attributes --------------------------------------------------------------------------
@@ -65,11 +74,11 @@ def attr_value(value):
         if value.dtype.kind == "O" or value.dtype.kind in "SUV" or value.dtype.names:
             return [attr_value(v) for v in value.reshape(-1).tolist()] if value.ndim \
                 else attr_value(value[()])
-        return value.tolist()
+        return _typed(value)
     if isinstance(value, np.void):
         return bytes(value).hex()
     if isinstance(value, np.generic):
-        return value.item()
+        return _typed(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
@@ -77,21 +86,58 @@ def attr_value(value):
     return str(value)
 
 
-def read_attrs(obj, path, entry) -> dict:
+def _typed(value):
+    """A numeric attribute keeps its HDF5 type through the model (int32 stays int32)."""
+    import numpy as np
+
+    try:
+        return model.attr_json(value)
+    except UnsupportedError:
+        pass
+    kind = np.asarray(value).dtype.kind
+    if kind in "fc":  # long double: narrowed, and read_attrs notes it as a loss
+        return model.attr_json(np.asarray(value).astype("f8" if kind == "f" else "c16"))
+    out = np.asarray(value).tolist()
+    return out if isinstance(out, (int, float, bool, str, list)) else str(out)
+
+
+def _attr_loss(dt) -> str | None:
+    """What an attribute of this numpy dtype loses on its way through the model, or None."""
+    h5py = _h5py()
+    base = dt.base
+    if h5py.check_ref_dtype(base) is not None:
+        return "reference kept as text"
+    if base.names is not None or base.kind == "V":
+        return "compound/opaque value kept as hex text"
+    if h5py.check_enum_dtype(base) is not None and base.kind != "b":
+        return "enum kept as its integer values"
+    if base.kind == "O" and h5py.check_string_dtype(base) is None:
+        return "variable-length sequence kept as a list"
+    if base.kind in "fc":
+        try:
+            D.from_numpy(base)
+        except UnsupportedError:
+            return f"{base.itemsize * 8}-bit {base.name} narrowed to float64"
+    return None
+
+
+def read_attrs(obj, path, entry, notes: list | None = None) -> dict:
+    """The attributes as JSON-able values; what can't keep its type is noted in ``notes``."""
     out = {}
     try:
         for key in obj.attrs:
             try:
                 out[key] = attr_value(obj.attrs[key])
+                why = _attr_loss(obj.attrs.get_id(key).dtype) if notes is not None else None
             except _H5_ERRORS as e:
                 out[key] = f"<unreadable attribute: {e}>"
+                why = "unreadable"
+            if why and notes is not None:
+                notes.append(str(LossyConversionError(
+                    f"attribute {key!r}: HDF5 type not kept ({why})", path, entry or "/")))
     except _H5_ERRORS as e:
         raise FormatError(f"cannot read attributes: {e}", path, entry or "/") from None
     return out
-
-
-def metadata_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 # --- dataset sources ---------------------------------------------------------------------
@@ -115,7 +161,8 @@ class H5Source(Source):
             arr = np.asarray(self.ds[sel])
         except _H5_ERRORS as e:
             raise FormatError(f"cannot read dataset: {e}", self.path, self.entry) from None
-        if arr.dtype.kind == "O" or (arr.dtype.kind == "S" and self.ds.dtype.kind == "O"):
+        if arr.dtype.kind == "O" or (arr.dtype.kind == "S" and (
+                self.ds.dtype.kind == "O" or self.dtype is DType.string)):
             items = arr.reshape(-1).tolist()
             if self.dtype is DType.string:
                 items = [v.decode("utf-8") if isinstance(v, bytes) else v for v in items]
@@ -188,6 +235,20 @@ def _is_bfloat16(ds) -> bool:
         return False
 
 
+def _unheld_float(ds) -> str | None:
+    """Why a float type numpy cannot express (quad, other extended precision) is skipped."""
+    h5t = _h5py().h5t
+    try:
+        tid = ds.id.get_type()
+        if tid.get_class() != h5t.FLOAT:
+            return None
+        bits = tid.get_size() * 8
+    except _H5_ERRORS:
+        return None
+    return (f"HDF5 {bits}-bit float (float{bits}, extended/quad precision) has no mlconv "
+            "dtype; it is never narrowed silently")
+
+
 def _filters(dcpl) -> list[tuple[int, str]]:
     out = []
     for k in range(dcpl.get_nfilters()):
@@ -245,8 +306,8 @@ class _Reader:
         self.bundle.on_close(f.close)
         self.bundle.on_close(self.fmap.close)
         try:
-            root = read_attrs(f, self.path, None)
-            self.bundle.metadata = {k: metadata_text(v) for k, v in root.items()}
+            root = read_attrs(f, self.path, None, self.bundle.notes)
+            self.bundle.metadata = {k: model.metadata_text(v) for k, v in root.items()}
             self.walk(f, "", self.fmap, self.size, 0)
             _pandas_hdf.fold_frames(self.bundle, f, self.path)
         except BaseException:
@@ -286,7 +347,7 @@ class _Reader:
                 continue  # a second hard link (or a cycle): listed once
             self.visited.add(ident)
             if isinstance(obj, h5py.Group):
-                attrs = read_attrs(obj, self.path, name)
+                attrs = read_attrs(obj, self.path, name, self.bundle.notes)
                 if attrs:
                     self.bundle.group_attrs[name] = attrs
                 self.walk(obj, name + "/", fmap, size, depth)
@@ -332,7 +393,7 @@ class _Reader:
 
     def dataset(self, ds, name: str, fmap, size: int):
         h5py = _h5py()
-        attrs = read_attrs(ds, self.path, name)
+        attrs = read_attrs(ds, self.path, name, self.bundle.notes)
         try:
             shape = ds.shape
             dt = ds.dtype
@@ -340,6 +401,10 @@ class _Reader:
             self.bundle.skipped[name] = f"HDF5 type not supported: {e}"
             return None
         except _H5_ERRORS as e:
+            why = _unheld_float(ds)
+            if why:  # a type, not damage: the rest of the file reads
+                self.bundle.skipped[name] = why
+                return None
             raise FormatError(f"cannot read dataset header: {e}", self.path, name) from None
         if shape is None:
             self.bundle.skipped[name] = "dataset with a null dataspace (no shape, no data)"
@@ -356,20 +421,19 @@ class _Reader:
         string = h5py.check_string_dtype(dt)
         if dt.kind == "O":
             if string is None:
-                self.bundle.skipped[name] = "variable-length sequences are not supported"
-                return None
+                return self.ragged(ds, name, attrs, shape)
             dtype = DType.string if string.encoding == "utf-8" else DType.bytes
             encoding["h5_string"] = string.encoding
             return Tensor(H5Source(ds, dtype, shape, path=self.path, entry=name), attrs, encoding)
         enum = h5py.check_enum_dtype(dt)
-        if enum is not None and dt.kind != "b":
-            encoding["h5_enum"] = {str(k): int(v) for k, v in enum.items()}
+        if enum is not None and dt.kind != "b":  # labels are meaning: attrs, not encoding
+            attrs[ENUM_ATTR] = {str(k): int(v) for k, v in enum.items()}
         real = attrs.get(DTYPE_ATTR)
         try:
             dtype = D.from_numpy(dt)
             if _is_bfloat16(ds):  # HDF5 2.0's bfloat16, which h5py widens to float32
                 dtype, view, dt = DType.bfloat16, DType.bfloat16.numpy(), DType.bfloat16.numpy()
-            elif isinstance(real, str) and real in DType.__members__:
+            elif isinstance(real, str) and real in DType._value2member_map_:
                 stored = D.parse(real)
                 if stored.bits == dtype.bits and dtype.kind == "uint":
                     dtype, view = stored, stored.numpy()
@@ -379,6 +443,11 @@ class _Reader:
             return None
         if string is not None:
             encoding["h5_string"] = string.encoding
+            if string.encoding == "utf-8":  # fixed-width UTF-8 is text, as vlen UTF-8 is
+                encoding["h5_string_width"] = dt.itemsize
+                src = H5Source(ds, DType.string, shape, path=self.path, entry=name)
+                src.itemsize = None  # UCS4 width known once read
+                return Tensor(src, attrs, encoding)
         nbytes = dtype.nbytes(shape, dt.itemsize)
         try:
             why = _why_unreadable(ds, nbytes)
@@ -398,6 +467,42 @@ class _Reader:
         else:
             src = H5Source(ds, dtype, shape, view, why, self.path, name)
         return Tensor(src, attrs, encoding)
+
+    def ragged(self, ds, name: str, attrs: dict, shape):
+        """A 1-D (or scalar) vlen sequence dataset as a Table of one list column."""
+        from .. import tables
+
+        base = _h5py().check_vlen_dtype(ds.dtype)
+        if base is None or base.kind not in "biuf" or len(shape) > 1:
+            self.bundle.skipped[name] = ("variable-length sequences of this type/shape are "
+                                         "not supported (1-D sequences of numbers are)")
+            return None
+        column = name.rsplit("/", 1)[-1]
+        typ = _pa().list_(tables.arrow_type(base))
+        n = shape[0] if shape else 1
+        path, why = self.path, _why_unreadable(ds, None)
+
+        def schema():
+            return _pa().schema([_pa().field(column, typ)])
+
+        def batches(rows: int, columns=None):
+            import numpy as np
+
+            if why:
+                raise UnsupportedError(why, path, name)
+            for i in range(0, n, rows):
+                try:
+                    block = ds[i:i + rows] if shape else np.array([ds[()], None],
+                                                                   dtype=object)[:1]
+                except _H5_ERRORS as e:
+                    raise FormatError(f"cannot read sequences: {e}", path, name) from None
+                col = tables.to_arrow(np.asarray(block, dtype=object), typ, column, path, name)
+                yield _pa().RecordBatch.from_arrays([col], schema=schema())
+
+        attrs[RAGGED_ATTR] = True if shape else "scalar"  # written back as a vlen dataset
+        from ..layouts import type_name
+
+        return Table([(column, type_name(typ))], n, batches, schema, attrs)
 
     def table(self, ds, name: str, attrs: dict):
         from .. import tables
@@ -479,9 +584,10 @@ def _table_fields(np_dtype):
         text = info is not None and info.encoding == "utf-8"
         vlen = None
         if base.kind == "O":
-            if info is None:
-                raise UnsupportedError(f"field {field!r} holds variable-length sequences")
-            vlen = str if text else bytes
+            vlen = (str if text else bytes) if info is not None else h5py.check_vlen_dtype(base)
+            if vlen is None or (not isinstance(vlen, type) and vlen.kind not in "biuf"):
+                raise UnsupportedError(f"field {field!r} holds variable-length sequences "
+                                       "of a type mlconv can't hold")
         out.append((field, tables.arrow_type(fdt, text=text, vlen=vlen), fdt))
     return out
 
@@ -507,13 +613,15 @@ def _storage(dtype: DType):
         return h5py.string_dtype("utf-8"), None
     if dtype is DType.bytes:
         return None, None  # fixed width: the tensor's itemsize decides
-    if dtype.numpy().kind == "V" or dtype.value.startswith("float8"):
+    if dtype.numpy().kind in "VMm" or dtype.value.startswith("float8"):  # h5py: no time
         return np.dtype(f"<u{dtype.bits // 8}"), dtype.value
     return dtype.numpy().newbyteorder("<") if dtype.numpy().itemsize > 1 else dtype.numpy(), None
 
 
 def _write_attrs(obj, attrs: dict) -> None:
     for k, v in attrs.items():
+        # typed values (and their JSON text from text-only metadata) get their type back
+        v = model.metadata_value(v) if isinstance(v, str) else model.attr_value(v)
         if isinstance(v, (dict, list)) and not _homogeneous(v):
             v = json.dumps(v, ensure_ascii=False)
         if v is None:
@@ -552,6 +660,19 @@ def _arrow_storage(field):
         return np.dtype("<i4"), lambda c: c.cast(pa.int32()).to_numpy(zero_copy_only=False)
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
         return np.dtype(t.to_pandas_dtype()), lambda c: c.to_numpy(zero_copy_only=False)
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)):
+        base = np.dtype(t.value_type.to_pandas_dtype())  # a vlen sequence field
+
+        def sequences(c):
+            out = np.empty(len(c), dtype=object)
+            flat = c.flatten().to_numpy(zero_copy_only=False).astype(base)
+            offsets = c.offsets.to_numpy()
+            for i in range(len(c)):
+                out[i] = flat[offsets[i] - offsets[0]:offsets[i + 1] - offsets[0]]
+            return out
+
+        return h5py.vlen_dtype(base), sequences
     raise UnsupportedError(f"column {field.name!r} of type {t} has no HDF5 compound type")
 
 
@@ -624,17 +745,30 @@ class Hdf5(Format):
 
     def _tensor(self, h5, name, t: Tensor, comp, path, progress=None):
         """Create the dataset; returns the offset to copy the payload to (contiguous case)."""
+        import numpy as np
+
         h5py = _h5py()
         stored, real = _storage(t.dtype)
         if t.dtype is DType.bytes:
             stored = f"S{t.itemsize}"
+        width = t.encoding.get("h5_string_width") if t.dtype is DType.string else None
+        if width is not None:  # it was fixed-width UTF-8: written back so if it fits
+            longest = int(np.char.str_len(np.char.encode(t.numpy(), "utf-8")).max(initial=0))
+            width = width if longest <= width else None
+            stored = h5py.string_dtype("utf-8", width) if width else stored
+        attrs, labels = dict(t.attrs), t.attrs.get(ENUM_ATTR)
+        if isinstance(labels, dict) and t.dtype.kind in ("int", "uint") and labels and \
+                all(isinstance(v, int) for v in labels.values()):
+            stored = h5py.enum_dtype(labels, basetype=np.dtype(stored))  # an HDF5 enum again
+            attrs.pop(ENUM_ATTR)
         if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
             kw = {}
             if comp != "none" and t.shape and t.nbytes:
                 kw = {"compression": comp, "chunks": True}
             ds = h5.create_dataset(name, shape=t.shape, dtype=stored, **kw)
             if t.dtype is DType.string:  # variable-length text: h5py wants objects
-                ds[()] = t.numpy().astype(object)
+                ds[()] = t.numpy().astype(object) if width is None else \
+                    np.char.encode(t.numpy(), "utf-8").astype(stored)
             elif t.shape and t.nbytes:  # streamed block by block, never whole
                 rows, done = max(1, CHUNK // max(1, t.nbytes // t.shape[0])), 0
                 for block in t.blocks(rows):
@@ -652,10 +786,33 @@ class Hdf5(Format):
             ds = h5.create_dataset(name, shape=t.shape, dtype=stored, dcpl=dcpl)
         if real:
             ds.attrs[DTYPE_ATTR] = real
-        _write_attrs(ds, t.attrs)
+        _write_attrs(ds, attrs)
         if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
             return None
         return ds.id.get_offset()
+
+    def _ragged(self, h5, name, table: Table, field, progress=None):
+        """A table read from a vlen sequence dataset goes back as one."""
+        column, dt, convert = field
+        if table.attrs[RAGGED_ATTR] == "scalar" and table.num_rows == 1:
+            ds = h5.create_dataset(name, shape=(), dtype=dt)
+        else:
+            ds = h5.create_dataset(name, shape=(table.num_rows or 0,), maxshape=(None,),
+                                   dtype=dt, chunks=(max(1, min(65536, table.num_rows or 1)),))
+        _write_attrs(ds, {k: v for k, v in table.attrs.items() if k != RAGGED_ATTR})
+        done = 0
+        for batch in table.batches(65536):
+            col = batch.column(0)
+            if col.null_count:
+                raise LossyConversionError(f"column {column!r} has nulls, which HDF5 "
+                                           "sequences cannot hold", None, name)
+            if ds.shape and done + len(col) > ds.shape[0]:
+                ds.resize((done + len(col),))
+            for i, seq in enumerate(convert(col)):  # one by one: h5py would broadcast
+                ds[(done + i) if ds.shape else ()] = seq
+            done += len(col)
+            if progress:
+                progress(batch.nbytes)
 
     def _table(self, h5, name, table: Table, path, progress=None):
         import numpy as np
@@ -665,8 +822,12 @@ class Hdf5(Format):
             fields = [(f.name, *_arrow_storage(f)) for f in schema]
         except UnsupportedError as e:
             raise UnsupportedError(e.message, path, name) from None
-        rec = np.dtype([(n, dt) for n, dt, _ in fields])
         rows = table.num_rows
+        if table.attrs.get(RAGGED_ATTR) and len(fields) == 1 and \
+                _h5py().check_vlen_dtype(fields[0][1]) is not None:
+            self._ragged(h5, name, table, fields[0], progress)
+            return
+        rec = np.dtype([(n, dt) for n, dt, _ in fields])
         ds = h5.create_dataset(name, shape=(rows or 0,), maxshape=(None,), dtype=rec,
                                chunks=(max(1, min(65536, rows or 1)),))
         ds.attrs[SCHEMA_ATTR] = schema.serialize().to_pybytes().hex()

@@ -189,7 +189,13 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
     def schema():
         import pyarrow as pa
 
-        return pa.schema([pa.field(name, D.to_arrow(dt)) for name, dt, _, _ in h.fields])
+        from ..tables import arrow_type
+
+        def typ(dt):  # times Arrow has no unit for go through the shared codec (exact)
+            return D.to_arrow(dt) if dt.kind not in ("datetime", "timedelta") else \
+                arrow_type(dt.numpy())
+
+        return pa.schema([pa.field(name, typ(dt)) for name, dt, _, _ in h.fields])
 
     def batches(rows: int, columns=None):
         import pyarrow as pa

@@ -14,7 +14,13 @@ import zipfile
 import zlib
 
 from .. import dtypes as D
-from ..errors import FormatError, LossyConversionError, UnsupportedError
+from ..errors import (
+    FormatError,
+    LossyConversionError,
+    MlconvError,
+    UnsafeInputError,
+    UnsupportedError,
+)
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource, StreamSource
 from . import npy
@@ -66,15 +72,22 @@ class Npz(Format):
         bundle.on_close(zf.close)
         fmap = FileMap(path)
         bundle.on_close(fmap.close)
+        refused: list[MlconvError] = []
         try:
             with open(path, "rb") as fh:
                 for info in infos:
                     if info.is_dir() or not info.filename.endswith(".npy"):
                         continue
                     name = info.filename[:-4]
-                    if name in bundle:
+                    if name in bundle or name in bundle.skipped:
                         raise FormatError("duplicate zip member", path, name)
-                    bundle[name] = self._member(zf, fh, info, name, fmap, size, path)
+                    try:
+                        bundle[name] = self._member(zf, fh, info, name, fmap, size, path)
+                    except (UnsupportedError, UnsafeInputError) as e:  # a type, not damage: skip it
+                        refused.append(e)
+                        bundle.skipped[name] = e.message
+            if refused and not len(bundle):  # nothing readable at all: refuse the file
+                raise refused[0]
         except BaseException:
             bundle.close()
             raise

@@ -86,10 +86,15 @@ class _Reader:
             raise FormatError(f"negative dimension in {list(shape)}", self.path, name)
         if t.data_location == onnx.TensorProto.EXTERNAL:
             return Tensor(self.external(t, name, dtype, shape))
-        if dtype is DType.bytes:
+        if dtype is DType.string:  # ONNX defines STRING as UTF-8 text
             import numpy as np
 
-            return Tensor.from_numpy(np.array(list(t.string_data), dtype=bytes).reshape(shape))
+            raw = list(t.string_data)
+            try:
+                return Tensor.from_numpy(np.array([v.decode("utf-8") for v in raw],
+                                                  dtype=str).reshape(shape))
+            except UnicodeDecodeError:  # not text after all: kept as raw bytes, never mangled
+                return Tensor.from_numpy(np.array(raw, dtype=bytes).reshape(shape))
         nbytes = dtype.nbytes(shape)
         if t.HasField("raw_data"):
             import numpy as np
