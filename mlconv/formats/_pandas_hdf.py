@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 
 from .. import safepickle
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Table
-from .hdf5 import _H5_ERRORS  # hdf5 imports this module lazily, so no cycle at load
+from .hdf5 import _H5_ERRORS, local  # hdf5 imports this module lazily, so no cycle at load
 
 
 def _text(value, default=None):
@@ -54,13 +54,19 @@ def fold_frames(bundle: Bundle, f, path: str) -> None:
     """Replace the raw datasets of each pandas frame in ``bundle`` by one Table."""
     for group, attrs in list(bundle.group_attrs.items()):
         kind = attrs.get("pandas_type")
+        if kind not in ("frame_table", "frame"):
+            continue
+        try:
+            g = local(f, group, path, group)
+        except (KeyError, UnsafeInputError):
+            continue  # reached through a link: its datasets stay plain entries
         try:
             if kind == "frame_table":
-                table = _frame_table(f[group], group, path)
-            elif kind == "frame":
-                table = _frame_fixed(f[group], group, path)
+                table = _frame_table(g, group, path)
             else:
-                continue
+                table = _frame_fixed(g, group, path)
+        except UnsafeInputError:
+            continue  # a part of it lives elsewhere: its datasets stay plain (and refused)
         except UnsupportedError as e:
             if kind == "frame":
                 continue  # an unusual fixed layout stays as plain datasets
@@ -154,7 +160,7 @@ def _frame_table(g, group: str, path: str):
     import pyarrow as pa
 
     try:
-        ds = g["table"]
+        ds = local(g, "table", path, group)
         gattrs, tattrs = dict(g.attrs), dict(ds.attrs)
     except _H5_ERRORS as e:
         raise FormatError(f"pandas table unreadable: {e}", path, group) from None
@@ -239,8 +245,8 @@ def _categories(g, vc: str, path, group, encoding):
     import pyarrow as pa
 
     try:
-        meta = g[f"meta/{vc}/meta/table"]
-        values = meta["values"]
+        meta = local(g, f"meta/{vc}/meta/table", path, group)
+        values = meta["values"]  # a field of the (checked) dataset
         mattrs = dict(meta.attrs)
     except _H5_ERRORS as e:
         raise FormatError(f"categories of {vc} unreadable: {e}", path, group) from None
@@ -265,14 +271,15 @@ def _frame_fixed(g, group: str, path: str):
         if int(gattrs.get("ndim", 2)) != 2 or nblocks < 1:
             return None
         encoding = _text(gattrs.get("encoding"), "UTF-8")
-        names = [v.decode(encoding) for v in g["axis0"][()].tolist()]
-        axis1 = g["axis1"]
+        names = [v.decode(encoding) for v in local(g, "axis0", path, group)[()].tolist()]
+        axis1 = local(g, "axis1", path, group)
         index_kind = _text(axis1.attrs.get("kind"), "")
         index_name = _unpickle(axis1.attrs.get("name"), "pandas index name", path, group)
         blocks = []
         for k in range(nblocks):
-            items = [v.decode(encoding) for v in g[f"block{k}_items"][()].tolist()]
-            vals = g[f"block{k}_values"]
+            items = local(g, f"block{k}_items", path, group)[()]
+            items = [v.decode(encoding) for v in items.tolist()]
+            vals = local(g, f"block{k}_values", path, group)
             if vals.dtype.kind not in "biuf" or vals.ndim != 2:
                 return None
             blocks.append((items, vals))

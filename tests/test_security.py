@@ -1,0 +1,130 @@
+"""Security (issue 11): no read outside the input's folder, hostile counts and names refused
+with one clear line, special files refused."""
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import mlconv
+from mlconv.errors import FormatError, MlconvError, UnsafeInputError
+
+MLCONV = [sys.executable, "-m", "mlconv"]
+
+
+def cli(*args, timeout=60, env=None):
+    """The installed CLI in a subprocess: (exit code, stderr then stdout)."""
+    res = subprocess.run([*MLCONV, *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    return res.returncode, res.stderr + res.stdout
+
+
+# --- HDF5 virtual datasets ----------------------------------------------------------------
+
+def _vds(path, source, maxshape=None):
+    lay = h5py.VirtualLayout(shape=(10,), maxshape=(maxshape,), dtype="i8")
+    vs = h5py.VirtualSource(str(source), "d", shape=(10,), maxshape=(maxshape,))
+    if maxshape is None:
+        lay[0:h5py.h5s.UNLIMITED] = vs[0:h5py.h5s.UNLIMITED]
+    else:
+        lay[:] = vs[:]
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_virtual_dataset("v", lay, fillvalue=0)
+        f["plain"] = np.arange(3)
+    return path
+
+
+def test_unlimited_vds_lists_declared_shape_and_refuses_data(tmp_path):
+    (tmp_path / "out").mkdir()
+    with h5py.File(tmp_path / "out" / "src.h5", "w") as f:
+        f.create_dataset("d", data=np.arange(1000), maxshape=(None,), chunks=(100,))
+    src = _vds(tmp_path / "in.h5", tmp_path / "out" / "src.h5")
+    with mlconv.open(src) as b:  # the guard child runs too
+        assert b["v"].shape == (10,)  # declared, not the outside file's 1000
+        with pytest.raises(UnsafeInputError, match="virtual dataset"):
+            b["v"].numpy()
+    code, err = cli("convert", src, tmp_path / "o.npz")
+    assert code == 1 and "virtual dataset" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("cmd", [("inspect",), ("convert", "OUT"), ("validate",),
+                                 ("validate", "--deep")])
+def test_vds_source_is_never_opened(tmp_path, cmd):
+    """The VDS names a FIFO: opening it would block, so a hang means a read outside."""
+    (tmp_path / "far").mkdir()
+    fifo = tmp_path / "far" / "src.h5"
+    os.mkfifo(fifo)
+    src = _vds(tmp_path / "v.h5", fifo)
+    args = [str(tmp_path / "o.npz") if a == "OUT" else a for a in cmd]
+    try:
+        code, err = cli(*args[:1], src, *args[1:], timeout=40)
+    except subprocess.TimeoutExpired:
+        with open(fifo, "wb"):  # unblock whatever opened it
+            pass
+        pytest.fail("mlconv opened the file a virtual dataset names")
+    assert "internal error" not in err
+    if cmd[0] == "inspect":
+        assert code == 0
+    else:
+        assert code == 1 and "virtual dataset" in err
+
+
+def test_fixed_vds_and_external_storage_are_unsafe(tmp_path):
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["d"] = np.arange(10)
+    src = _vds(tmp_path / "v.h5", tmp_path / "s.h5", maxshape=10)
+    with mlconv.open(src) as b, pytest.raises(UnsafeInputError, match="virtual"):
+        b["v"].numpy()
+    (tmp_path / "raw.bin").write_bytes(bytes(80))
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        f.create_dataset("e", shape=(10,), dtype="i8", external=[("raw.bin", 0, 80)])
+    with mlconv.open(tmp_path / "e.h5") as b, pytest.raises(UnsafeInputError, match="external"):
+        b["e"].numpy()
+
+
+def test_pandas_frame_datasets_are_not_followed_through_links(tmp_path):
+    """A group posing as a pandas frame whose axis0 is an external link outside."""
+    (tmp_path / "far").mkdir()
+    with h5py.File(tmp_path / "far" / "o.h5", "w") as f:
+        f["names"] = np.array([b"a"])
+    src = tmp_path / "p.h5"
+    with h5py.File(src, "w") as f:
+        g = f.create_group("df")
+        g.attrs["pandas_type"] = "frame"
+        g.attrs["ndim"] = 2
+        g.attrs["nblocks"] = 1
+        g["axis0"] = h5py.ExternalLink(str(tmp_path / "far" / "o.h5"), "/names")
+        g["axis1"] = np.arange(3)
+        g["block0_items"] = np.array([b"a"])
+        g["block0_values"] = np.zeros((3, 1))
+    with mlconv.open(src) as b:
+        assert "df" not in b or b["df"].kind != "table"
+        assert "df/axis0" in b.skipped
+
+
+# --- HDF5 external-link chains ------------------------------------------------------------
+
+def test_external_link_chain_checks_every_hop(tmp_path):
+    (tmp_path / "far").mkdir()
+    with h5py.File(tmp_path / "far" / "secret.h5", "w") as f:
+        f["cdata"] = np.arange(7)
+        f["g/cdata"] = np.arange(7)
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f["x"] = h5py.ExternalLink(str(tmp_path / "far" / "secret.h5"), "/g")
+        f["s"] = h5py.SoftLink("/x/cdata")
+        f["ok"] = np.arange(4)
+    src = tmp_path / "x.h5"
+    with h5py.File(src, "w") as f:
+        f["chain"] = h5py.ExternalLink("b.h5", "/x/cdata")
+        f["soft"] = h5py.ExternalLink("b.h5", "/s")
+        f["fine"] = h5py.ExternalLink("b.h5", "/ok")
+    b = mlconv.load(src, allow_external=True)
+    assert "folder" in b.skipped["chain"] and "folder" in b.skipped["soft"]
+    assert "chain" not in b and "soft" not in b
+    assert np.array_equal(b["fine"].numpy(), np.arange(4))
+    code, err = cli("convert", src, tmp_path / "o.npz", "--allow-external")
+    assert code == 1 and "chain" in err
+    assert not (tmp_path / "o.npz").exists()
