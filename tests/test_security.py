@@ -128,3 +128,115 @@ def test_external_link_chain_checks_every_hop(tmp_path):
     code, err = cli("convert", src, tmp_path / "o.npz", "--allow-external")
     assert code == 1 and "chain" in err
     assert not (tmp_path / "o.npz").exists()
+
+
+# --- ONNX with external data: the pair is published as one ------------------------------
+
+def _weights(path, value, n=4):
+    from safetensors.numpy import save_file
+
+    save_file({f"w{i}": np.full((64, 64), value + i, np.float32) for i in range(n)}, str(path))
+    return path
+
+
+def _onnx_values(path):
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+def _locations(path):
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+def test_onnx_overwrite_replaces_the_pair_and_removes_the_old_data(tmp_path):
+    dst = tmp_path / "m.onnx"
+    mlconv.convert(_weights(tmp_path / "a.safetensors", 1), dst, external_data=True)
+    (old,) = _locations(dst)
+    mlconv.convert(_weights(tmp_path / "b.safetensors", 7), dst, external_data=True,
+                   overwrite=True)
+    (new,) = _locations(dst)
+    assert new != old and not (tmp_path / old).exists()
+    assert _onnx_values(dst)["w0"][0, 0] == 7
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.safetensors", "b.safetensors",
+                                                   "m.onnx", new])
+
+
+def test_onnx_never_replaces_another_data_file(tmp_path):
+    (tmp_path / "other.onnx.data").write_bytes(b"someone's weights")
+    mlconv.convert(_weights(tmp_path / "a.safetensors", 1), tmp_path / "other.onnx",
+                   external_data=True)
+    assert (tmp_path / "other.onnx.data").read_bytes() == b"someone's weights"
+    assert _onnx_values(tmp_path / "other.onnx")["w3"][0, 0] == 4
+
+
+def test_onnx_conversion_onto_its_own_sources_data_file(tmp_path):
+    """The source's data file is named DST.data: converting must not destroy it."""
+    import onnx
+
+    src = tmp_path / "a.onnx"
+    mlconv.convert(_weights(tmp_path / "w.safetensors", 3), tmp_path / "tmp.onnx",
+                   external_data=True)
+    m = onnx.load(str(tmp_path / "tmp.onnx"))
+    onnx.save_model(m, str(src), save_as_external_data=True, location="b.onnx.data",
+                    size_threshold=0)
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    mlconv.convert(src, tmp_path / "b.onnx", external_data=True)
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
+    assert _onnx_values(tmp_path / "b.onnx")["w1"][0, 0] == 4
+    assert _onnx_values(src)["w1"][0, 0] == 4
+
+
+def test_onnx_loser_of_a_race_leaves_nothing(tmp_path, monkeypatch):
+    """DST appears while we write (another writer won): we fail cleanly, its pair intact."""
+    from mlconv.errors import OutputExistsError
+    from mlconv.formats import onnx as onnx_fmt
+
+    dst = tmp_path / "m.onnx"
+    mlconv.convert(_weights(tmp_path / "a.safetensors", 1), tmp_path / "win.onnx",
+                   external_data=True)
+    real = onnx_fmt._write_side
+
+    def racing(*args):
+        real(*args)
+        os.rename(tmp_path / "win.onnx", dst)  # the winner publishes meanwhile
+
+    monkeypatch.setattr(onnx_fmt, "_write_side", racing)
+    with pytest.raises(OutputExistsError):
+        mlconv.convert(_weights(tmp_path / "b.safetensors", 9), dst, external_data=True)
+    assert _onnx_values(dst)["w0"][0, 0] == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.safetensors", "b.safetensors",
+                                                   "m.onnx", *_locations(dst)])
+
+
+# --- temp files of killed runs -----------------------------------------------------------
+
+def test_stale_temp_files_are_cleaned_but_never_a_live_writers(tmp_path):
+    from mlconv import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def temp(pid):
+            p = atomic.temp_path(str(tmp_path), "o.npz").replace(f".{os.getpid()}.",
+                                                                  f".{pid}.")
+            open(p, "wb").close()
+            return os.path.basename(p)
+
+        stale, busy, other = temp(dead.pid), temp(live.pid), temp(dead.pid)
+        other_host = other.replace(atomic._host(), "elsewhere")
+        os.rename(tmp_path / other, tmp_path / other_host)
+        (tmp_path / "user.mlconv-tmp").write_bytes(b"not ours")
+        mlconv.convert(_weights(tmp_path / "a.safetensors", 1), tmp_path / "o.npz")
+        left = set(os.listdir(tmp_path))
+        assert stale not in left
+        assert {busy, other_host, "user.mlconv-tmp", "o.npz"} <= left
+    finally:
+        live.kill()
+        live.wait()
