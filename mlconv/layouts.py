@@ -387,6 +387,9 @@ def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
             except (UnsupportedError, TypeError, ValueError):
                 raise FormatError(f"entries row {row} has an invalid name/dtype/shape",
                                   path, str(rec.get("name"))) from None
+            if rec["name"] in bundle:
+                raise FormatError(f"entries row {row} repeats the name of an earlier row "
+                                  "(one would silently replace the other)", path, rec["name"])
             bundle[rec["name"]] = Tensor(EntrySource(entries_reader, row, dtype, shape,
                                                      path, rec["name"]))
             row += 1

@@ -240,3 +240,78 @@ def test_stale_temp_files_are_cleaned_but_never_a_live_writers(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# --- silent data loss: duplicates and counts ---------------------------------------------
+
+def _patch_parquet_rows(path, rows: int, new_rows: int):
+    """Rewrite the footer's num_rows fields (file and row group) from rows to new_rows."""
+    def varint(v):
+        out = bytearray()
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                return bytes(out)
+
+    data = path.read_bytes()
+    n = int.from_bytes(data[-8:-4], "little")
+    footer = data[-8 - n:-8]
+    old, new = b"\x16" + varint(rows * 2), b"\x16" + varint(new_rows * 2)  # zigzag i64
+    assert footer.count(old) == 2
+    footer = footer.replace(old, new)
+    path.write_bytes(data[:-8 - n] + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+
+
+def test_parquet_row_group_declaring_2_62_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": [[1, 2]] * 1000}), src)  # leaf values 2000: not patched
+    _patch_parquet_rows(src, 1000, 1 << 62)
+    with pytest.raises(FormatError, match="row group 0 declares"):
+        mlconv.load(src)
+    code, err = cli("convert", src, tmp_path / "o.h5")
+    assert code == 1 and "row group 0" in err and not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_duplicate_names_in_an_entries_table(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.ones(2, np.float32), "b": np.zeros(2, np.float32)},
+              str(tmp_path / "s.safetensors"))
+    good = tmp_path / f"g.{fmt}"
+    mlconv.convert(tmp_path / "s.safetensors", good, layout="entries")
+    table = pq.read_table(good) if fmt == "parquet" else feather.read_table(good)
+    names = table.column("name").to_pylist()
+    table = table.set_column(table.schema.get_field_index("name"), "name",
+                             pa.array([names[0]] * len(names)))
+    bad = tmp_path / f"dup.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, bad)
+    else:
+        feather.write_feather(table, bad)
+    with pytest.raises(FormatError, match="repeats the name") as e:
+        mlconv.load(bad)
+    assert e.value.entry == "a"
+
+
+def test_duplicate_onnx_initializer_names(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones(2, np.float32), "w"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "w")]
+    graph = helper.make_graph([], "g", [], [], initializer=inits)
+    src = tmp_path / "dup.onnx"
+    onnx.save(helper.make_model(graph), str(src))
+    with pytest.raises(FormatError, match="duplicate initializer") as e:
+        mlconv.load(src)
+    assert e.value.entry == "w"

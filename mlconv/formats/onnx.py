@@ -9,7 +9,8 @@ weights). Writing makes a model whose graph outputs are its initializers (it pas
 ``onnx.checker`` and onnxruntime returns the tensors); over 2 GiB, or with
 ``--external-data``, payloads go to one side file ``DST.<random>.data`` at 4 KiB-aligned
 offsets, copied file to file: a name unique to each write, so the model and its data are
-published together by the model's rename, and no other file's data is ever replaced. ``--template MODEL.onnx`` replaces initializers of an existing graph.
+published together by the model's rename, and no other file's data is ever replaced.
+``--template MODEL.onnx`` replaces initializers of an existing graph.
 """
 
 from __future__ import annotations
@@ -199,6 +200,8 @@ class Onnx(Format):
                 data = f.read()
             for key, proto in _pb_tensors(data, path, name):
                 key = _text(key, path, "tensor name")
+                if key in bundle or key in bundle.skipped:
+                    raise FormatError("duplicate tensor name", path, key)
                 entry = self._tensor(reader, proto, key, bundle)
                 if entry is not None:
                     bundle[key] = entry
@@ -208,6 +211,9 @@ class Onnx(Format):
                            _text(p.value, path, "metadata value") for p in model.metadata_props}
         for init in model.graph.initializer:
             name = _text(init.name, path, "initializer name")
+            if name in bundle or name in bundle.skipped:
+                raise FormatError("duplicate initializer name: a second tensor would "
+                                  "silently replace the first", path, name)
             entry = self._tensor(reader, init, name, bundle)
             if entry is not None:
                 bundle[name] = entry

@@ -46,6 +46,24 @@ def _tail(path: str) -> bytes:
         return fh.read(4)
 
 
+PAGE_VALUES = (1 << 31) - 1  # a data page counts its values in an int32
+PAGE_HEADER = 8              # bytes: no page header is smaller
+
+
+def _checked_rows(rg, i: int, size: int, path: str) -> int:
+    """A row group's row count, refused unless its column chunks could hold that many: each
+    page holds at most 2^31 - 1 values and costs a header, so bytes bound the rows."""
+    rows = rg.num_rows
+    bound = PAGE_VALUES
+    for j in range(rg.num_columns):
+        stored = min(max(rg.column(j).total_compressed_size, 0), size)
+        bound = max(bound, (stored // PAGE_HEADER + 1) * PAGE_VALUES)
+    if rows < 0 or rows > bound:
+        raise FormatError(f"row group {i} declares {rows} rows, more than its "
+                          f"{size}-byte file can hold", path)
+    return rows
+
+
 def plain_table(pf, path: str, name: str) -> Table:
     schema = pf.schema_arrow
 
@@ -63,12 +81,16 @@ class Parquet(Format):
     def read(self, path: str, options) -> Bundle:
         pf = _open(path)
         name = os.path.splitext(os.path.basename(path))[0]
-        table = plain_table(pf, path, name)
         starts = []
         total = 0
+        size = os.path.getsize(path)
         for i in range(pf.metadata.num_row_groups):
             starts.append(total)
-            total += pf.metadata.row_group(i).num_rows
+            total += _checked_rows(pf.metadata.row_group(i), i, size, path)
+        if total != pf.metadata.num_rows:
+            raise FormatError(f"the footer declares {pf.metadata.num_rows} rows, its row "
+                              f"groups {total}", path)
+        table = plain_table(pf, path, name)
 
         def entry_bytes(row: int):
             import bisect
