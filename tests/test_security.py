@@ -315,3 +315,28 @@ def test_duplicate_onnx_initializer_names(tmp_path):
     with pytest.raises(FormatError, match="duplicate initializer") as e:
         mlconv.load(src)
     assert e.value.entry == "w"
+
+
+# --- special files -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", [("inspect",), ("convert", "OUT"), ("validate",),
+                                 ("validate", "--deep")])
+def test_fifo_source_is_refused_not_waited_on(tmp_path, cmd):
+    fifo = tmp_path / "in.npy"
+    os.mkfifo(fifo)
+    args = [str(tmp_path / "o.npz") if a == "OUT" else a for a in cmd]
+    try:
+        code, err = cli(args[0], fifo, *args[1:], timeout=30)
+    except subprocess.TimeoutExpired:
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("mlconv waited on a FIFO")
+    assert code == 1 and "not a regular file (a FIFO)" in err
+    assert "internal error" not in err
+
+
+def test_device_with_from_is_refused(tmp_path):
+    code, err = cli("inspect", "/dev/zero", "--from", "onnx", timeout=30)
+    assert code == 1 and "not a regular file (a device)" in err and err.count("\n") == 1
+    with pytest.raises(MlconvError, match="not a regular file"):
+        mlconv.load("/dev/zero", "npy")
