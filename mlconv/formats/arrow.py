@@ -16,7 +16,7 @@ from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
-from .base import Capabilities, Format
+from .base import Capabilities, Format, stem_name
 
 FILE_MAGIC = b"ARROW1"
 STREAM_EXTENSIONS = (".arrows",)
@@ -137,7 +137,7 @@ class Arrow(Format):
 
     def read(self, path: str, options) -> Bundle:
         src = _Source(path)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = stem_name(path)
         schema = src.schema
         cols = [(f.name, layouts.type_name(f.type)) for f in schema]
         table = Table(cols, src.count_rows(), src.batches, lambda: schema)

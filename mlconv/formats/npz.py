@@ -184,6 +184,9 @@ def _check_name(name: str, path) -> None:
     if not name or name.startswith("/") or "\\" in name or ".." in parts or "" in parts:
         raise UnsupportedError("this name cannot be an npz member (empty, absolute or "
                                "with '..')", path, name)
+    if len(name.encode("utf-8")) + 4 > 0xFFFF:
+        raise UnsupportedError("this name is too long for a zip member (64 KiB)", path,
+                               name[:100] + "...")
 
 
 FORMAT = Npz(

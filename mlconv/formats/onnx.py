@@ -24,7 +24,7 @@ from ..dtypes import DType
 from ..errors import FormatError, MlconvError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Table, Tensor
 from ..sources import ArraySource, FileMap, FileSource, unpack4
-from .base import ALIGN, Capabilities, Format
+from .base import ALIGN, Capabilities, Format, stem_name
 
 EXTERNAL_LIMIT = (2 << 30) - (16 << 20)  # protobuf's 2 GiB cap, with room for the graph
 LFS = b"version https://git-lfs"
@@ -194,7 +194,7 @@ class Onnx(Format):
         reader = _Reader(path)
         bundle = Bundle(path=path, format=self.id)
         bundle.on_close(reader.close)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = stem_name(path)
         if path.lower().endswith(".pb"):
             with open(path, "rb") as f:
                 data = f.read()

@@ -14,7 +14,7 @@ from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
-from .base import Capabilities, Format
+from .base import Capabilities, Format, stem_name
 
 MAGIC = b"PAR1"
 THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
@@ -64,7 +64,7 @@ def _checked_rows(rg, i: int, size: int, path: str) -> int:
     return rows
 
 
-def plain_table(pf, path: str, name: str) -> Table:
+def plain_table(pf, path: str, name: str, rows: int) -> Table:
     schema = pf.schema_arrow
 
     def batches(rows: int, columns=None):
@@ -74,23 +74,20 @@ def plain_table(pf, path: str, name: str) -> Table:
             raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
 
     cols = [(f.name, layouts.type_name(f.type)) for f in schema]
-    return Table(cols, pf.metadata.num_rows, batches, lambda: schema)
+    return Table(cols, rows, batches, lambda: schema)  # the row groups' (checked) sum
 
 
 class Parquet(Format):
     def read(self, path: str, options) -> Bundle:
         pf = _open(path)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = stem_name(path)
         starts = []
         total = 0
         size = os.path.getsize(path)
         for i in range(pf.metadata.num_row_groups):
             starts.append(total)
             total += _checked_rows(pf.metadata.row_group(i), i, size, path)
-        if total != pf.metadata.num_rows:
-            raise FormatError(f"the footer declares {pf.metadata.num_rows} rows, its row "
-                              f"groups {total}", path)
-        table = plain_table(pf, path, name)
+        table = plain_table(pf, path, name, total)
 
         def entry_bytes(row: int):
             import bisect
