@@ -183,8 +183,9 @@ def check_text(text, path, entry, what: str) -> None:
 
 def check_entry(name: str, value, path) -> None:
     """What no reader may hand on (every format's names and numbers pass here once): a
-    name that is not valid Unicode or longer than MAX_NAME bytes, a dimension or element count or byte size beyond int64
-    (a zero dimension does not excuse the others), a negative row count."""
+    name that is not valid Unicode or longer than MAX_NAME bytes, a dimension or element
+    count or byte size beyond int64 (a zero dimension does not excuse the others), a
+    negative row count."""
     from .errors import FormatError
 
     check_text(name, path, name, "entry name")

@@ -15,8 +15,13 @@ import mlconv
 from mlconv import dtypes as D
 from mlconv.cli import cli
 from mlconv.dtypes import DType
-from mlconv.errors import (FormatError, LossyConversionError, MlconvError, UnsafeInputError,
-                           UnsupportedError)
+from mlconv.errors import (
+    FormatError,
+    LossyConversionError,
+    MlconvError,
+    UnsafeInputError,
+    UnsupportedError,
+)
 from mlconv.formats import _hdf5_guard
 
 from .conftest import CORPUS, corpus_files

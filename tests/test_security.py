@@ -284,7 +284,6 @@ def test_duplicate_names_in_an_entries_table(tmp_path, fmt):
     import pyarrow as pa
     import pyarrow.feather as feather
     import pyarrow.parquet as pq
-
     from safetensors.numpy import save_file
 
     save_file({"a": np.ones(2, np.float32), "b": np.zeros(2, np.float32)},

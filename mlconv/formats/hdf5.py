@@ -23,8 +23,13 @@ import os
 from .. import dtypes as D
 from ..atomic import library_path
 from ..dtypes import DType
-from ..errors import (FormatError, LossyConversionError, MlconvError, UnsafeInputError,
-                      UnsupportedError)
+from ..errors import (
+    FormatError,
+    LossyConversionError,
+    MlconvError,
+    UnsafeInputError,
+    UnsupportedError,
+)
 from ..fileio import CHUNK
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource, Source, array_chunks
