@@ -72,9 +72,17 @@ def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
     named = (field.metadata or {}).get(DTYPE_KEY)
     if named is not None:
         try:
-            return D.parse(named.decode()), shape
+            dtype = D.parse(named.decode())
         except (UnsupportedError, UnicodeDecodeError):
             return None
+        try:  # the recorded dtype must fit the storage exactly (it is only a relabel)
+            storage, _ = storage_type(dtype)
+        except UnsupportedError:
+            return None
+        if not storage.equals(t):
+            raise FormatError(f"column {field.name!r} records mlconv.dtype {dtype.value} "
+                              f"but stores {t}")
+        return dtype, shape
     found = D.from_arrow(t)
     return (found, shape) if found is not None and found.bits is not None else None
 
@@ -173,13 +181,32 @@ def extra_metadata(bundle: Bundle, table: Table | None = None) -> dict[bytes, by
     return meta
 
 
+MAX_DEPTH = 64  # nesting of JSON metadata we agree to decode (recursion everywhere after)
+
+
+def shallow_json(raw, path=None, what: str = "metadata"):
+    """``json.loads`` of metadata, refusing nesting deeper than MAX_DEPTH (checked on the
+    brackets outside strings, before parsing) so no later step can recurse without end."""
+    import itertools
+    import re
+
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    steps = (1 if c in "[{" else -1 for c in re.findall(r"[\[\]{}]", brackets))
+    if max(itertools.accumulate(steps, initial=0)) > MAX_DEPTH:
+        raise FormatError(f"{what} JSON nested deeper than {MAX_DEPTH} levels", path, what)
+    return json.loads(text)
+
+
 def restore_attrs(bundle: Bundle, schema) -> None:
     """Put back what ``extra_metadata`` and the field metadata stored."""
     meta = schema.metadata or {}
+    path = bundle.path
     try:
         if GROUPS_KEY in meta:
-            bundle.group_attrs = dict(json.loads(meta[GROUPS_KEY]))
-        attrs = json.loads(meta[ATTRS_KEY]) if ATTRS_KEY in meta else {}
+            bundle.group_attrs = dict(shallow_json(meta[GROUPS_KEY], path, "mlconv.groups"))
+        attrs = shallow_json(meta[ATTRS_KEY], path, "mlconv.attrs") if ATTRS_KEY in meta \
+            else {}
         layout = meta.get(LAYOUT_KEY)
         for name, entry in bundle.items():
             if isinstance(entry, Table):
@@ -189,7 +216,9 @@ def restore_attrs(bundle: Bundle, schema) -> None:
             else:
                 fmeta = schema.field(name).metadata or {}
                 if ATTRS_KEY in fmeta:
-                    entry.attrs = dict(json.loads(fmeta[ATTRS_KEY]))
+                    entry.attrs = dict(shallow_json(fmeta[ATTRS_KEY], path, "mlconv.attrs"))
+    except FormatError:
+        raise
     except (ValueError, TypeError, KeyError):
         pass  # unreadable mlconv metadata from another writer: keep what we have
 
@@ -326,7 +355,10 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
     """
     out = {}
     for field in table.schema:
-        found = field_dtype(field)
+        try:
+            found = field_dtype(field)
+        except FormatError as e:
+            raise FormatError(e.message, path, name) from None
         if found is None:
             why = f"column {field.name!r} of type {field.type}"
             if bad is None:

@@ -341,3 +341,169 @@ def test_device_with_from_is_refused(tmp_path):
     assert code == 1 and "not a regular file (a device)" in err and err.count("\n") == 1
     with pytest.raises(MlconvError, match="not a regular file"):
         mlconv.load("/dev/zero", "npy")
+
+
+# --- internal errors: each hostile number or name a one-line FormatError -----------------
+
+def _st(path, header: bytes, data=b""):
+    import struct
+
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+def _npy(path, header: str, data=b""):
+    import struct
+
+    h = header.encode()
+    h += b" " * (63 - (10 + len(h)) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + data)
+    return path
+
+
+def _refused_everywhere(src, tmp_path, match, entry=None, targets=("h5", "onnx", "parquet",
+                                                                   "npz", "safetensors")):
+    with pytest.raises(FormatError, match=match) as e:
+        mlconv.load(src)
+    if entry is not None:
+        assert e.value.entry == entry
+    for to in targets:
+        code, err = cli("convert", src, tmp_path / f"o.{to}")
+        assert code == 1 and "internal error" not in err and err.count("\n") == 1, (to, err)
+    report = mlconv.validate(src)
+    assert not report.ok
+
+
+def test_lone_surrogates_in_names_and_metadata(tmp_path):
+    name = _st(tmp_path / "n.safetensors",
+               b'{"a\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4))
+    _refused_everywhere(name, tmp_path, "entry name is not valid Unicode", "a\\ud800")
+    meta = _st(tmp_path / "m.safetensors", b'{"__metadata__":{"k":"v\\udc00"},'
+               b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4))
+    _refused_everywhere(meta, tmp_path, "metadata value is not valid Unicode", "k")
+
+
+@pytest.mark.parametrize("shape", ["(0, 18446744073709551616)",
+                                   "(0, 1099511627776, 1099511627776)"])
+def test_shapes_beyond_int64_even_with_a_zero_dim(tmp_path, shape):
+    src = _npy(tmp_path / "h.npy", f"{{'descr': '<f4', 'fortran_order': False, "
+                                   f"'shape': {shape}, }}")
+    _refused_everywhere(src, tmp_path, "shape", "h")
+    st = _st(tmp_path / "h.safetensors",
+             b'{"a":{"dtype":"F32","shape":%s,"data_offsets":[0,0]}}'
+             % shape.replace("(", "[").replace(")", "]").encode())
+    _refused_everywhere(st, tmp_path, "shape", "a")
+
+
+def test_a_1mb_name(tmp_path):
+    import json
+
+    header = json.dumps({"n" * (1 << 20): {"dtype": "F32", "shape": [1],
+                                           "data_offsets": [0, 4]}}).encode()
+    src = _st(tmp_path / "big.safetensors", header, bytes(4))
+    with pytest.raises(FormatError, match="entry name of 1048576 bytes") as e:
+        mlconv.load(src)
+    assert len(str(e.value)) < 300
+    code, err = cli("convert", src, tmp_path / "o.npz")
+    assert code == 1 and len(err) < 300
+
+
+def test_duplicate_structured_field_names(tmp_path):
+    src = _npy(tmp_path / "d.npy", "{'descr': [('a', '<i4'), ('a', '<i4')], "
+                                   "'fortran_order': False, 'shape': (1,), }", bytes(8))
+    _refused_everywhere(src, tmp_path, "field name 'a' repeated", "d")
+
+
+def test_recorded_dtype_that_lies_about_the_arrow_storage(tmp_path):
+    import ml_dtypes
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.ones((4, 2), ml_dtypes.bfloat16)}, str(tmp_path / "bf.safetensors"))
+    mlconv.convert(tmp_path / "bf.safetensors", tmp_path / "bf.parquet")
+    t = pq.read_table(tmp_path / "bf.parquet")
+    lie = t.schema.field(0).with_metadata({b"mlconv.dtype": b"float32"})
+    pq.write_table(t.cast(pa.schema([lie], metadata=t.schema.metadata)),
+                   tmp_path / "lie.parquet")
+    _refused_everywhere(tmp_path / "lie.parquet", tmp_path, "records mlconv.dtype float32 "
+                        "but stores uint16", "lie", targets=("npz",))
+
+
+def test_json_metadata_nested_100000_deep(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    deep = "[" * 100_000 + "]" * 100_000
+    pq.write_table(pa.table({"x": [1, 2]}, metadata={"mlconv.attrs": deep}),
+                   tmp_path / "deep.parquet")
+    _refused_everywhere(tmp_path / "deep.parquet", tmp_path, "nested deeper",
+                        "mlconv.attrs", targets=("h5",))
+
+
+def test_hdf5_compound_nested_1000_deep(tmp_path):
+    from h5py import h5d, h5s, h5t
+
+    t = h5t.STD_I32LE.copy()
+    for _ in range(1000):
+        c = h5t.create(h5t.COMPOUND, t.get_size())
+        c.insert(b"f", 0, t)
+        t = c
+    src = tmp_path / "deep.h5"
+    with h5py.File(src, "w") as f:
+        h5d.create(f.id, b"d", t, h5s.create_simple((2,)))
+    _refused_everywhere(src, tmp_path, "nested deeper", "d", targets=("npz",))
+
+
+def _pandas_table(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("tables")
+    src = tmp_path / "p.h5"
+    pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]}).to_hdf(src, key="df", format="table")
+    return src
+
+
+def test_pytables_pickle_nested_deep(tmp_path):
+    src = _pandas_table(tmp_path)
+    with h5py.File(src, "r+") as f:
+        f["df"].attrs["non_index_axes"] = np.void(b"(" * 30_000 + b"l" * 30_000 + b".")
+    _refused_everywhere(src, tmp_path, "nested deeper", "df", targets=("npz",))
+
+
+def test_pytables_attribute_with_unhashable_kind(tmp_path):
+    import pickle
+
+    src = _pandas_table(tmp_path)
+    with h5py.File(src, "r+") as f:
+        vc = [k for k in f["df/table"].attrs if k.endswith("_kind")
+              and k.startswith("values_block")][0]
+        f["df/table"].attrs[vc] = np.void(pickle.dumps([[1]], protocol=2))
+    _refused_everywhere(src, tmp_path, "not plain values", "df", targets=("npz",))
+
+
+def test_onnx_string_count_and_huge_raw_dims(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(t, name):
+        path = tmp_path / name
+        onnx.save(helper.make_model(helper.make_graph([], "g", [], [], initializer=[t])),
+                  str(path))
+        return path
+
+    s = model(TensorProto(name="s", data_type=TensorProto.STRING, dims=[3],
+                          string_data=[b"a", b"b"]), "s.onnx")
+    _refused_everywhere(s, tmp_path, "string_data holds 2 values for", "s", targets=("npz",))
+    r = model(TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 40, 1 << 30],
+                          raw_data=bytes(16)), "r.onnx")
+    _refused_everywhere(r, tmp_path, "raw_data holds 16 bytes", "w", targets=("npz",))
+
+
+def test_non_utf8_source_file_name(tmp_path):
+    src = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.npy")
+    np.save(os.fsdecode(src), np.arange(3))
+    with mlconv.open(os.fsdecode(src)) as b:
+        assert list(b) == ["\ufffd\ufffd"]
+    for to in ("h5", "parquet", "safetensors", "onnx"):
+        code, err = cli("convert", os.fsdecode(src), tmp_path / f"o.{to}")
+        assert code == 0, err

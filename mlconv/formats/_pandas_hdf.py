@@ -34,6 +34,13 @@ def _text(value, default=None):
     return str(value)
 
 
+def _plain_name(value) -> bool:
+    """A column name pandas could have written (hashable, so usable as a key)."""
+    if isinstance(value, tuple):
+        return all(_plain_name(v) for v in value)
+    return isinstance(value, (str, bytes, int, float, bool)) or value is None
+
+
 def _unpickle(value, what: str, path, entry):
     """A PyTables attribute that may be a pickle: decoded safely, or its plain text."""
     if value is None:
@@ -177,17 +184,24 @@ def _frame_table(g, group: str, path: str):
     group_nan = pickled(gattrs, "nan_rep")
     if not (isinstance(order, list) and order and isinstance(order[0], tuple)):
         raise UnsupportedError("unrecognised non_index_axes")
-    names = list(order[0][1])
+    names = list(order[0][1]) if isinstance(order[0][1], (list, tuple)) else None
+    if names is None or not all(_plain_name(n) for n in names):
+        raise FormatError("pandas column names are not plain values", path, group)
     fields = ds.dtype.names or ()
     columns: dict[str, _Column] = {}
+    if not isinstance(values_cols, list):
+        raise UnsupportedError("unrecognised values_cols")
     for vc in values_cols:
         kinds = pickled(tattrs, f"{vc}_kind", [])
         dtype = _text(tattrs.get(f"{vc}_dtype"), "")
         meta = pickled(tattrs, f"{vc}_meta")
         nan_rep = _text(tattrs.get(f"{vc}_nan_rep"), None) or group_nan or "nan"
         tz = pickled(tattrs, f"{vc}_tz")
-        if vc not in fields or not isinstance(kinds, list):
+        if not isinstance(vc, str) or vc not in fields or not isinstance(kinds, list):
             raise UnsupportedError(f"values column {vc!r} is missing")
+        if not all(_plain_name(k) for k in kinds):
+            raise FormatError(f"pandas attribute {vc}_kind holds names that are not plain "
+                              "values", path, group)
         categories = None
         if meta == "category":
             categories = _categories(g, vc, path, group, encoding)

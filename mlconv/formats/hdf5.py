@@ -530,6 +530,8 @@ class _Reader:
         except UnsupportedError as e:
             self.bundle.skipped[name] = f"compound dataset: {e.message}"
             return None
+        except FormatError as e:
+            raise FormatError(e.message, self.path, name) from None
         if len(ds.shape) > 1:
             self.bundle.skipped[name] = f"compound dataset of shape {ds.shape} (only 1-D)"
             return None

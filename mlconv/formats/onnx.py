@@ -93,6 +93,12 @@ class _Reader:
         if dtype is DType.bytes:
             import numpy as np
 
+            count = 1
+            for d in shape:
+                count *= d
+            if count != len(t.string_data):
+                raise FormatError(f"string_data holds {len(t.string_data)} values for "
+                                  f"{list(shape)}", self.path, name)
             return Tensor.from_numpy(np.array(list(t.string_data), dtype=bytes).reshape(shape))
         nbytes = dtype.nbytes(shape)
         if t.HasField("raw_data"):
