@@ -507,3 +507,26 @@ def test_non_utf8_source_file_name(tmp_path):
     for to in ("h5", "parquet", "safetensors", "onnx"):
         code, err = cli("convert", os.fsdecode(src), tmp_path / f"o.{to}")
         assert code == 0, err
+
+
+# --- validate must not pass what convert rejects -----------------------------------------
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_validate_deep_catches_entries_whose_shapes_lie(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "s.safetensors"))
+    good = tmp_path / f"g.{fmt}"
+    mlconv.convert(tmp_path / "s.safetensors", good, layout="entries")
+    t = pq.read_table(good) if fmt == "parquet" else feather.read_table(good)
+    i = t.schema.get_field_index("shape")
+    t = t.set_column(i, t.schema.field(i), pa.array([[5]], t.schema.field(i).type))
+    bad = tmp_path / f"lie.{fmt}"
+    (pq.write_table if fmt == "parquet" else feather.write_feather)(t, bad)
+    with pytest.raises(FormatError):
+        mlconv.convert(bad, tmp_path / "o.npz")
+    report = mlconv.validate(bad, deep=True)
+    assert not report.ok and "need 20" in report.problems[0].reason

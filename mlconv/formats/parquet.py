@@ -129,6 +129,13 @@ class Parquet(Format):
                     pass
             except layouts.arrow_errors() as e:
                 problems.append((None, f"corrupt data: {layouts.one_line(e)}"))
+        if deep and not problems:  # pages are sound: now each tensor as convert reads it
+            tensors = Bundle(path=path)
+            for name, entry in bundle.items():
+                if entry.kind != "table":
+                    tensors[name] = entry
+            more, _ = super().check(path, tensors, True)
+            problems.extend(p for p in more if p not in problems)
         return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
