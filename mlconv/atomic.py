@@ -8,6 +8,8 @@ that pid) is gone, never a live writer's.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import re
 import secrets
@@ -17,6 +19,7 @@ from .errors import MlconvError, OptionError, OutputExistsError
 
 _UMASK = None
 SUFFIX = ".mlconv-tmp"
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)\.(?P<pid>[0-9]+)\.[0-9a-f]+\.mlconv-tmp$")
 
 
@@ -105,7 +108,7 @@ def atomic_output(dst, overwrite: bool = False):
     try:
         # mkstemp's own descriptor: reopening with O_TRUNC would make ext4 flush the whole
         # file on close (its auto_da_alloc heuristic), which costs as much as the copy
-        with open(fd, "r+b", buffering=0) as f:
+        with _WholeWrites(fd, "r+b") as f:
             f.name = tmp  # writers that need a path (h5py, pyarrow) find it here
             f.companions, f.after_publish = companions, after
             yield f
@@ -114,13 +117,33 @@ def atomic_output(dst, overwrite: bool = False):
             os.replace(tmp, dst)
         else:
             _link_new(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         for path in [tmp, *companions]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        if isinstance(e, OSError) and not isinstance(e, MlconvError) and e.errno in _FULL:
+            # a full disk or quota: say which output it hit
+            raise MlconvError(f"cannot write output: {e.strerror or e}", dst) from None
         raise
     for fn in after:
         fn()
+
+
+class _WholeWrites(io.FileIO):
+    """An unbuffered file whose ``write`` writes everything: a raw write may be short (a
+    nearly full disk), and a writer that trusts its count would publish a cut file."""
+
+    def write(self, data) -> int:
+        mv = memoryview(data).cast("B")
+        total = len(mv)
+        while mv:
+            n = self._raw_write(mv)
+            if not n:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            mv = mv[n:]
+        return total
+
+    _raw_write = io.FileIO.write
 
 
 def library_path(f) -> str:

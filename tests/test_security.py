@@ -530,3 +530,57 @@ def test_validate_deep_catches_entries_whose_shapes_lie(tmp_path, fmt):
         mlconv.convert(bad, tmp_path / "o.npz")
     report = mlconv.validate(bad, deep=True)
     assert not report.ok and "need 20" in report.problems[0].reason
+
+
+# --- disk full, short writes, truncated Arrow --------------------------------------------
+
+@pytest.mark.parametrize("to", ["onnx", "npz", "safetensors", "npy"])
+def test_short_writes_are_completed_and_a_full_disk_names_the_output(tmp_path, monkeypatch,
+                                                                     to):
+    import io
+
+    from mlconv import atomic
+
+    src = _weights(tmp_path / "a.safetensors", 1, n=1)
+    real_os = os.write
+    monkeypatch.setattr(atomic._WholeWrites, "_raw_write",
+                        lambda self, mv: io.FileIO.write(self, mv[:777]))
+    monkeypatch.setattr(os, "write", lambda fd, b: real_os(fd, memoryview(b)[:777]))
+    mlconv.convert(src, tmp_path / f"o.{to}")  # every short write completed
+    monkeypatch.undo()
+    with mlconv.open(tmp_path / f"o.{to}") as b:
+        assert b[list(b)[0]].numpy()[0, 0] == 1
+
+    def full(*_):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic._WholeWrites, "_raw_write", full)
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(MlconvError, match="No space left") as e:
+        mlconv.convert(src, tmp_path / f"full.{to}")
+    monkeypatch.undo()
+    assert str(tmp_path / f"full.{to}") in str(e.value)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".full", "full"))]
+
+
+def test_truncated_arrow_says_truncated(tmp_path):
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    good = tmp_path / "t.arrow"
+    feather.write_feather(pa.table({"x": np.arange(10_000)}), good, compression="uncompressed")
+    data = good.read_bytes()
+    for cut in (100, len(data) // 2, len(data) - 20):
+        bad = tmp_path / f"cut{cut}.arrow"
+        bad.write_bytes(data[:cut])
+        code, err = cli("inspect", bad)
+        assert code == 1 and "truncated" in err and "1330795073" not in err, err
+    with pa.OSFile(str(tmp_path / "s.arrows"), "wb") as f, \
+            pa.ipc.new_stream(f, pa.schema([("x", pa.int64())])) as w:
+        w.write_table(pa.table({"x": np.arange(10_000)}))
+    data = (tmp_path / "s.arrows").read_bytes()
+    (tmp_path / "cut.arrows").write_bytes(data[:len(data) // 2])
+    code, err = cli("convert", tmp_path / "cut.arrows", tmp_path / "o.npz")
+    assert code == 1 and "truncated" in err
