@@ -584,3 +584,24 @@ def test_truncated_arrow_says_truncated(tmp_path):
     (tmp_path / "cut.arrows").write_bytes(data[:len(data) // 2])
     code, err = cli("convert", tmp_path / "cut.arrows", tmp_path / "o.npz")
     assert code == 1 and "truncated" in err
+
+
+# --- fuzz findings -----------------------------------------------------------------------
+
+def test_parquet_column_metadata_that_aborts_pyarrow(tmp_path):
+    """Fuzz finding: an invalid repetition type of a list element makes pyarrow's column
+    metadata accessor abort the process (C++ terminate). mlconv never touches it in
+    inspect/convert and validate tries it in a child: an error, never a signal."""
+    src = tmp_path / "s.parquet"
+    mlconv.save({"a": np.arange(8, dtype=np.float32).reshape(4, 2),
+                 "b": np.arange(4, dtype=np.int16)}, src, layout="rows")
+    data = src.read_bytes()
+    assert data.count(b"\x25\x02\x18\x07element") == 1
+    src.write_bytes(data.replace(b"\x25\x02\x18\x07element", b"\x25\x54\x18\x07element"))
+    for cmd in (("inspect",), ("validate",), ("validate", "--deep"),
+                ("convert", "OUT")):
+        args = [str(tmp_path / "o.npz") if a == "OUT" else a for a in cmd]
+        code, err = cli(args[0], src, *args[1:])
+        assert code in (0, 1) and "internal error" not in err, (cmd, code, err)
+        if cmd[0] == "validate":
+            assert code == 1 and "corrupt column metadata" in err

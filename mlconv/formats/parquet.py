@@ -50,18 +50,45 @@ PAGE_VALUES = (1 << 31) - 1  # a data page counts its values in an int32
 PAGE_HEADER = 8              # bytes: no page header is smaller
 
 
-def _checked_rows(rg, i: int, size: int, path: str) -> int:
-    """A row group's row count, refused unless its column chunks could hold that many: each
-    page holds at most 2^31 - 1 values and costs a header, so bytes bound the rows."""
+def _checked_rows(rg, i: int, before: int, size: int, path: str) -> int:
+    """A row group's row count, refused unless the file could hold that many: each page
+    holds at most 2^31 - 1 values and costs a header, pages do not overlap, so the file's
+    bytes bound the rows of all groups together. (Column chunk metadata is not consulted:
+    pyarrow aborts the process on some corrupt ones, see ``check``.)"""
     rows = rg.num_rows
-    bound = PAGE_VALUES
-    for j in range(rg.num_columns):
-        stored = min(max(rg.column(j).total_compressed_size, 0), size)
-        bound = max(bound, (stored // PAGE_HEADER + 1) * PAGE_VALUES)
-    if rows < 0 or rows > bound:
+    bound = (size // PAGE_HEADER + 1) * PAGE_VALUES
+    if rows < 0 or before + rows > bound:
         raise FormatError(f"row group {i} declares {rows} rows, more than its "
                           f"{size}-byte file can hold", path)
     return rows
+
+
+_PROBE = ("import sys, pyarrow.parquet as pq\n"
+          "m = pq.ParquetFile(sys.argv[1], thrift_string_size_limit=int(sys.argv[2]),\n"
+          "                   thrift_container_size_limit=int(sys.argv[2])).metadata\n"
+          "for i in range(m.num_row_groups):\n"
+          "    rg = m.row_group(i)\n"
+          "    for j in range(rg.num_columns):\n"
+          "        rg.column(j)\n")
+
+
+def _column_metadata_crash(path: str) -> str | None:
+    """Why pyarrow cannot even list this file's column chunks, or None. Some corrupt
+    column metadata (level histograms of the wrong size) make pyarrow abort the process
+    (C++ ``terminate``) rather than raise, so the walk is tried in a child first."""
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _PROBE, path, str(THRIFT_LIMIT)],
+                             capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return "pyarrow did not finish reading the column metadata within 60 s"
+    if res.returncode < 0:
+        why = res.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = why[1].strip() if len(why) > 1 and "what()" in why[1] else "no reason given"
+        return f"corrupt column metadata: pyarrow aborts reading it ({why[:200]})"
+    return None
 
 
 def plain_table(pf, path: str, name: str, rows: int) -> Table:
@@ -86,7 +113,7 @@ class Parquet(Format):
         size = os.path.getsize(path)
         for i in range(pf.metadata.num_row_groups):
             starts.append(total)
-            total += _checked_rows(pf.metadata.row_group(i), i, size, path)
+            total += _checked_rows(pf.metadata.row_group(i), i, total, size, path)
         table = plain_table(pf, path, name, total)
 
         def entry_bytes(row: int):
@@ -107,6 +134,10 @@ class Parquet(Format):
 
         problems, warnings = super().check(path, bundle, False)
         size = os.path.getsize(path)
+        crash = _column_metadata_crash(path)
+        if crash:
+            problems.append((None, crash))
+            return problems, warnings
         pf = _open(path)
         meta = pf.metadata
         end = size - 8 - int.from_bytes(_tail(path), "little")
