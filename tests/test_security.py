@@ -605,3 +605,18 @@ def test_parquet_column_metadata_that_aborts_pyarrow(tmp_path):
         assert code in (0, 1) and "internal error" not in err, (cmd, code, err)
         if cmd[0] == "validate":
             assert code == 1 and "corrupt column metadata" in err
+
+
+def test_npz_member_with_an_empty_name(tmp_path):
+    """Fuzz finding: zipfile's is_dir() indexes the last character of the name."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3))
+    src = tmp_path / "e.npz"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("a.npy", buf.getvalue())
+        z.writestr(zipfile.ZipInfo(""), b"x")
+    with mlconv.open(src) as b:
+        assert list(b) == ["a"] and list(b["a"].numpy()) == [0, 1, 2]

@@ -69,7 +69,7 @@ class Npz(Format):
         try:
             with open(path, "rb") as fh:
                 for info in infos:
-                    if info.is_dir() or not info.filename.endswith(".npy"):
+                    if not info.filename.endswith(".npy") or info.is_dir():  # (names "")
                         continue
                     name = info.filename[:-4]
                     if name in bundle:

@@ -214,12 +214,44 @@ def _child(data: bytes, suffix: str, folder: str, timeout: int, w: int) -> None:
     os._exit(code)
 
 
+def warm(name: str) -> tuple[bytes, str]:
+    """(seed bytes, suffix) of target ``name``, read once in this process first, so forked
+    children inherit every module imported (else each child imports pyarrow anew)."""
+    from mlconv.errors import MlconvError
+
+    make, suffix = TARGETS[name]
+    base = make()
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            run_case(base, suffix, folder)
+        except MlconvError:
+            pass
+    return base, suffix
+
+
+def run_isolated(data: bytes, suffix: str, folder: str, timeout: int = 20):
+    """(kind, what) of a finding for one case run in a forked child, or None."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(data, suffix, folder, timeout, w)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        report = pipe.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return "crash", f"killed by signal {os.WTERMSIG(status)}"
+    if report:
+        return tuple(report.split("|", 1))
+    return None
+
+
 def fuzz(name: str, seconds: float, seed: int, timeout: int = 20, out=sys.stdout) -> dict:
     """Run target ``name`` for ``seconds``; returns {"iterations", "findings": [...]}.
     Each case runs in a forked child, so a crash in a library (a signal, a C++ abort) is
     a finding too, not the end of the run."""
-    make, suffix = TARGETS[name]
-    base = make()
+    base, suffix = warm(name)
     rng = random.Random(seed)
     findings: list[dict] = []
     kinds: set = set()
@@ -229,21 +261,10 @@ def fuzz(name: str, seconds: float, seed: int, timeout: int = 20, out=sys.stdout
         while time.monotonic() < deadline:
             data = mutate(base, rng)
             n += 1
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(r)
-                _child(data, suffix, folder, timeout, w)
-            os.close(w)
-            with os.fdopen(r, "rb") as pipe:
-                report = pipe.read().decode("utf-8", "replace")
-            _, status = os.waitpid(pid, 0)
-            if os.WIFSIGNALED(status):
-                kind, what = "crash", f"killed by signal {os.WTERMSIG(status)}"
-            elif report:
-                kind, what = report.split("|", 1)
-            else:
+            found = run_isolated(data, suffix, folder, timeout)
+            if found is None:
                 continue
+            kind, what = found
             key = (kind, what.rsplit(" at ", 1)[-1])
             if key not in kinds:
                 kinds.add(key)
