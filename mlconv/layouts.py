@@ -58,6 +58,16 @@ def type_name(t) -> str:
     return found.value if found is not None else str(t)
 
 
+def schema_columns(schema, path) -> list[tuple[str, str]]:
+    """(name, type name) of each column; a name that is not UTF-8 (pyarrow decodes names
+    only when asked, and then raises) is refused here, once, at the reader."""
+    try:
+        return [(f.name, type_name(f.type)) for f in schema]
+    except UnicodeDecodeError:
+        raise FormatError("a column name (or a nested field name) is not UTF-8 text",
+                          path) from None
+
+
 def field_dtype(field) -> tuple[DType, tuple[int, ...]] | None:
     """(dtype, per-row shape) of a column that reads as a tensor, else None."""
     pa = _pa()

@@ -620,3 +620,20 @@ def test_npz_member_with_an_empty_name(tmp_path):
         z.writestr(zipfile.ZipInfo(""), b"x")
     with mlconv.open(src) as b:
         assert list(b) == ["a"] and list(b["a"].numpy()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
+def test_column_name_that_is_not_utf8(tmp_path, fmt):
+    """Fuzz finding (Arrow): pyarrow decodes field names lazily and raises then."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    src = tmp_path / f"n.{fmt}"
+    t = pa.table({"zq_col": [1, 2]})
+    pq.write_table(t, src) if fmt == "parquet" else feather.write_feather(t, src)
+    data = src.read_bytes()
+    assert b"zq_col" in data
+    src.write_bytes(data.replace(b"zq_col", b"\xb3q_col"))
+    code, err = cli("inspect", src)
+    assert code == 1 and "utf-8" in err.lower() and "internal error" not in err, err

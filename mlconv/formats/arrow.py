@@ -154,7 +154,7 @@ class Arrow(Format):
         src = _Source(path)
         name = stem_name(path)
         schema = src.schema
-        cols = [(f.name, layouts.type_name(f.type)) for f in schema]
+        cols = layouts.schema_columns(schema, path)
         table = Table(cols, src.count_rows(), src.batches, lambda: schema)
         bundle = layouts.read_bundle(table, name, path, self.id, src.row)
         bundle.on_close(src.close)

@@ -100,7 +100,7 @@ def plain_table(pf, path: str, name: str, rows: int) -> Table:
         except layouts.arrow_errors() as e:
             raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
 
-    cols = [(f.name, layouts.type_name(f.type)) for f in schema]
+    cols = layouts.schema_columns(schema, path)
     return Table(cols, rows, batches, lambda: schema)  # the row groups' (checked) sum
 
 
