@@ -637,3 +637,26 @@ def test_column_name_that_is_not_utf8(tmp_path, fmt):
     src.write_bytes(data.replace(b"zq_col", b"\xb3q_col"))
     code, err = cli("inspect", src)
     assert code == 1 and "utf-8" in err.lower() and "internal error" not in err, err
+
+
+def test_parquet_page_of_unknown_type_loses_no_rows(tmp_path):
+    """pyarrow skips a data page whose type it does not know: the rows would vanish from
+    the output (0-row Arrow, a cut npz member) with exit 0. Now convert and validate --deep
+    both refuse it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"x": np.arange(1000), "y": np.arange(1000.0)}), src,
+                   data_page_version="1.0", compression="none", write_statistics=False)
+    offset = pq.ParquetFile(src).metadata.row_group(0).column(1).data_page_offset
+    data = bytearray(src.read_bytes())
+    assert data[offset:offset + 2] == b"\x15\x00"  # PageHeader.type = DATA_PAGE
+    data[offset + 1] = 0x0E                           # type 7: unknown
+    src.write_bytes(bytes(data))
+    for to in ("arrow", "npz"):
+        with pytest.raises(FormatError, match="pages hold"):
+            mlconv.convert(src, tmp_path / f"o.{to}")
+        assert not (tmp_path / f"o.{to}").exists()
+    report = mlconv.validate(src, deep=True)
+    assert not report.ok and "pages hold" in report.problems[0].reason

@@ -93,12 +93,19 @@ def _column_metadata_crash(path: str) -> str | None:
 
 def plain_table(pf, path: str, name: str, rows: int) -> Table:
     schema = pf.schema_arrow
+    declared = rows
 
     def batches(rows: int, columns=None):
+        seen = 0
         try:
-            yield from pf.iter_batches(batch_size=rows, columns=columns)
+            for batch in pf.iter_batches(batch_size=rows, columns=columns):
+                seen += batch.num_rows
+                yield batch
         except layouts.arrow_errors() as e:
             raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
+        if seen != declared:  # pyarrow skips pages of unknown type: rows would vanish
+            raise FormatError(f"the row groups declare {declared} rows but their pages hold "
+                              f"{seen} (a page of unknown type?)", path, name)
 
     cols = layouts.schema_columns(schema, path)
     return Table(cols, rows, batches, lambda: schema)  # the row groups' (checked) sum
@@ -156,8 +163,12 @@ class Parquet(Format):
                 checked = pq.ParquetFile(path, page_checksum_verification=True,
                                          thrift_string_size_limit=THRIFT_LIMIT,
                                          thrift_container_size_limit=THRIFT_LIMIT)
-                for _ in checked.iter_batches(65536):
-                    pass
+                seen = sum(b.num_rows for b in checked.iter_batches(65536))
+                declared = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+                if seen != declared:
+                    problems.append((None, f"the row groups declare {declared} rows but "
+                                           f"their pages hold {seen} (a page of unknown "
+                                           "type?)"))
             except layouts.arrow_errors() as e:
                 problems.append((None, f"corrupt data: {layouts.one_line(e)}"))
         if deep and not problems:  # pages are sound: now each tensor as convert reads it
