@@ -28,6 +28,7 @@ from .base import ALIGN, Capabilities, Format, stem_name
 
 EXTERNAL_LIMIT = (2 << 30) - (16 << 20)  # protobuf's 2 GiB cap, with room for the graph
 LFS = b"version https://git-lfs"
+OLD_MODEL_LIMIT = 256 << 20  # bytes of a replaced model parsed to find its own side file
 
 
 def _onnx():
@@ -326,8 +327,8 @@ def _own_side_files(path: str) -> set:
     """The side files of the model now at ``path`` that only mlconv's writes to ``path``
     create (``DST.<hex>.data``): removed once the new model replaced it. Any other data
     file (``DST.data``, another model's) is left alone: it may be someone's source."""
-    if not os.path.isfile(path):
-        return set()
+    if not os.path.isfile(path) or os.path.getsize(path) > OLD_MODEL_LIMIT:
+        return set()  # (a model that big holds its data inline: no side file to remove)
     base = os.path.basename(path)
     try:
         model = _onnx().load(path, load_external_data=False)
