@@ -237,9 +237,20 @@ def run_isolated(data: bytes, suffix: str, folder: str, timeout: int = 20):
         os.close(r)
         _child(data, suffix, folder, timeout, w)
     os.close(w)
+    # the child's alarm cannot interrupt a library stuck in C: the parent enforces it
+    deadline = time.monotonic() + timeout + 5
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            return "hang", f"no answer within {timeout + 5} s (stuck in a library?)"
+        time.sleep(0.002)
     with os.fdopen(r, "rb") as pipe:
         report = pipe.read().decode("utf-8", "replace")
-    _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         return "crash", f"killed by signal {os.WTERMSIG(status)}"
     if report:
