@@ -67,6 +67,16 @@ def type_name(t) -> str:
     return found.value if found is not None else str(t)
 
 
+def schema_columns(schema, path) -> list[tuple[str, str]]:
+    """(name, type name) of each column; a name that is not UTF-8 (pyarrow decodes names
+    only when asked, and then raises) is refused here, once, at the reader."""
+    try:
+        return [(f.name, type_name(f.type)) for f in schema]
+    except UnicodeDecodeError:
+        raise FormatError("a column name (or a nested field name) is not UTF-8 text",
+                          path) from None
+
+
 def field_dtype(field, text: bool = False) -> tuple[DType, tuple[int, ...]] | None:
     """(dtype, per-row shape) of a column that reads as a tensor (with ``text``, string and
     binary columns too), else None."""
@@ -82,9 +92,17 @@ def field_dtype(field, text: bool = False) -> tuple[DType, tuple[int, ...]] | No
     named = (field.metadata or {}).get(DTYPE_KEY)
     if named is not None:
         try:
-            return D.parse(named.decode()), shape
+            dtype = D.parse(named.decode())
         except (UnsupportedError, UnicodeDecodeError):
             return None
+        try:  # the recorded dtype must fit the storage exactly (it is only a relabel)
+            storage, _ = storage_type(dtype)
+        except UnsupportedError:
+            return None
+        if not storage.equals(t):
+            raise FormatError(f"column {field.name!r} records mlconv.dtype {dtype.value} "
+                              f"but stores {t}")
+        return dtype, shape
     found = D.from_arrow(t)
     if found is None or (found.bits is None and not text):
         return None
@@ -193,13 +211,32 @@ def extra_metadata(bundle: Bundle, table: Table | None = None) -> dict[bytes, by
     return meta
 
 
+MAX_DEPTH = 64  # nesting of JSON metadata we agree to decode (recursion everywhere after)
+
+
+def shallow_json(raw, path=None, what: str = "metadata"):
+    """``json.loads`` of metadata, refusing nesting deeper than MAX_DEPTH (checked on the
+    brackets outside strings, before parsing) so no later step can recurse without end."""
+    import itertools
+    import re
+
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    steps = (1 if c in "[{" else -1 for c in re.findall(r"[\[\]{}]", brackets))
+    if max(itertools.accumulate(steps, initial=0)) > MAX_DEPTH:
+        raise FormatError(f"{what} JSON nested deeper than {MAX_DEPTH} levels", path, what)
+    return json.loads(text)
+
+
 def restore_attrs(bundle: Bundle, schema) -> None:
     """Put back what ``extra_metadata`` and the field metadata stored."""
     meta = schema.metadata or {}
+    path = bundle.path
     try:
         if GROUPS_KEY in meta:
-            bundle.group_attrs = dict(json.loads(meta[GROUPS_KEY]))
-        attrs = json.loads(meta[ATTRS_KEY]) if ATTRS_KEY in meta else {}
+            bundle.group_attrs = dict(shallow_json(meta[GROUPS_KEY], path, "mlconv.groups"))
+        attrs = shallow_json(meta[ATTRS_KEY], path, "mlconv.attrs") if ATTRS_KEY in meta \
+            else {}
         layout = meta.get(LAYOUT_KEY)
         for name, entry in bundle.items():
             if isinstance(entry, Table):
@@ -209,7 +246,9 @@ def restore_attrs(bundle: Bundle, schema) -> None:
             else:
                 fmeta = schema.field(name).metadata or {}
                 if ATTRS_KEY in fmeta:
-                    entry.attrs = dict(json.loads(fmeta[ATTRS_KEY]))
+                    entry.attrs = dict(shallow_json(fmeta[ATTRS_KEY], path, "mlconv.attrs"))
+    except FormatError:
+        raise
     except (ValueError, TypeError, KeyError):
         pass  # unreadable mlconv metadata from another writer: keep what we have
 
@@ -358,7 +397,10 @@ def table_tensors(table: Table, name: str, path=None, fill=False, warnings=None,
     """
     out = {}
     for field in table.schema:
-        found = field_dtype(field, text)
+        try:
+            found = field_dtype(field, text)
+        except FormatError as e:
+            raise FormatError(e.message, path, name) from None
         entry = f"{name}/{field.name}" if prefix else field.name
         if found is None and pad is not None and _numeric_list(field.type):
             out[entry] = padded(table, field, pad, path, entry, warnings)
@@ -427,6 +469,9 @@ def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
             except (UnsupportedError, TypeError, ValueError):
                 raise FormatError(f"entries row {row} has an invalid name/dtype/shape",
                                   path, str(rec.get("name"))) from None
+            if rec["name"] in bundle:
+                raise FormatError(f"entries row {row} repeats the name of an earlier row "
+                                  "(one would silently replace the other)", path, rec["name"])
             bundle[rec["name"]] = Tensor(EntrySource(entries_reader, row, dtype, shape,
                                                      path, rec["name"]))
             row += 1

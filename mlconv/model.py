@@ -178,6 +178,54 @@ def _project_schema(schema, names: list[str]):
 Entry = Tensor | Table
 
 
+INT64_MAX = (1 << 63) - 1
+MAX_NAME = 65535  # bytes of an entry name: what zip (npz) and most formats can hold
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on one line (lone surrogates and newlines escaped)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n")
+
+
+def check_text(text, path, entry, what: str) -> None:
+    """FormatError unless ``text`` is a str every writer can encode (no lone surrogates)."""
+    from .errors import FormatError
+
+    if not isinstance(text, str):
+        raise FormatError(f"{what} is not text", path, printable(str(entry)))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} is not valid Unicode (lone surrogate)", path,
+                          printable(str(entry))) from None
+
+
+def check_entry(name: str, value, path) -> None:
+    """What no reader may hand on (every format's names and numbers pass here once): a
+    name that is not valid Unicode or longer than MAX_NAME bytes, a dimension or element
+    count or byte size beyond int64 (a zero dimension does not excuse the others), a
+    negative row count."""
+    from .errors import FormatError
+
+    check_text(name, path, name, "entry name")
+    if len(name) > MAX_NAME // 4 and len(name.encode("utf-8")) > MAX_NAME:
+        raise FormatError(f"entry name of {len(name.encode('utf-8'))} bytes (at most "
+                          f"{MAX_NAME})", path, printable(name[:100]) + "...")
+    if isinstance(value, Table):
+        if value.num_rows is not None and not 0 <= value.num_rows <= INT64_MAX:
+            raise FormatError(f"row count {value.num_rows} out of range", path, name)
+        return
+    shape = value.shape
+    n = 1
+    for d in shape:
+        if not 0 <= d <= INT64_MAX:
+            raise FormatError(f"shape {list(shape)}: dimension out of range", path, name)
+        n *= d or 1
+    if n > INT64_MAX or n * max(value.itemsize or 1, 1) > INT64_MAX:
+        raise FormatError(f"shape {list(shape)}: its element count or byte size does not "
+                          "fit in 64 bits", path, name)
+
+
 class Bundle(MutableMapping):
     """An ordered mapping of hierarchical names to Tensors and Tables, plus file metadata.
 
@@ -188,16 +236,28 @@ class Bundle(MutableMapping):
     def __init__(self, entries=None, metadata: dict[str, str] | None = None,
                  path: str | None = None, format: str | None = None):
         self._entries: dict[str, Entry] = {}
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.path = path
+        self.metadata = dict(metadata or {})
         self.group_attrs: dict[str, dict] = {}
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []  # what the reader read differently than written, and why
         self.encoding: dict = {}  # on-disk details only the same format applies (SPEC §2)
-        self.path = path
         self.format = format
         self._closers: list[Callable[[], None]] = []
         for name, value in (entries or {}).items():
             self[name] = value
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, str]) -> None:
+        for k, v in value.items():  # checked once, where a reader hands it over
+            check_text(k, self.path, k, "metadata key")
+            if isinstance(v, str):
+                check_text(v, self.path, k, "metadata value")
+        self._metadata = value
 
     def __getitem__(self, name: str) -> Entry:
         return self._entries[name]
@@ -205,6 +265,7 @@ class Bundle(MutableMapping):
     def __setitem__(self, name: str, value) -> None:
         if not isinstance(value, (Tensor, Table)):
             value = Tensor.from_numpy(value)
+        check_entry(name, value, self.path)
         self._entries[name] = value
 
     def __delitem__(self, name: str) -> None:

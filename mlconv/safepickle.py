@@ -78,6 +78,9 @@ def loads(data: bytes, what: str = "pickled attribute"):
             elif name == "STOP":
                 if len(stack) != 1:
                     raise UnsafeInputError(f"{what}: malformed pickle")
+                if _depth(stack[0]) > MAX_DEPTH:
+                    raise UnsafeInputError(f"{what}: pickle nested deeper than {MAX_DEPTH} "
+                                           "levels (or a cycle, or too many shared parts)")
                 return stack[0]
             else:
                 raise UnsafeInputError(
@@ -88,6 +91,27 @@ def loads(data: bytes, what: str = "pickled attribute"):
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise UnsafeInputError(f"{what}: malformed pickle ({e})") from None
     raise UnsafeInputError(f"{what}: pickle has no STOP")
+
+
+MAX_DEPTH = 64  # nesting of lists/dicts/tuples: deeper would make repr, ==, json recurse
+
+
+def _depth(value) -> int:
+    """Nesting depth of ``value`` without recursion, stopping past MAX_DEPTH (a cycle)."""
+    deepest, todo, seen = 0, [(value, 1)], 0
+    while todo:
+        v, d = todo.pop()
+        seen += 1
+        if seen > 2 * _MAX_OPS:  # shared parts (memo) can multiply what a walk visits
+            return MAX_DEPTH + 1
+        if not isinstance(v, (list, tuple, dict)):
+            continue
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            return d
+        items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+        todo.extend((x, d + 1) for x in items)
+    return deepest
 
 
 def _pop_mark(stack: list) -> list:

@@ -16,18 +16,24 @@ def _pa():
     return pa
 
 
-def arrow_type(np_dtype, text: bool = False, vlen=None):
+MAX_NESTING = 32  # records within records: beyond this a file is hostile, not data
+
+
+def arrow_type(np_dtype, text: bool = False, vlen=None, depth: int = 0):
     """Arrow type of a numpy field dtype. ``text``: bytes are UTF-8 text; ``vlen``: the
     Python type (str/bytes) of a variable-length object field."""
     import numpy as np
 
     pa = _pa()
+    if depth > MAX_NESTING:
+        raise FormatError(f"record type nested deeper than {MAX_NESTING} levels")
     dt = np.dtype(np_dtype)
     if dt.names is not None:
-        return pa.struct([pa.field(n, arrow_type(dt.fields[n][0])) for n in dt.names])
+        return pa.struct([pa.field(n, arrow_type(dt.fields[n][0], depth=depth + 1))
+                          for n in dt.names])
     if dt.subdtype is not None:
         base, shape = dt.subdtype
-        return pa.fixed_shape_tensor(arrow_type(base, text), list(shape))
+        return pa.fixed_shape_tensor(arrow_type(base, text, depth=depth + 1), list(shape))
     if dt.kind == "S":
         return pa.string() if text else pa.binary()
     if dt.kind == "U":

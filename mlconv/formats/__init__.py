@@ -51,15 +51,37 @@ def by_extension(path: str) -> Format | None:
     return best[1] if best else None
 
 
+def _regular_file(path: str) -> None:
+    """Refuse what is not a regular file: a FIFO would block every reader, a device never
+    ends. Opened non-blocking, so checking a FIFO does not wait for a writer."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        raise SourceNotFoundError(f"not a regular file ({kind}): mlconv reads only files",
+                                  path)
+
+
 def detect(path, from_format: str | None = None) -> Format:
     """The format of an input file: ``from_format`` if given, else magic bytes, else extension."""
     path = os.fspath(path)
-    if from_format:
-        return get(from_format)
     try:
+        _regular_file(path)
+        if from_format:
+            return get(from_format)
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(_SNIFF_BYTES)
+    except SourceNotFoundError:
+        raise
     except FileNotFoundError:
         raise SourceNotFoundError("no such file", path) from None
     except IsADirectoryError:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 
 from .. import safepickle
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Table
-from .hdf5 import _H5_ERRORS  # hdf5 imports this module lazily, so no cycle at load
+from .hdf5 import _H5_ERRORS, local  # hdf5 imports this module lazily, so no cycle at load
 
 
 def _text(value, default=None):
@@ -32,6 +32,13 @@ def _text(value, default=None):
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _plain_name(value) -> bool:
+    """A column name pandas could have written (hashable, so usable as a key)."""
+    if isinstance(value, tuple):
+        return all(_plain_name(v) for v in value)
+    return isinstance(value, (str, bytes, int, float, bool)) or value is None
 
 
 def _unpickle(value, what: str, path, entry):
@@ -54,13 +61,19 @@ def fold_frames(bundle: Bundle, f, path: str) -> None:
     """Replace the raw datasets of each pandas frame in ``bundle`` by one Table."""
     for group, attrs in list(bundle.group_attrs.items()):
         kind = attrs.get("pandas_type")
+        if kind not in ("frame_table", "frame"):
+            continue
+        try:
+            g = local(f, group, path, group)
+        except (KeyError, UnsafeInputError):
+            continue  # reached through a link: its datasets stay plain entries
         try:
             if kind == "frame_table":
-                table = _frame_table(f[group], group, path)
-            elif kind == "frame":
-                table = _frame_fixed(f[group], group, path)
+                table = _frame_table(g, group, path)
             else:
-                continue
+                table = _frame_fixed(g, group, path)
+        except UnsafeInputError:
+            continue  # a part of it lives elsewhere: its datasets stay plain (and refused)
         except UnsupportedError as e:
             if kind == "frame":
                 continue  # an unusual fixed layout stays as plain datasets
@@ -154,7 +167,7 @@ def _frame_table(g, group: str, path: str):
     import pyarrow as pa
 
     try:
-        ds = g["table"]
+        ds = local(g, "table", path, group)
         gattrs, tattrs = dict(g.attrs), dict(ds.attrs)
     except _H5_ERRORS as e:
         raise FormatError(f"pandas table unreadable: {e}", path, group) from None
@@ -171,17 +184,24 @@ def _frame_table(g, group: str, path: str):
     group_nan = pickled(gattrs, "nan_rep")
     if not (isinstance(order, list) and order and isinstance(order[0], tuple)):
         raise UnsupportedError("unrecognised non_index_axes")
-    names = list(order[0][1])
+    names = list(order[0][1]) if isinstance(order[0][1], (list, tuple)) else None
+    if names is None or not all(_plain_name(n) for n in names):
+        raise FormatError("pandas column names are not plain values", path, group)
     fields = ds.dtype.names or ()
     columns: dict[str, _Column] = {}
+    if not isinstance(values_cols, list):
+        raise UnsupportedError("unrecognised values_cols")
     for vc in values_cols:
         kinds = pickled(tattrs, f"{vc}_kind", [])
         dtype = _text(tattrs.get(f"{vc}_dtype"), "")
         meta = pickled(tattrs, f"{vc}_meta")
         nan_rep = _text(tattrs.get(f"{vc}_nan_rep"), None) or group_nan or "nan"
         tz = pickled(tattrs, f"{vc}_tz")
-        if vc not in fields or not isinstance(kinds, list):
+        if not isinstance(vc, str) or vc not in fields or not isinstance(kinds, list):
             raise UnsupportedError(f"values column {vc!r} is missing")
+        if not all(_plain_name(k) for k in kinds):
+            raise FormatError(f"pandas attribute {vc}_kind holds names that are not plain "
+                              "values", path, group)
         categories = None
         if meta == "category":
             categories = _categories(g, vc, path, group, encoding)
@@ -239,8 +259,8 @@ def _categories(g, vc: str, path, group, encoding):
     import pyarrow as pa
 
     try:
-        meta = g[f"meta/{vc}/meta/table"]
-        values = meta["values"]
+        meta = local(g, f"meta/{vc}/meta/table", path, group)
+        values = meta["values"]  # a field of the (checked) dataset
         mattrs = dict(meta.attrs)
     except _H5_ERRORS as e:
         raise FormatError(f"categories of {vc} unreadable: {e}", path, group) from None
@@ -265,14 +285,15 @@ def _frame_fixed(g, group: str, path: str):
         if int(gattrs.get("ndim", 2)) != 2 or nblocks < 1:
             return None
         encoding = _text(gattrs.get("encoding"), "UTF-8")
-        names = [v.decode(encoding) for v in g["axis0"][()].tolist()]
-        axis1 = g["axis1"]
+        names = [v.decode(encoding) for v in local(g, "axis0", path, group)[()].tolist()]
+        axis1 = local(g, "axis1", path, group)
         index_kind = _text(axis1.attrs.get("kind"), "")
         index_name = _unpickle(axis1.attrs.get("name"), "pandas index name", path, group)
         blocks = []
         for k in range(nblocks):
-            items = [v.decode(encoding) for v in g[f"block{k}_items"][()].tolist()]
-            vals = g[f"block{k}_values"]
+            items = local(g, f"block{k}_items", path, group)[()]
+            items = [v.decode(encoding) for v in items.tolist()]
+            vals = local(g, f"block{k}_values", path, group)
             if vals.dtype.kind not in "biuf" or vals.ndim != 2:
                 return None
             blocks.append((items, vals))

@@ -16,7 +16,7 @@ from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
-from .base import Capabilities, Format
+from .base import Capabilities, Format, stem_name
 
 FILE_MAGIC = b"ARROW1"
 STREAM_EXTENSIONS = (".arrows",)
@@ -48,6 +48,14 @@ def _validate(batch, path) -> None:
                 from None
 
 
+def _why(e) -> str:
+    """pyarrow's reason, with a short read called what it is."""
+    text = layouts.one_line(e)
+    if "Expected to" in text and "read" in text:
+        return f"truncated ({text[:120]})"
+    return text
+
+
 class _Source:
     """Opens the IPC data behind a memory map: random access for files, a pass for streams."""
 
@@ -63,15 +71,22 @@ class _Source:
                 raise FormatError("empty file (0 bytes)", path)
             self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         self.buffer = pa.py_buffer(self.map)
-        try:
-            self.reader = pa.ipc.open_file(pa.BufferReader(self.buffer))
-            self.stream = False
-        except layouts.arrow_errors():
+        size = len(self.map)
+        if self.map[:6] == FILE_MAGIC:  # a file, never a stream (that starts 0xFFFFFFFF)
+            if size < 12 or self.map[size - 6:] != FILE_MAGIC:
+                raise FormatError(f"truncated Arrow IPC file: it starts with ARROW1 but its "
+                                  f"{size} bytes end without the footer", path)
+            try:
+                self.reader = pa.ipc.open_file(pa.BufferReader(self.buffer))
+                self.stream = False
+            except layouts.arrow_errors() as e:
+                raise FormatError(f"not a readable Arrow IPC file: {_why(e)}", path) from None
+        else:
             try:
                 self.reader = pa.ipc.open_stream(pa.BufferReader(self.buffer))
                 self.stream = True
             except layouts.arrow_errors() as e:
-                raise FormatError(f"not a readable Arrow IPC file or stream: {layouts.one_line(e)}",
+                raise FormatError(f"not a readable Arrow IPC file or stream: {_why(e)}",
                                   path) from None
         self.schema = self.reader.schema
 
@@ -96,7 +111,7 @@ class _Source:
                 for i in range(self.reader.num_record_batches):
                     yield self.reader.get_batch(i)
         except layouts.arrow_errors() as e:
-            raise FormatError(f"corrupt record batch: {layouts.one_line(e)}", self.path) from None
+            raise FormatError(f"corrupt record batch: {_why(e)}", self.path) from None
 
     def batches(self, rows: int, columns=None):
         for batch in self.raw_batches():
@@ -137,9 +152,9 @@ class Arrow(Format):
 
     def read(self, path: str, options) -> Bundle:
         src = _Source(path)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = stem_name(path)
         schema = src.schema
-        cols = [(f.name, layouts.type_name(f.type)) for f in schema]
+        cols = layouts.schema_columns(schema, path)
         table = Table(cols, src.count_rows(), src.batches, lambda: schema)
         bundle = layouts.read_bundle(table, name, path, self.id, src.row)
         bundle.on_close(src.close)

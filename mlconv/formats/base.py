@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,7 +116,7 @@ class Format:
         also reads every byte of every entry. What mlconv cannot read (a missing filter
         plugin, ...) is a warning: the file may be fine. Formats add their own checks.
         """
-        from ..errors import MlconvError, UnsupportedError
+        from ..errors import MlconvError, UnsafeInputError, UnsupportedError
 
         problems, warnings = [], []
         for name, entry in bundle.items():
@@ -132,7 +133,7 @@ class Format:
                 if deep:
                     for _ in entry.chunks():
                         pass
-            except UnsupportedError as e:
+            except (UnsupportedError, UnsafeInputError) as e:
                 warnings.append((name, f"not checked: {e.message}"))
             except MlconvError as e:
                 problems.append((name, e.message))
@@ -144,3 +145,10 @@ class Format:
         The bundle has already been fitted to ``caps`` by the caller (mlconv.convert).
         """
         raise NotImplementedError
+
+
+def stem_name(path: str) -> str:
+    """The entry name a file's stem gives (npy, a plain table): a stem that is not UTF-8
+    (bytes the file system allows) is decoded once, here, with U+FFFD for what is not."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.fsencode(stem).decode("utf-8", "replace")

@@ -24,7 +24,13 @@ from .. import dtypes as D
 from .. import model
 from ..atomic import library_path
 from ..dtypes import DType
-from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
+from ..errors import (
+    FormatError,
+    LossyConversionError,
+    MlconvError,
+    UnsafeInputError,
+    UnsupportedError,
+)
 from ..fileio import CHUNK
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource, Source, array_chunks
@@ -154,7 +160,8 @@ class H5Source(Source):
 
     def _read(self, sel):
         if self.unavailable:
-            raise UnsupportedError(self.unavailable, self.path, self.entry)
+            cls, why = self.unavailable
+            raise cls(why, self.path, self.entry)
         import numpy as np
 
         try:
@@ -214,6 +221,32 @@ def _standard_type(tid) -> bool:
         return False
 
 
+def local(group, key: str, path, entry=None):
+    """``group[key]`` through hard links only, refusing a dataset whose data lives in other
+    files: ``group[key]`` itself would follow soft and external links anywhere."""
+    h5py = _h5py()
+    obj = group
+    for part in [p for p in key.split("/") if p]:
+        try:
+            link = obj.get(part, getlink=True)
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot read link {part!r}: {e}", path, entry) from None
+        if link is None:
+            raise KeyError(key)
+        if not isinstance(link, h5py.HardLink):
+            raise UnsafeInputError(f"{key} is reached through a soft or external link",
+                                   path, entry)
+        try:
+            obj = obj[part]
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot open {key}: {e}", path, entry) from None
+    if isinstance(obj, h5py.Dataset):
+        why = _why_unreadable(obj, None)
+        if why and why[0] is UnsafeInputError:
+            raise UnsafeInputError(why[1], path, entry)
+    return obj
+
+
 def _user_defined(group, key: str) -> bool:
     try:
         info = group.id.links.get_info(key.encode("utf-8"))
@@ -257,30 +290,59 @@ def _filters(dcpl) -> list[tuple[int, str]]:
     return out
 
 
-def _why_unreadable(ds, nbytes: int | None) -> str | None:
-    """Why this dataset's data must not be read, or None."""
+def _why_unreadable(ds, nbytes: int | None):
+    """(error class, why) this dataset's data must not be read, or None."""
     h5py = _h5py()
     dcpl = ds.id.get_create_plist()
-    if ds.is_virtual:
-        return "virtual dataset: its data lives in other files, which mlconv does not follow"
+    if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+        return UnsafeInputError, _virtual_reason(dcpl)
     if dcpl.get_external_count():
-        name = dcpl.get_external(0)[0]
-        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-        return f"dataset stores its data in an external file ({name}), which mlconv refuses"
+        name = _text(dcpl.get_external(0)[0])
+        return (UnsafeInputError,
+                f"dataset stores its data in an external file ({name}), which mlconv refuses")
     for code, name in _filters(dcpl):
         if code not in BUILTIN_FILTERS:
             label = KNOWN_PLUGINS.get(code, name or "unknown")
-            return (f"HDF5 filter '{label}' (id {code}) not available: mlconv reads only "
+            return (UnsupportedError,
+                    f"HDF5 filter '{label}' (id {code}) not available: mlconv reads only "
                     "HDF5's built-in filters and lzf and never loads filter plugins")
     if dcpl.get_layout() == h5py.h5d.CHUNKED and nbytes:
         stored = ds.id.get_storage_size()
         if nbytes > stored * MAX_RATIO + (64 << 20):
-            return (f"dataset declares {nbytes} bytes but stores {stored}: more than any "
+            return (UnsupportedError,
+                    f"dataset declares {nbytes} bytes but stores {stored}: more than any "
                     "filter could expand (a decompression bomb?)")
     return None
 
 
+def _text(name) -> str:
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def _virtual_reason(dcpl) -> str:
+    try:
+        n = dcpl.get_virtual_count()
+        first = f" ({_text(dcpl.get_virtual_filename(0))}:" \
+                f"{_text(dcpl.get_virtual_dsetname(0))})" if n else ""
+    except _H5_ERRORS:
+        first = ""
+    return (f"virtual dataset: its data lives in other files{first[:200]}, "
+            "which mlconv refuses to open")
+
+
+def _virtual_shape(dcpl):
+    """A virtual dataset's declared shape, read from its mapping. Never ask for its
+    dataspace: for an unlimited mapping libhdf5 opens every source file to size it."""
+    if dcpl.get_virtual_count() < 1:
+        return None
+    return tuple(dcpl.get_virtual_vspace(0).shape)
+
+
 # --- reading ----------------------------------------------------------------------------
+
+class _Refused(Exception):
+    """An external link mlconv will not follow (the reason is the message)."""
+
 
 class _Reader:
     def __init__(self, path: str, options):
@@ -363,27 +425,12 @@ class _Reader:
             self.bundle.skipped[name] = (f"external link to {target} refused "
                                          "(--allow-external follows links into the same folder)")
             return
-        folder = os.path.dirname(os.path.realpath(self.path))
-        dest = os.path.realpath(os.path.join(folder, link.filename))
-        if os.path.isabs(link.filename) or os.path.dirname(dest) != folder:
-            self.bundle.skipped[name] = f"external link to {target} leaves the file's folder"
-            return
-        if not os.path.isfile(dest) or depth >= MAX_EXTERNAL_DEPTH:
-            self.bundle.skipped[name] = f"external link to {target}: target missing"
-            return
-        if dest not in self.files:
-            from . import _hdf5_guard
-
-            _hdf5_guard.check(dest, self.options)
-            other = self.open_file(dest)
-            self.bundle.on_close(other.close)
-            self.files[dest] = (other, FileMap(dest))
-        other, fmap = self.files[dest]
         try:
-            obj = other[link.path]
-        except _H5_ERRORS:
-            self.bundle.skipped[name] = f"external link to {target}: target missing"
+            obj, dest = self.follow(link, depth)
+        except _Refused as e:
+            self.bundle.skipped[name] = f"external link to {target}: {e}"
             return
+        fmap = self.files[dest][1]
         if isinstance(obj, _h5py().Dataset):
             entry = self.dataset(obj, name, fmap, os.path.getsize(dest))
             if entry is not None:
@@ -391,8 +438,66 @@ class _Reader:
         else:
             self.walk(obj, name + "/", fmap, os.path.getsize(dest), depth + 1)
 
+    def follow(self, link, depth: int):
+        """(object, file) an external link names, resolved one link at a time: libhdf5
+        would follow any further external link on the way (an absolute path, say), so
+        every hop is checked here like the first."""
+        h5py = _h5py()
+        if depth >= MAX_EXTERNAL_DEPTH:
+            raise _Refused("too many external links in a chain")
+        folder = os.path.dirname(os.path.realpath(self.path))
+        dest = os.path.realpath(os.path.join(folder, link.filename))
+        if os.path.isabs(link.filename) or os.path.dirname(dest) != folder:
+            raise _Refused("leaves the file's folder")
+        if not os.path.isfile(dest):
+            raise _Refused("target missing")
+        if dest not in self.files:
+            from . import _hdf5_guard
+
+            _hdf5_guard.check(dest, self.options)
+            other = self.open_file(dest)
+            self.bundle.on_close(other.close)
+            self.files[dest] = (other, FileMap(dest))
+        obj = self.files[dest][0]
+        parts = [p for p in link.path.split("/") if p]
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            try:
+                step = obj.get(part, getlink=True)
+            except _H5_ERRORS:
+                step = None
+            if step is None:
+                raise _Refused("target missing")
+            hops += 1
+            if hops > 64:
+                raise _Refused("too many links")
+            if isinstance(step, h5py.HardLink):
+                try:
+                    obj = obj[part]
+                except _H5_ERRORS:
+                    raise _Refused("target missing") from None
+            elif isinstance(step, h5py.SoftLink):
+                more = [p for p in step.path.split("/") if p]
+                if step.path.startswith("/"):
+                    obj = obj.file
+                parts = more + parts
+            elif isinstance(step, h5py.ExternalLink):
+                obj, dest = self.follow(h5py.ExternalLink(
+                    step.filename, "/".join([step.path.rstrip("/")] + parts)), depth + 1)
+                return obj, dest
+            else:
+                raise _Refused("user-defined link on the way")
+        return obj, dest
+
     def dataset(self, ds, name: str, fmap, size: int):
         h5py = _h5py()
+        try:  # before anything touches the dataspace: see _virtual_shape
+            dcpl = ds.id.get_create_plist()
+            if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+                return self.virtual(ds, name, dcpl)
+        except _H5_ERRORS as e:
+            raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
         attrs = read_attrs(ds, self.path, name, self.bundle.notes)
         try:
             shape = ds.shape
@@ -504,6 +609,20 @@ class _Reader:
 
         return Table([(column, type_name(typ))], n, batches, schema, attrs)
 
+    def virtual(self, ds, name: str, dcpl):
+        """Listed with its declared shape; its data (in other files) is refused."""
+        why = _virtual_reason(dcpl)
+        shape = _virtual_shape(dcpl)
+        try:
+            dtype = D.from_numpy(ds.dtype) if shape is not None else None
+        except (UnsupportedError, TypeError):
+            dtype = None
+        if dtype is None:
+            self.bundle.skipped[name] = why
+            return None
+        src = H5Source(ds, dtype, shape, None, (UnsafeInputError, why), self.path, name)
+        return Tensor(src, read_attrs(ds, self.path, name, self.bundle.notes), {})
+
     def table(self, ds, name: str, attrs: dict):
         from .. import tables
 
@@ -516,6 +635,8 @@ class _Reader:
         except UnsupportedError as e:
             self.bundle.skipped[name] = f"compound dataset: {e.message}"
             return None
+        except FormatError as e:
+            raise FormatError(e.message, self.path, name) from None
         if len(ds.shape) > 1:
             self.bundle.skipped[name] = f"compound dataset of shape {ds.shape} (only 1-D)"
             return None
@@ -531,7 +652,7 @@ class _Reader:
             import pyarrow as pa
 
             if why:
-                raise UnsupportedError(why, path, name)
+                raise why[0](why[1], path, name)
             sch = arrow_schema()
             wanted = fields if columns is None else [f for f in fields if f[0] in columns]
             if columns is not None:
@@ -699,6 +820,10 @@ class Hdf5(Format):
         problems, warnings = super().check(path, bundle, deep)
         size = os.path.getsize(path)
         for name, entry in bundle.items():
+            unavailable = getattr(getattr(entry, "source", None), "unavailable", None)
+            if unavailable and unavailable[0] is UnsafeInputError and not deep:
+                # (deep reading reports it itself) the file may be fine; its data is elsewhere
+                warnings.append((name, f"not checked: {unavailable[1]}"))
             ds = getattr(getattr(entry, "source", None), "ds", None)
             if ds is None or ds.chunks is None:
                 continue

@@ -16,7 +16,7 @@ from .. import dtypes as D
 from ..errors import FormatError, LossyConversionError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Table, Tensor
 from ..sources import FileMap, FileSource
-from .base import ALIGN, Capabilities, Format
+from .base import ALIGN, Capabilities, Format, stem_name
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 1 << 18      # numpy itself refuses headers over 10 000 bytes by default
@@ -53,7 +53,7 @@ class Header:
 
 
 def _parse_fields(descr: list):
-    fields, itemsize = [], 0
+    fields, itemsize, seen = [], 0, set()
     for item in descr:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
                 and isinstance(item[1], str)):
@@ -64,11 +64,22 @@ def _parse_fields(descr: list):
             itemsize += int(fdescr[2:])  # numpy's padding between aligned fields
             continue
         dtype, order, size = D.from_npy_descr(fdescr)
+        if name in seen or not _utf8(name):
+            raise FormatError(f"structured npy field name {name!r} repeated or not text")
         fields.append((name, dtype, order, size))
+        seen.add(name)
         itemsize += size
     if not fields:
         raise UnsupportedError("structured npy dtype with no fields")
     return fields, itemsize
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _literal(text: str):
@@ -122,8 +133,8 @@ def parse_header(prefix: bytes, path, entry=None, limit: int | None = None) -> H
             path, entry)
     try:
         h = Header(f"{major}.{prefix[7]}", descr, fortran, shape, size[1])
-    except UnsupportedError as e:
-        raise UnsupportedError(e.message, path, entry) from None
+    except (UnsupportedError, FormatError) as e:
+        raise type(e)(e.message, path, entry) from None
     if limit is not None and h.nbytes > limit:
         raise FormatError(f"npy data truncated: shape {shape} needs {h.nbytes} bytes, "
                           f"{limit} present", path, entry)
@@ -268,7 +279,7 @@ class Npy(Format):
 
     def read(self, path: str, options) -> Bundle:
         size = os.path.getsize(path)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = stem_name(path)
         with open(path, "rb") as f:
             h = read_header(f, path, size, name)
         fmap = FileMap(path)

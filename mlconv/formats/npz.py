@@ -76,7 +76,7 @@ class Npz(Format):
         try:
             with open(path, "rb") as fh:
                 for info in infos:
-                    if info.is_dir() or not info.filename.endswith(".npy"):
+                    if not info.filename.endswith(".npy") or info.is_dir():  # (names "")
                         continue
                     name = info.filename[:-4]
                     if name in bundle or name in bundle.skipped:
@@ -197,6 +197,9 @@ def _check_name(name: str, path) -> None:
     if not name or name.startswith("/") or "\\" in name or ".." in parts or "" in parts:
         raise UnsupportedError("this name cannot be an npz member (empty, absolute or "
                                "with '..')", path, name)
+    if len(name.encode("utf-8")) + 4 > 0xFFFF:
+        raise UnsupportedError("this name is too long for a zip member (64 KiB)", path,
+                               name[:100] + "...")
 
 
 FORMAT = Npz(

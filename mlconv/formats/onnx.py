@@ -7,23 +7,28 @@ inside the model's folder, with offset + length inside the file. Standalone ``Te
 files (``.pb``) read as one tensor. Constant nodes are not listed (they are graph, not
 weights). Writing makes a model whose graph outputs are its initializers (it passes
 ``onnx.checker`` and onnxruntime returns the tensors); over 2 GiB, or with
-``--external-data``, payloads go to one side file ``DST.data`` at 4 KiB-aligned offsets,
-copied file to file. ``--template MODEL.onnx`` replaces initializers of an existing graph.
+``--external-data``, payloads go to one side file ``DST.<random>.data`` at 4 KiB-aligned
+offsets, copied file to file: a name unique to each write, so the model and its data are
+published together by the model's rename, and no other file's data is ever replaced.
+``--template MODEL.onnx`` replaces initializers of an existing graph.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 
 from .. import dtypes as D
 from ..dtypes import DType
 from ..errors import FormatError, MlconvError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Table, Tensor
 from ..sources import ArraySource, FileMap, FileSource, unpack4
-from .base import ALIGN, Capabilities, Format
+from .base import ALIGN, Capabilities, Format, stem_name
 
 EXTERNAL_LIMIT = (2 << 30) - (16 << 20)  # protobuf's 2 GiB cap, with room for the graph
 LFS = b"version https://git-lfs"
+OLD_MODEL_LIMIT = 256 << 20  # bytes of a replaced model parsed to find its own side file
 
 
 def _onnx():
@@ -89,6 +94,12 @@ class _Reader:
         if dtype is DType.string:  # ONNX defines STRING as UTF-8 text
             import numpy as np
 
+            count = 1
+            for d in shape:
+                count *= d
+            if count != len(t.string_data):
+                raise FormatError(f"string_data holds {len(t.string_data)} values for "
+                                  f"{list(shape)}", self.path, name)
             raw = list(t.string_data)
             try:
                 return Tensor.from_numpy(np.array([v.decode("utf-8") for v in raw],
@@ -195,12 +206,14 @@ class Onnx(Format):
         reader = _Reader(path)
         bundle = Bundle(path=path, format=self.id)
         bundle.on_close(reader.close)
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = stem_name(path)
         if path.lower().endswith(".pb"):
             with open(path, "rb") as f:
                 data = f.read()
             for key, proto in _pb_tensors(data, path, name):
                 key = _text(key, path, "tensor name")
+                if key in bundle or key in bundle.skipped:
+                    raise FormatError("duplicate tensor name", path, key)
                 entry = self._tensor(reader, proto, key, bundle)
                 if entry is not None:
                     bundle[key] = entry
@@ -212,6 +225,9 @@ class Onnx(Format):
             bundle.encoding.update({"onnx.model": path, "onnx.nodes": len(model.graph.node)})
         for init in model.graph.initializer:
             name = _text(init.name, path, "initializer name")
+            if name in bundle or name in bundle.skipped:
+                raise FormatError("duplicate initializer name: a second tensor would "
+                                  "silently replace the first", path, name)
             entry = self._tensor(reader, init, name, bundle)
             if entry is not None:
                 bundle[name] = entry
@@ -243,8 +259,6 @@ class Onnx(Format):
         return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
-        from .. import fileio
-
         onnx = _onnx()
         tensors = []
         for name, entry in bundle.items():
@@ -265,8 +279,10 @@ class Onnx(Format):
         del model.metadata_props[:]
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
-        side = path + ".data"
-        side_name = os.path.basename(side)
+        # a side file name unique to this write: the model published with it is the only
+        # one that refers to it, so the pair changes as one rename (see _publish_side)
+        folder = os.path.dirname(os.path.abspath(path))
+        side_name = f"{os.path.basename(path)}.{secrets.token_hex(6)}.data"
         placed = []
         for proto in model.graph.initializer:
             t = pending.get(proto.name)
@@ -277,38 +293,81 @@ class Onnx(Format):
                 placed.append((proto, t))
             else:
                 _fill_inline(proto, t)
-        tmp_side = None
+        if placed:
+            _write_side(placed, folder, side_name, f, options)
+        else:  # (with external data the checker wants the side file in place)
+            try:
+                onnx.checker.check_model(model)
+            except Exception as e:  # noqa: BLE001 - the checker raises many kinds
+                raise UnsupportedError(f"the model would not pass onnx.checker: {e}",
+                                       path) from None
+        old = _own_side_files(path)
+        f.write(model.SerializeToString())
+        if hasattr(f, "after_publish"):
+            f.after_publish.append(lambda: _remove(old - {side_name}, folder))
+
+
+def _write_side(placed, folder: str, side_name: str, f, options) -> None:
+    """Write the payloads to a temp file, then rename it to ``side_name`` (a fresh name, so
+    nothing is replaced); it is removed again if the model is not published."""
+    from .. import atomic, fileio
+
+    tmp = atomic.temp_path(folder, side_name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    try:
         try:
-            if placed:
-                folder = os.path.dirname(os.path.abspath(path))
-                tmp_side = os.path.join(folder, f".{side_name}.{os.getpid()}.mlconv-tmp")
-                fd = os.open(tmp_side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             0o666)
-                try:
-                    sink = fileio.Sink(fd, options.progress, options.kernel_copy)
-                    for proto, t in placed:
-                        sink.pad_to(ALIGN)
-                        start = sink.pos
-                        t.write_to(sink)
-                        del proto.external_data[:]
-                        for k, v in (("location", side_name), ("offset", str(start)),
-                                     ("length", str(sink.pos - start))):
-                            proto.external_data.add(key=k, value=v)
-                finally:
-                    os.close(fd)
-            if not placed:  # (with external data the checker wants the side file in place)
-                try:
-                    onnx.checker.check_model(model)
-                except Exception as e:  # noqa: BLE001 - the checker raises many kinds
-                    raise UnsupportedError(f"the model would not pass onnx.checker: {e}",
-                                           path) from None
-            f.write(model.SerializeToString())
-            if tmp_side:
-                os.replace(tmp_side, side)
-                tmp_side = None
+            sink = fileio.Sink(fd, options.progress, options.kernel_copy)
+            for proto, t in placed:
+                sink.pad_to(ALIGN)
+                start = sink.pos
+                t.write_to(sink)
+                del proto.external_data[:]
+                for k, v in (("location", side_name), ("offset", str(start)),
+                             ("length", str(sink.pos - start))):
+                    proto.external_data.add(key=k, value=v)
         finally:
-            if tmp_side and os.path.exists(tmp_side):
-                os.unlink(tmp_side)
+            os.close(fd)
+        final = os.path.join(folder, side_name)
+        try:
+            os.link(tmp, final)  # never replaces: fails if the name were somehow taken
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here; the name is fresh and random
+            os.rename(tmp, final)
+        getattr(f, "companions", []).append(final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _own_side_files(path: str) -> set:
+    """The side files of the model now at ``path`` that only mlconv's writes to ``path``
+    create (``DST.<hex>.data``): removed once the new model replaced it. Any other data
+    file (``DST.data``, another model's) is left alone: it may be someone's source."""
+    if not os.path.isfile(path) or os.path.getsize(path) > OLD_MODEL_LIMIT:
+        return set()  # (a model that big holds its data inline: no side file to remove)
+    base = os.path.basename(path)
+    try:
+        model = _onnx().load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable old output: keep its files
+        return set()
+    out = set()
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            v = e.value
+            if e.key == "location" and v.startswith(base + ".") and v.endswith(".data") \
+                    and all(c in "0123456789abcdef" for c in v[len(base) + 1:-5]) \
+                    and len(v) == len(base) + 18:
+                out.add(v)
+    return out
+
+
+def _remove(names, folder: str) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
 
 
 def _new_initializer(name: str, t: Tensor):

@@ -14,7 +14,7 @@ from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
-from .base import Capabilities, Format
+from .base import Capabilities, Format, stem_name
 
 MAGIC = b"PAR1"
 THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
@@ -69,29 +69,82 @@ def _tail(path: str) -> bytes:
         return fh.read(4)
 
 
-def plain_table(pf, path: str, name: str) -> Table:
+PAGE_VALUES = (1 << 31) - 1  # a data page counts its values in an int32
+PAGE_HEADER = 8              # bytes: no page header is smaller
+
+
+def _checked_rows(rg, i: int, before: int, size: int, path: str) -> int:
+    """A row group's row count, refused unless the file could hold that many: each page
+    holds at most 2^31 - 1 values and costs a header, pages do not overlap, so the file's
+    bytes bound the rows of all groups together. (Column chunk metadata is not consulted:
+    pyarrow aborts the process on some corrupt ones, see ``check``.)"""
+    rows = rg.num_rows
+    bound = (size // PAGE_HEADER + 1) * PAGE_VALUES
+    if rows < 0 or before + rows > bound:
+        raise FormatError(f"row group {i} declares {rows} rows, more than its "
+                          f"{size}-byte file can hold", path)
+    return rows
+
+
+_PROBE = ("import sys, pyarrow.parquet as pq\n"
+          "m = pq.ParquetFile(sys.argv[1], thrift_string_size_limit=int(sys.argv[2]),\n"
+          "                   thrift_container_size_limit=int(sys.argv[2])).metadata\n"
+          "for i in range(m.num_row_groups):\n"
+          "    rg = m.row_group(i)\n"
+          "    for j in range(rg.num_columns):\n"
+          "        rg.column(j)\n")
+
+
+def _column_metadata_crash(path: str) -> str | None:
+    """Why pyarrow cannot even list this file's column chunks, or None. Some corrupt
+    column metadata (level histograms of the wrong size) make pyarrow abort the process
+    (C++ ``terminate``) rather than raise, so the walk is tried in a child first."""
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _PROBE, path, str(THRIFT_LIMIT)],
+                             capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return "pyarrow did not finish reading the column metadata within 60 s"
+    if res.returncode < 0:
+        why = res.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = why[1].strip() if len(why) > 1 and "what()" in why[1] else "no reason given"
+        return f"corrupt column metadata: pyarrow aborts reading it ({why[:200]})"
+    return None
+
+
+def plain_table(pf, path: str, name: str, rows: int) -> Table:
     schema = pf.schema_arrow
+    declared = rows
 
     def batches(rows: int, columns=None):
+        seen = 0
         try:
-            yield from pf.iter_batches(batch_size=rows, columns=columns)
+            for batch in pf.iter_batches(batch_size=rows, columns=columns):
+                seen += batch.num_rows
+                yield batch
         except layouts.arrow_errors() as e:
             raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
+        if seen != declared:  # pyarrow skips pages of unknown type: rows would vanish
+            raise FormatError(f"the row groups declare {declared} rows but their pages hold "
+                              f"{seen} (a page of unknown type?)", path, name)
 
-    cols = [(f.name, layouts.type_name(f.type)) for f in schema]
-    return Table(cols, pf.metadata.num_rows, batches, lambda: schema)
+    cols = layouts.schema_columns(schema, path)
+    return Table(cols, rows, batches, lambda: schema)  # the row groups' (checked) sum
 
 
 class Parquet(Format):
     def read(self, path: str, options) -> Bundle:
         pf = _open(path)
-        name = os.path.splitext(os.path.basename(path))[0]
-        table = plain_table(pf, path, name)
+        name = stem_name(path)
         starts = []
         total = 0
+        size = os.path.getsize(path)
         for i in range(pf.metadata.num_row_groups):
             starts.append(total)
-            total += pf.metadata.row_group(i).num_rows
+            total += _checked_rows(pf.metadata.row_group(i), i, total, size, path)
+        table = plain_table(pf, path, name, total)
 
         def entry_bytes(row: int):
             import bisect
@@ -111,6 +164,10 @@ class Parquet(Format):
 
         problems, warnings = super().check(path, bundle, False)
         size = os.path.getsize(path)
+        crash = _column_metadata_crash(path)
+        if crash:
+            problems.append((None, crash))
+            return problems, warnings
         pf = _open(path)
         meta = pf.metadata
         end = size - 8 - int.from_bytes(_tail(path), "little")
@@ -129,10 +186,21 @@ class Parquet(Format):
                 checked = pq.ParquetFile(path, page_checksum_verification=True,
                                          thrift_string_size_limit=THRIFT_LIMIT,
                                          thrift_container_size_limit=THRIFT_LIMIT)
-                for _ in checked.iter_batches(65536):
-                    pass
+                seen = sum(b.num_rows for b in checked.iter_batches(65536))
+                declared = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+                if seen != declared:
+                    problems.append((None, f"the row groups declare {declared} rows but "
+                                           f"their pages hold {seen} (a page of unknown "
+                                           "type?)"))
             except layouts.arrow_errors() as e:
                 problems.append((None, f"corrupt data: {layouts.one_line(e)}"))
+        if deep and not problems:  # pages are sound: now each tensor as convert reads it
+            tensors = Bundle(path=path)
+            for name, entry in bundle.items():
+                if entry.kind != "table":
+                    tensors[name] = entry
+            more, _ = super().check(path, tensors, True)
+            problems.extend(p for p in more if p not in problems)
         return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
