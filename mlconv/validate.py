@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import MlconvError, OptionError
 from .formats import detect
-from .formats.base import ReadOptions
+from .formats.base import MAX_MEMORY, ReadOptions
 
 
 @dataclass
@@ -52,8 +52,10 @@ class Report:
                 "warnings": [p.as_dict() for p in self.warnings]}
 
 
-def validate(path, schema=None, *, deep: bool = False, format: str | None = None) -> Report:
-    """Validate one file; ``schema`` is an expectation (dict or path to JSON/YAML)."""
+def validate(path, schema=None, *, deep: bool = False, format: str | None = None,
+             max_memory: int = MAX_MEMORY, allow_expand: bool = False) -> Report:
+    """Validate one file; ``schema`` is an expectation (dict or path to JSON/YAML).
+    ``max_memory`` caps one decoded buffer; ``allow_expand`` reads never-written data."""
     from . import expect
 
     path = os.fspath(path)
@@ -68,18 +70,19 @@ def validate(path, schema=None, *, deep: bool = False, format: str | None = None
         report.problems.append(Problem(e.entry, e.message))
         return report
     report.format = fmt.id
+    options = ReadOptions(trusted=True, max_memory=max_memory, allow_expand=allow_expand)
     if fmt.id == "hdf5" and _isolate():
-        return _in_child(path, expectation, deep)
-    return _validate_here(path, fmt, expectation, deep, report)
+        return _in_child(path, expectation, deep, options)
+    return _validate_here(path, fmt, expectation, deep, report, options)
 
 
-def _validate_here(path, fmt, expectation, deep, report) -> Report:
+def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
     from . import expect
     from .describe import bundle_manifest
 
     try:
         fmt.check_available()
-        with fmt.read(path, ReadOptions(trusted=True)) as bundle:
+        with fmt.read(path, options) as bundle:
             problems, warnings = fmt.check(path, bundle, deep)
             report.problems.extend(Problem(e, r) for e, r in problems)
             report.warnings.extend(Problem(e, r) for e, r in warnings)
@@ -101,7 +104,8 @@ TIMEOUT = 300
 
 _CHILD = ("import json, sys\n"
           "from mlconv.validate import child_main\n"
-          "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1'))\n")
+          "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1',\n"
+          "                    int(sys.argv[4]), sys.argv[5] == '1'))\n")
 
 
 def _isolate() -> bool:
@@ -110,7 +114,7 @@ def _isolate() -> bool:
     return _hdf5_guard.enabled(ReadOptions())
 
 
-def _in_child(path: str, expectation, deep: bool) -> Report:
+def _in_child(path: str, expectation, deep: bool, options) -> Report:
     from .formats import _hdf5_guard
 
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
@@ -118,7 +122,9 @@ def _in_child(path: str, expectation, deep: bool) -> Report:
     report = Report(path, "hdf5")
     try:
         res = subprocess.run([sys.executable, "-c", _CHILD, path, json.dumps(expectation),
-                              "1" if deep else "0"], capture_output=True, text=True,
+                              "1" if deep else "0", str(options.max_memory),
+                              "1" if options.allow_expand else "0"], capture_output=True,
+                             text=True,
                              timeout=TIMEOUT, preexec_fn=_hdf5_guard._limits, env=env,
                              stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
@@ -145,11 +151,13 @@ def _in_child(path: str, expectation, deep: bool) -> Report:
     return report
 
 
-def child_main(path: str, expectation_json: str, deep: bool) -> int:
+def child_main(path: str, expectation_json: str, deep: bool, max_memory: int = MAX_MEMORY,
+               allow_expand: bool = False) -> int:
     """Child side of the HDF5 isolation: validate here, print the report as JSON."""
     expectation = json.loads(expectation_json)
     fmt = detect(path, "hdf5")
-    report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id))
+    options = ReadOptions(trusted=True, max_memory=max_memory, allow_expand=allow_expand)
+    report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id), options)
     print(json.dumps(report.as_dict()))
     return 0
 

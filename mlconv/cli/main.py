@@ -71,6 +71,24 @@ def cli(ctx, debug):
     ctx.ensure_object(dict)["debug"] = debug
 
 
+def _limit_options(f):
+    """--max-memory and --allow-expand (convert, inspect, validate)."""
+    from ..formats.base import MAX_MEMORY, parse_size
+
+    def size(ctx, param, value):
+        try:
+            return parse_size(value)
+        except OptionError as e:
+            raise click.BadParameter(e.message) from None
+
+    f = click.option("--allow-expand", is_flag=True,
+                     help="Write never-written HDF5 data as its fill values, whatever "
+                     "the size.")(f)
+    return click.option("--max-memory", default=str(MAX_MEMORY), callback=size,
+                        metavar="SIZE", show_default="1GiB",
+                        help="Cap on one decoded buffer (chunk, batch, zip member).")(f)
+
+
 def _convert_options(f):
     """Options shared by ``convert`` and ``plan``."""
     for option in reversed([
@@ -117,11 +135,13 @@ def _convert_options(f):
 @click.option("--jobs", type=click.IntRange(min=1), metavar="N",
               help="Files converted at once when SRC is a glob (default: cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_limit_options
 @_debug_option
 @click.pass_context
 def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_lossy,
             compression, layout, allow_external, path, row_group_size, template,
-            external_data, force, dry_run, progress, jobs, as_json, debug):
+            external_data, force, dry_run, progress, jobs, as_json, max_memory, allow_expand,
+            debug):
     """Convert SRC to DST (format from DST's extension or --to).
 
     With a glob SRC ('in/*.h5') or a folder DST, converts every file into DST --to FORMAT,
@@ -135,7 +155,8 @@ def convert(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_
 
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
-                   allow_external=allow_external, layout=layout, path=path)
+                   allow_external=allow_external, layout=layout, path=path,
+                   max_memory=max_memory, allow_expand=allow_expand)
     show_bar = progress if progress is not None else sys.stderr.isatty()
     if any(c in src for c in "*?[") or os.path.isdir(dst) or dst.endswith(os.sep):
         if not to_format:
@@ -212,14 +233,16 @@ def plan(ctx, src, dst, from_format, to_format, select, exclude, cast, allow_los
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--allow-external", is_flag=True,
               help="Follow HDF5 external links into files in the same folder.")
+@_limit_options
 @_debug_option
 @click.pass_context
-def inspect(ctx, file, from_format, as_json, allow_external, debug):
+def inspect(ctx, file, from_format, as_json, allow_external, max_memory, allow_expand, debug):
     """Show a file's entries, dtypes, shapes and metadata (reads headers only)."""
     from ..describe import inspect as run_inspect
 
-    manifest = _run(ctx, debug, lambda: run_inspect(file, from_format,
-                                                    allow_external=allow_external))
+    manifest = _run(ctx, debug, lambda: run_inspect(
+        file, from_format, allow_external=allow_external, max_memory=max_memory,
+        allow_expand=allow_expand))
     if as_json:
         click.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
     else:
@@ -233,9 +256,10 @@ def inspect(ctx, file, from_format, as_json, allow_external, debug):
 @click.option("--format", "style", type=click.Choice(["text", "json", "junit", "github"]),
               default="text", show_default=True, help="Output for people or CI systems.")
 @click.option("--deep", is_flag=True, help="Also read every byte (pages, CRCs, batches).")
+@_limit_options
 @_debug_option
 @click.pass_context
-def validate(ctx, files, schema, style, deep, debug):
+def validate(ctx, files, schema, style, deep, max_memory, allow_expand, debug):
     """Check FILES (globs allowed): structure and, with --schema, expectations.
 
     Exit 0 when every file passes, 1 when any fails, 2 on usage errors.
@@ -245,7 +269,8 @@ def validate(ctx, files, schema, style, deep, debug):
     from ..validate import validate as run_validate
 
     expectation = _run(ctx, debug, lambda: expect.load(schema)) if schema else None
-    reports = [run_validate(path, expectation, deep=deep) for path in expand(files)]
+    reports = [run_validate(path, expectation, deep=deep, max_memory=max_memory,
+                            allow_expand=allow_expand) for path in expand(files)]
     click.echo(render(reports, style))
     ctx.exit(0 if all(r.ok for r in reports) else 1)
 

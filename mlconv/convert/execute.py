@@ -23,7 +23,7 @@ from ..errors import (
     UnsupportedError,
 )
 from ..formats import detect, for_output
-from ..formats.base import Format, ReadOptions, WriteOptions
+from ..formats.base import MAX_MEMORY, Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
 from .graph import Plan, Step, steps_for
 
@@ -220,17 +220,19 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             allow_external: bool = False, layout: str | None = None,
             row_group_size: int | None = None, path: str = "fast", progress=None,
             dry_run: bool = False, template: str | None = None,
-            external_data: bool = False):
+            external_data: bool = False, max_memory: int = MAX_MEMORY,
+            allow_expand: bool = False):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
     Returns a Report, or with ``dry_run`` the Plan, writing nothing. ``progress`` is called
     with the bytes written as they go (``total_bytes`` of the plan is the expected sum).
+    ``max_memory`` caps one decoded buffer; ``allow_expand`` writes never-written data.
     """
     if dry_run:
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
                     compression=compression, allow_external=allow_external, layout=layout,
-                    path=path)
+                    path=path, max_memory=max_memory, allow_expand=allow_expand)
     t0 = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
     out_fmt = for_output(dst, to_format)
@@ -239,7 +241,9 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     out_fmt.check_available()
     if not overwrite and os.path.lexists(dst):
         raise OutputExistsError("output exists; use --force to replace it", dst)
-    with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
+    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                          allow_expand=allow_expand)
+    with in_fmt.read(src, options) as bundle:
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                allow_lossy=allow_lossy)
         if progress is not None and hasattr(progress, "total"):
@@ -261,7 +265,8 @@ def total_bytes(bundle: Bundle) -> int | None:
 def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
-         layout: str | None = None, path: str = "fast") -> Plan:
+         layout: str | None = None, path: str = "fast", max_memory: int = MAX_MEMORY,
+         allow_expand: bool = False) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
 
     Given two format ids instead of files (``plan("hdf5", "parquet")``), describes the
@@ -276,7 +281,9 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     in_fmt = detect(src, from_format)
     in_fmt.check_available()
     result = Plan(src, dst, in_fmt.id, out_fmt.id, path, allow_lossy=allow_lossy)
-    with in_fmt.read(src, ReadOptions(allow_external=allow_external)) as bundle:
+    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                          allow_expand=allow_expand)
+    with in_fmt.read(src, options) as bundle:
         try:
             fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                 allow_lossy=allow_lossy)
