@@ -103,6 +103,8 @@ def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
 TIMEOUT = 300
 
 _CHILD = ("import json, sys\n"
+          "from mlconv.formats._hdf5_guard import audit_from_env\n"
+          "audit_from_env()\n"
           "from mlconv.validate import child_main\n"
           "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1',\n"
           "                    int(sys.argv[4]), sys.argv[5] == '1'))\n")

@@ -20,14 +20,43 @@ import sys
 from ..errors import FormatError
 
 ENV = "MLCONV_HDF5_GUARD"
+AUDIT_ENV = "MLCONV_AUDIT_LOG"  # tests: where a process lists the files it opened
 TIMEOUT = 60                # seconds of wall time for the child
 MEMORY = 6 << 30            # bytes of address space for the child
 CPU = 60                    # seconds of CPU for the child
 _passed: set = set()        # files (path, size, mtime) already probed in this process
 
 _CHILD = ("import sys\n"
-          "from mlconv.formats._hdf5_guard import probe\n"
+          "from mlconv.formats._hdf5_guard import audit_from_env, probe\n"
+          "audit_from_env()\n"
           "sys.exit(probe(sys.argv[1], sys.argv[2] == '1'))\n")
+
+
+def audit_from_env() -> None:
+    """For tests: with $MLCONV_AUDIT_LOG set, append every path this process opens through
+    Python (``sys.addaudithook``, event "open") to that file when the process exits."""
+    log = os.environ.get(AUDIT_ENV)
+    if not log:
+        return
+    import atexit
+
+    seen: set[str] = set()
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes)):
+            seen.add(os.path.abspath(os.fsdecode(args[0])))
+
+    def dump():
+        text = "".join(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                       .replace("\n", "\\n") + "\n" for p in sorted(seen))
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    sys.addaudithook(hook)
+    atexit.register(dump)
 
 
 def _limits() -> None:  # runs in the child before exec

@@ -20,6 +20,13 @@ MAGIC = b"PAR1"
 THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
 
 
+def thrift_limit(path: str) -> int:
+    """The cap on any thrift string or container of the footer: every element takes at least
+    one byte of it, so a count larger than the footer is a lie (a bomb) refused up front."""
+    size = int.from_bytes(_tail(path), "little")
+    return max(1, min(THRIFT_LIMIT, size))
+
+
 def _open(path: str):
     import pyarrow.parquet as pq
 
@@ -32,9 +39,10 @@ def _open(path: str):
                               "are required and mlconv does not take them", path)
         if head != MAGIC or tail != MAGIC:
             raise FormatError("not a Parquet file: it must start and end with PAR1", path)
+    limit = thrift_limit(path)
     try:
-        return pq.ParquetFile(path, thrift_string_size_limit=THRIFT_LIMIT,
-                              thrift_container_size_limit=THRIFT_LIMIT)
+        return pq.ParquetFile(path, thrift_string_size_limit=limit,
+                              thrift_container_size_limit=limit)
     except layouts.arrow_errors() as e:
         raise FormatError(f"not a readable Parquet file: {layouts.one_line(e)}", path) from None
 
@@ -103,9 +111,10 @@ class Parquet(Format):
                                      f"lies outside the data ({4}..{end})"))
         if deep and not problems:
             try:
+                limit = thrift_limit(path)
                 checked = pq.ParquetFile(path, page_checksum_verification=True,
-                                         thrift_string_size_limit=THRIFT_LIMIT,
-                                         thrift_container_size_limit=THRIFT_LIMIT)
+                                         thrift_string_size_limit=limit,
+                                         thrift_container_size_limit=limit)
                 for _ in checked.iter_batches(65536):
                     pass
             except layouts.arrow_errors() as e:
