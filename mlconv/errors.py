@@ -7,6 +7,22 @@ the CLI prints: ``<what> (<file>[:<entry>])``.
 from __future__ import annotations
 
 import os
+import re
+
+MAX_LINE = 1000  # characters of an error line; a file can put anything in a message
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: control characters
+    (newlines in file or entry names) and lone surrogates escaped, the middle of an
+    overlong line cut out."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = f"{text[:limit // 2]}...[{cut} characters cut]...{text[-(limit // 2):]}"
+    return text
 
 
 class MlconvError(Exception):
@@ -23,7 +39,9 @@ class MlconvError(Exception):
         where = self.path or ""
         if self.entry is not None:
             where = f"{where}:{self.entry}" if where else self.entry
-        return f"{self.message} ({where})" if where else self.message
+        # the message and the name each capped, so a long message keeps the file's name
+        message = one_line(self.message)
+        return f"{message} ({one_line(where, MAX_LINE // 2)})" if where else message
 
 
 class FormatError(MlconvError, ValueError):

@@ -14,6 +14,7 @@ from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
+from ..sources import check_memory
 from .base import Capabilities, Format
 
 MAGIC = b"PAR1"
@@ -78,15 +79,26 @@ class Parquet(Format):
             starts.append(total)
             total += pf.metadata.row_group(i).num_rows
 
+        cache: list = [None, None]  # (row group index, its bytes column): rows read in order
+
         def entry_bytes(row: int):
             import bisect
 
             rg = bisect.bisect_right(starts, row) - 1
-            try:
-                col = pf.read_row_group(rg, columns=["bytes"]).column(0)
-                return col[row - starts[rg]].as_buffer()
-            except layouts.arrow_errors() as e:
-                raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
+            if rg < 0:
+                return None
+            if cache[0] != rg:
+                meta = pf.metadata.row_group(rg)
+                check_memory(meta.total_byte_size, options.max_memory, path,
+                             f"row group {rg}")
+                try:
+                    cache[:] = [rg, pf.read_row_group(rg, columns=["bytes"]).column(0)]
+                except layouts.arrow_errors() as e:
+                    raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
+            col = cache[1]
+            if row - starts[rg] >= len(col):
+                return None
+            return col[row - starts[rg]].as_buffer()
 
         return layouts.read_bundle(table, name, path, self.id, entry_bytes)
 
