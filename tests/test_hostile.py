@@ -3,7 +3,7 @@ error (exit 1, one line on stderr, never "internal error", never a signal), peak
 1 GiB and under 30 s, and no file opened outside the input's folder (audited with
 ``sys.addaudithook`` in the CLI process and in the HDF5 guard and validate children).
 
-The generators are in tests/hostile.py; the three commands of a case run at once."""
+The generators are in tests/hostile.py; the three commands of a case run two at a time."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_hostile(tmp_path, name):
     dst = folder / ("out" + case.to)
     commands = {"inspect": ["inspect", src], "convert": ["convert", src, dst],
                 "validate": ["validate", src]}
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(2) as pool:  # two cores
         futures = {cmd: pool.submit(_run, [*args, *case.args.get(cmd, [])], tmp_path, cmd)
                    for cmd, args in commands.items()}
         results = {cmd: f.result() for cmd, f in futures.items()}

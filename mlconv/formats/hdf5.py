@@ -314,7 +314,8 @@ class _Reader:
                 continue
             try:
                 obj = group[key]
-                ident = (obj.file.filename, _h5py().h5o.get_info(obj.id).addr)
+                info = _h5py().h5o.get_info(obj.id)
+                ident = (info.fileno, info.addr)  # no File object per entry (30,000 datasets)
             except _H5_ERRORS as e:
                 raise FormatError(f"cannot open object: {e}", self.path, name) from None
             if ident in self.visited:
