@@ -10,7 +10,6 @@ extension types are never registered. Layouts of tensors as in Parquet (``mlconv
 from __future__ import annotations
 
 import os
-
 import struct
 
 from .. import layouts
