@@ -558,7 +558,7 @@ def safetensors_many_empty(d: Path, n: int = 100_000) -> Path:
     """100,000 empty entries (the issue's 1,000,000 took > 75 s; work per entry is O(1),
     and a tenth of them keeps the run within 30 s on two busy cores)."""
     parts = [b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(n)]
-    return _safetensors(d / "million.safetensors", {}, raw_header=b"{" + b",".join(parts) + b"}")
+    return _safetensors(d / "many.safetensors", {}, raw_header=b"{" + b",".join(parts) + b"}")
 
 
 def safetensors_surrogate_name(d: Path) -> Path:

@@ -145,6 +145,8 @@ class H5Source(Source):
             yield block
 
     def array(self):
+        if self.unavailable:
+            raise UnsupportedError(self.unavailable, self.path, self.entry)
         if self.itemsize is None:
             import numpy as np
 
@@ -154,6 +156,8 @@ class H5Source(Source):
         return self._read(())
 
     def chunks(self, size: int = CHUNK):
+        if self.unavailable:
+            raise UnsupportedError(self.unavailable, self.path, self.entry)
         if self.itemsize is None:
             for block in self._vlen_blocks():
                 yield from array_chunks(block, self.dtype, size)
