@@ -6,7 +6,7 @@ import os
 
 from . import __version__
 from .formats import detect
-from .formats.base import ReadOptions
+from .formats.base import MAX_MEMORY, ReadOptions
 from .model import Bundle, Table
 
 
@@ -38,12 +38,15 @@ def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
     return out
 
 
-def inspect(path, format: str | None = None, *, allow_external: bool = False) -> dict:
+def inspect(path, format: str | None = None, *, allow_external: bool = False,
+            max_memory: int = MAX_MEMORY, allow_expand: bool = False) -> dict:
     """The manifest of ``path`` (valid against schemas/manifest.schema.json)."""
     path = os.fspath(path)
     fmt = detect(path, format)
     fmt.check_available()
-    with fmt.read(path, ReadOptions(allow_external=allow_external)) as bundle:
+    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                          allow_expand=allow_expand)
+    with fmt.read(path, options) as bundle:
         return bundle_manifest(bundle, path, os.path.getsize(path))
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 
-MAX_LINE = 2000  # an error is one line a person can read; longer ones are cut
+MAX_LINE = 1000  # characters of an error line; a file can put anything in a message
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Messages name their way out in CLI words (``use --force``); a library caller reads the
 # same hint as keyword arguments (``use overwrite=True``).
@@ -39,10 +40,16 @@ def _api_words(text: str) -> str:
     return _FLAG.sub(sub, text)
 
 
-def one_line(text: str) -> str:
-    """``text`` on one line of bounded length (names from files may hold newlines)."""
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    return text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "..."
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: control characters
+    (newlines in file or entry names) and lone surrogates escaped, the middle of an
+    overlong line cut out."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = f"{text[:limit // 2]}...[{cut} characters cut]...{text[-(limit // 2):]}"
+    return text
 
 
 class MlconvError(Exception):
@@ -60,8 +67,9 @@ class MlconvError(Exception):
         where = self.path or ""
         if self.entry is not None:
             where = f"{where}:{self.entry}" if where else self.entry
-        message = self.message if cli else _api_words(self.message)
-        return one_line(f"{message} ({where})" if where else message)
+        # the message and the name each capped, so a long message keeps the file's name
+        message = one_line(self.message if cli else _api_words(self.message))
+        return f"{message} ({one_line(where, MAX_LINE // 2)})" if where else message
 
     def __str__(self) -> str:
         return self.render(cli=False)

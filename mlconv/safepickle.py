@@ -10,6 +10,7 @@ import pickletools
 from .errors import UnsafeInputError
 
 _MAX_OPS = 100_000
+_MAX_VALUES = 1_000_000  # values once shared references (memo GETs) are expanded
 
 
 class _Mark:
@@ -81,6 +82,7 @@ def loads(data: bytes, what: str = "pickled attribute"):
                 if _depth(stack[0]) > MAX_DEPTH:
                     raise UnsafeInputError(f"{what}: pickle nested deeper than {MAX_DEPTH} "
                                            "levels (or a cycle, or too many shared parts)")
+                _check_expansion(stack[0], what)
                 return stack[0]
             else:
                 raise UnsafeInputError(
@@ -121,3 +123,31 @@ def _pop_mark(stack: list) -> list:
             del stack[i:]
             return items
     raise ValueError("MARK missing")
+
+
+def _check_expansion(value, what: str) -> None:
+    """Refuse a value that is small as a pickle but huge once its shared parts are counted
+    as copies (a tuple holding the previous one twice, 40 levels deep, is 2^40 strings
+    to anything that prints, hashes or converts it). Counted over the DAG, O(ops)."""
+    sizes: dict[int, int] = {}
+    todo = [(value, False)]
+    while todo:
+        node, done = todo.pop()
+        if not isinstance(node, (list, tuple, dict)) or (id(node) in sizes and not done):
+            continue
+        items = list(node.items()) if isinstance(node, dict) else node
+        children = [c for pair in items for c in pair] if isinstance(node, dict) else items
+        if not done:
+            sizes[id(node)] = -1  # on the path: a container holding itself is refused
+            todo.append((node, True))
+            for child in children:
+                if sizes.get(id(child)) == -1:
+                    raise UnsafeInputError(f"{what}: pickle holds a container inside itself")
+                todo.append((child, False))
+            continue
+        total = 1 + sum(sizes.get(id(c), 1) if isinstance(c, (list, tuple, dict)) else 1
+                        for c in children)
+        if total > _MAX_VALUES:
+            raise UnsafeInputError(f"{what}: pickle expands to more than {_MAX_VALUES} values "
+                                   "(shared references repeated)")
+        sizes[id(node)] = total

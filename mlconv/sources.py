@@ -26,6 +26,14 @@ def _np():
     return numpy
 
 
+def check_memory(nbytes: int | None, limit: int | None, path=None, entry=None) -> None:
+    """Refuse to decode ``nbytes`` into one buffer when that is over ``limit``
+    (``--max-memory``): headers can claim anything, memory is bounded by the cap."""
+    if limit is not None and nbytes is not None and nbytes > limit:
+        raise UnsupportedError(f"reading this needs one {nbytes}-byte buffer, more than "
+                               f"--max-memory ({limit} bytes) allows", path, entry)
+
+
 def element_dtype(dtype: DType, itemsize: int, byteorder: str = "<"):
     """numpy dtype of one stored element (byte order applied where it means anything)."""
     np = _np()
@@ -109,6 +117,7 @@ class Source:
     """Lazy data of one tensor: dtype, shape and the two views described in the module doc."""
 
     span: tuple[str, int, int] | None = None
+    limit: int | None = None  # --max-memory: bytes one decoded buffer may take
 
     def __init__(self, dtype: DType, shape: tuple[int, ...], itemsize: int | None = None):
         self.dtype = dtype
@@ -246,6 +255,7 @@ class StreamSource(_Stored):
 
     def array(self):
         np = _np()
+        check_memory(self.nbytes, self.limit, self.path, self.entry)
         with self._opener() as f:
             raw = bytearray(self._read(f, self.nbytes))
         return self._from_bytes(np.frombuffer(raw, dtype=np.uint8))

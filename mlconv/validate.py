@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import MlconvError, OptionError
 from .formats import detect
-from .formats.base import ReadOptions
+from .formats.base import MAX_MEMORY, ReadOptions
 
 
 @dataclass
@@ -53,11 +53,13 @@ class Report:
 
 
 def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
-             allow_external: bool = False) -> Report:
+             allow_external: bool = False, max_memory: int = MAX_MEMORY,
+             allow_expand: bool = False) -> Report:
     """Validate one file; ``schema`` is an expectation (dict or path to JSON/YAML).
 
     By default every page, chunk and tensor is decoded (a file that passes converts);
-    ``deep=False`` checks headers only.
+    ``deep=False`` checks headers only. ``max_memory`` caps one decoded buffer;
+    ``allow_expand`` reads never-written data.
     """
     from . import expect
 
@@ -73,7 +75,8 @@ def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
         report.problems.append(Problem(e.entry, e.message))
         return report
     report.format = fmt.id
-    options = ReadOptions(trusted=True, allow_external=allow_external)
+    options = ReadOptions(trusted=True, allow_external=allow_external,
+                          max_memory=max_memory, allow_expand=allow_expand)
     if fmt.id == "hdf5" and _isolate():
         return _in_child(path, expectation, deep, options)
     return _validate_here(path, fmt, expectation, deep, report, options)
@@ -106,9 +109,11 @@ def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
 TIMEOUT = 300
 
 _CHILD = ("import json, sys\n"
+          "from mlconv.formats._hdf5_guard import audit_from_env\n"
+          "audit_from_env()\n"
           "from mlconv.validate import child_main\n"
           "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1',\n"
-          "                    sys.argv[4] == '1'))\n")
+          "                    sys.argv[4] == '1', int(sys.argv[5]), sys.argv[6] == '1'))\n")
 
 
 def _isolate() -> bool:
@@ -125,7 +130,8 @@ def _in_child(path: str, expectation, deep: bool, options: ReadOptions) -> Repor
     report = Report(path, "hdf5")
     try:
         res = subprocess.run([sys.executable, "-c", _CHILD, path, json.dumps(expectation),
-                              "1" if deep else "0", "1" if options.allow_external else "0"],
+                              "1" if deep else "0", "1" if options.allow_external else "0",
+                              str(options.max_memory), "1" if options.allow_expand else "0"],
                              capture_output=True, text=True, timeout=TIMEOUT,
                              preexec_fn=_hdf5_guard._limits, env=env,
                              stdin=subprocess.DEVNULL, check=False)
@@ -153,11 +159,13 @@ def _in_child(path: str, expectation, deep: bool, options: ReadOptions) -> Repor
     return report
 
 
-def child_main(path: str, expectation_json: str, deep: bool, allow_external: bool) -> int:
+def child_main(path: str, expectation_json: str, deep: bool, allow_external: bool = False,
+               max_memory: int = MAX_MEMORY, allow_expand: bool = False) -> int:
     """Child side of the HDF5 isolation: validate here, print the report as JSON."""
     expectation = json.loads(expectation_json)
     fmt = detect(path, "hdf5")
-    options = ReadOptions(trusted=True, allow_external=allow_external)
+    options = ReadOptions(trusted=True, allow_external=allow_external,
+                          max_memory=max_memory, allow_expand=allow_expand)
     report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id), options)
     print(json.dumps(report.as_dict()))
     return 0

@@ -106,6 +106,24 @@ def cli(ctx, debug):
     ctx.ensure_object(dict)["debug"] = debug
 
 
+def _limit_options(f):
+    """--max-memory and --allow-expand (convert, inspect, validate)."""
+    from ..formats.base import MAX_MEMORY, parse_size
+
+    def size(ctx, param, value):
+        try:
+            return parse_size(value)
+        except OptionError as e:
+            raise click.BadParameter(e.message) from None
+
+    f = click.option("--allow-expand", is_flag=True,
+                     help="Write never-written HDF5 data as its fill values, whatever "
+                     "the size.")(f)
+    return click.option("--max-memory", default=str(MAX_MEMORY), callback=size,
+                        metavar="SIZE", show_default="1GiB",
+                        help="Cap on one decoded buffer (chunk, batch, zip member).")(f)
+
+
 def _convert_options(f):
     """Options shared by ``convert`` and ``plan``."""
     for option in reversed([
@@ -157,11 +175,13 @@ def _convert_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every loss, not one line per kind.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@_limit_options
 @_debug_option
 @click.pass_context
 def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
             compression, layout, allow_external, path, force, row_group_size, template,
-            external_data, pad, dry_run, progress, jobs, as_json, verbose, quiet, debug):
+            external_data, pad, dry_run, progress, jobs, as_json, verbose, quiet, max_memory,
+            allow_expand, debug):
     """Convert SRC to DST (format from DST's extension or --to).
 
     \b
@@ -179,7 +199,7 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
                    allow_external=allow_external, layout=layout, path=path, overwrite=force,
-                   pad=pad)
+                   pad=pad, max_memory=max_memory, allow_expand=allow_expand)
     verbosity = -1 if quiet else (1 if verbose else 0)
     show_bar = progress if progress is not None else sys.stderr.isatty()
     many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")
@@ -367,14 +387,16 @@ def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--allow-external", is_flag=True,
               help="Follow HDF5 external links into files in the same folder.")
+@_limit_options
 @_debug_option
 @click.pass_context
-def inspect(ctx, file, from_format, as_json, allow_external, debug):
+def inspect(ctx, file, from_format, as_json, allow_external, max_memory, allow_expand, debug):
     """Show a file's entries, dtypes, shapes, attributes and metadata (reads headers only)."""
     from ..describe import inspect as run_inspect
 
-    manifest = _run(ctx, debug, lambda: run_inspect(file, from_format,
-                                                    allow_external=allow_external))
+    manifest = _run(ctx, debug, lambda: run_inspect(
+        file, from_format, allow_external=allow_external, max_memory=max_memory,
+        allow_expand=allow_expand))
     if as_json:
         say(json.dumps(manifest, indent=2, ensure_ascii=False))
     else:
@@ -396,10 +418,11 @@ def inspect(ctx, file, from_format, as_json, allow_external, debug):
 @click.option("--from", "from_format", type=FORMAT_IDS, help="Input format (default: detect).")
 @click.option("--allow-external", is_flag=True,
               help="Follow HDF5 external links into files in the same folder.")
+@_limit_options
 @_debug_option
 @click.pass_context
 def validate(ctx, files, schemas, style, junit_xml, quick, deep, from_format, allow_external,
-             debug):
+             max_memory, allow_expand, debug):
     """Check FILES (globs allowed): structure, every page, chunk and tensor decoded
     (checksums verified where the format has them) and, with --schema, expectations.
 
@@ -413,7 +436,8 @@ def validate(ctx, files, schemas, style, junit_xml, quick, deep, from_format, al
         raise click.UsageError("--quick and --deep contradict each other")
     chooser = _run(ctx, debug, lambda: expect.Chooser.from_options(schemas))
     reports = [run_validate(path, chooser.for_file(path), deep=not quick, format=from_format,
-                            allow_external=allow_external)
+                            allow_external=allow_external, max_memory=max_memory,
+                            allow_expand=allow_expand)
                for path in expand(files)]
     if junit_xml:
         _run(ctx, debug, lambda: _write_text(junit_xml, render(reports, "junit")))

@@ -25,7 +25,7 @@ from ..errors import (
     as_loss,
 )
 from ..formats import detect, for_output, get
-from ..formats.base import Format, ReadOptions, WriteOptions
+from ..formats.base import MAX_MEMORY, Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
 from .graph import Plan, Step, steps_for
 from .select import kept, parse_casts, select_entries
@@ -217,26 +217,31 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             allow_external: bool = False, layout: str | None = None,
             row_group_size: int | None = None, path: str = "fast", progress=None,
             dry_run: bool = False, template: str | None = None,
-            external_data: bool = False, pad: float | None = None):
+            external_data: bool = False, pad: float | None = None,
+            max_memory: int = MAX_MEMORY, allow_expand: bool = False):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
     ``src`` may also be a list of files: they merge into one ``dst`` (each keeps its entry
     names; an npy file's entry is its file stem). Returns a Report, or with ``dry_run`` the
     Plan, writing nothing. ``progress`` is called with the bytes written as they go; when it
     has a ``total`` attribute, that is set to the expected sum first.
+    ``max_memory`` caps one decoded buffer; ``allow_expand`` writes never-written data.
     """
     if dry_run:
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
                     compression=compression, allow_external=allow_external, layout=layout,
-                    path=path, overwrite=overwrite, pad=pad)
+                    path=path, overwrite=overwrite, pad=pad, max_memory=max_memory,
+                    allow_expand=allow_expand)
     t0 = time.perf_counter()
     dst = os.fspath(dst)
     out_fmt = for_output(dst, to_format)
     out_fmt.check_available()
     if not overwrite and os.path.lexists(dst):
         raise OutputExistsError("output exists; use --force to replace it", dst)
-    with open_sources(src, from_format, allow_external, allow_lossy) as (bundle, in_id, shown):
+    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                          allow_expand=allow_expand)
+    with open_sources(src, from_format, options, allow_lossy) as (bundle, in_id, shown):
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                allow_lossy=allow_lossy, pad=pad)
         if progress is not None and hasattr(progress, "total"):
@@ -249,14 +254,14 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
 
 
 @contextlib.contextmanager
-def open_sources(src, from_format, allow_external, allow_lossy=False):
+def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
     """Yield (bundle, format id, name for reports) for one file, or for a list of files
     merged into one bundle (kept open together, closed together)."""
     if isinstance(src, (str, os.PathLike)) or len(src) == 1:
         one = os.fspath(src if isinstance(src, (str, os.PathLike)) else src[0])
         fmt = detect(one, from_format)
         fmt.check_available()
-        with fmt.read(one, ReadOptions(allow_external=allow_external)) as bundle:
+        with fmt.read(one, options) as bundle:
             yield bundle, fmt.id, one
         return
     with contextlib.ExitStack() as stack:
@@ -267,8 +272,7 @@ def open_sources(src, from_format, allow_external, allow_lossy=False):
             fmt = detect(item, from_format)
             fmt.check_available()
             ids.append(fmt.id)
-            part = stack.enter_context(fmt.read(item, ReadOptions(
-                allow_external=allow_external)))
+            part = stack.enter_context(fmt.read(item, options))
             _merge_into(merged, part, item, owner, allow_lossy)
         merged.format = ids[0] if len(set(ids)) == 1 else None
         yield merged, "+".join(dict.fromkeys(ids)), f"{len(src)} files"
@@ -309,7 +313,8 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
          layout: str | None = None, path: str = "fast", overwrite: bool = False,
-         pad: float | None = None) -> Plan:
+         pad: float | None = None, max_memory: int = MAX_MEMORY,
+         allow_expand: bool = False) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
 
     It stops where the run would stop (a refused loss, an existing DST without
@@ -325,7 +330,9 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     if isinstance(src, str) and src in IDS and dst in IDS and not os.path.exists(src):
         return _format_plan(get(src), get(dst))
     out_fmt = for_output(dst, to_format)
-    with open_sources(src, from_format, allow_external, allow_lossy) as (bundle, in_id, shown):
+    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                          allow_expand=allow_expand)
+    with open_sources(src, from_format, options, allow_lossy) as (bundle, in_id, shown):
         result = Plan(shown, dst, in_id, out_fmt.id, path, allow_lossy=allow_lossy)
         try:
             fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import MlconvError, OptionError
+from ..formats.base import MAX_MEMORY
 from .execute import Report, convert
 
 
@@ -60,8 +61,9 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
                       compression: str | None = None, allow_external: bool = False,
                       layout: str | None = None, row_group_size: int | None = None,
                       path: str = "fast", template: str | None = None,
-                      external_data: bool = False,
-                      pad: float | None = None) -> Iterator[FileResult]:
+                      external_data: bool = False, pad: float | None = None,
+                      max_memory: int = MAX_MEMORY,
+                      allow_expand: bool = False) -> Iterator[FileResult]:
     """Convert each of ``sources`` into ``dst_dir``, ``jobs`` at a time; yields a FileResult
     per file, in the order given, as soon as it (and those before it) are done. One bad file
     never stops the others."""
@@ -73,7 +75,8 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
                    exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=overwrite,
                    compression=compression, allow_external=allow_external, layout=layout,
                    row_group_size=row_group_size, path=path, template=template,
-                   external_data=external_data, pad=pad)
+                   external_data=external_data, pad=pad, max_memory=max_memory,
+                   allow_expand=allow_expand)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
     if jobs == 1:
         for src, dst in tasks:

@@ -20,14 +20,44 @@ import sys
 from ..errors import FormatError
 
 ENV = "MLCONV_HDF5_GUARD"
+AUDIT_ENV = "MLCONV_AUDIT_LOG"  # tests: where a process lists the files it opened
 TIMEOUT = 60                # seconds of wall time for the child
 MEMORY = 6 << 30            # bytes of address space for the child
 CPU = 60                    # seconds of CPU for the child
 _passed: set = set()        # files (path, size, mtime) already probed in this process
 
 _CHILD = ("import sys\n"
-          "from mlconv.formats._hdf5_guard import probe\n"
-          "sys.exit(probe(sys.argv[1], sys.argv[2] == '1'))\n")
+          "from mlconv.formats._hdf5_guard import audit_from_env, probe\n"
+          "audit_from_env()\n"
+          "sys.exit(probe(sys.argv[1], sys.argv[2] == '1', int(sys.argv[3]),\n"
+          "               sys.argv[4] == '1'))\n")
+
+
+def audit_from_env() -> None:
+    """For tests: with $MLCONV_AUDIT_LOG set, append every path this process opens through
+    Python (``sys.addaudithook``, event "open") to that file when the process exits."""
+    log = os.environ.get(AUDIT_ENV)
+    if not log:
+        return
+    import atexit
+
+    seen: set[str] = set()
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes)):
+            seen.add(os.path.abspath(os.fsdecode(args[0])))
+
+    def dump():
+        text = "".join(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                       .replace("\n", "\\n") + "\n" for p in sorted(seen))
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    sys.addaudithook(hook)
+    atexit.register(dump)
 
 
 def _limits() -> None:  # runs in the child before exec
@@ -80,13 +110,15 @@ def start(path: str, options) -> Pending:
     if not enabled(options):
         return Pending(path, None, None)
     st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, options.allow_external)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, options.allow_external,
+           options.max_memory, options.allow_expand)
     if key in _passed:
         return Pending(path, key, None)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
     env[ENV] = "0"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, path, "1" if options.allow_external else "0"],
+        [sys.executable, "-c", _CHILD, path, "1" if options.allow_external else "0",
+         str(options.max_memory), "1" if options.allow_expand else "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         preexec_fn=_limits, env=env)
     return Pending(path, key, proc)
@@ -97,14 +129,18 @@ def check(path: str, options) -> None:
     start(path, options).wait()
 
 
-def probe(path: str, allow_external: bool) -> int:
-    """Child side: read everything but bulk data; 0 when fine, 1 on an ordinary error."""
+def probe(path: str, allow_external: bool, max_memory: int | None = None,
+          allow_expand: bool = False) -> int:
+    """Child side: read everything but bulk data; 0 when fine, 1 on an ordinary error.
+    The first chunk of each dataset is decoded under the same --max-memory cap."""
     from ..errors import MlconvError
-    from .base import ReadOptions
+    from .base import MAX_MEMORY, ReadOptions
     from .hdf5 import FORMAT
 
+    options = ReadOptions(allow_external=allow_external, trusted=True,
+                          max_memory=max_memory or MAX_MEMORY, allow_expand=allow_expand)
     try:
-        with FORMAT.read(path, ReadOptions(allow_external=allow_external, trusted=True)) as b:
+        with FORMAT.read(path, options) as b:
             for entry in b.values():
                 try:
                     if entry.kind == "table":

@@ -10,16 +10,103 @@ extension types are never registered. Layouts of tensors as in Parquet (``mlconv
 from __future__ import annotations
 
 import os
+import struct
 
 from .. import layouts
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
-from .base import Capabilities, Format, stem_name
+from ..sources import check_memory
+from .base import MAX_MEMORY, Capabilities, Format, stem_name
 
 FILE_MAGIC = b"ARROW1"
 STREAM_EXTENSIONS = (".arrows",)
+
+
+# --- batch sizes from the IPC metadata (flatbuffers), without decoding any batch ------------
+
+class _Flat:
+    """A flatbuffer table, read with every offset checked against the buffer."""
+
+    def __init__(self, buf, pos: int):
+        self.buf = buf
+        self.pos = pos
+        self.vt = pos - self._get("<i", pos)
+        self.vt_len = self._get("<H", self.vt)
+
+    def _get(self, fmt: str, at: int):
+        if at < 0 or at + struct.calcsize(fmt) > len(self.buf):
+            raise ValueError("flatbuffer offset out of range")
+        return struct.unpack_from(fmt, self.buf, at)[0]
+
+    def _field(self, i: int) -> int:
+        at = 4 + 2 * i
+        return self._get("<H", self.vt + at) if at + 2 <= self.vt_len else 0
+
+    def scalar(self, i: int, fmt: str, default=0):
+        off = self._field(i)
+        return self._get(fmt, self.pos + off) if off else default
+
+    def table(self, i: int):
+        off = self._field(i)
+        if not off:
+            return None
+        at = self.pos + off
+        return _Flat(self.buf, at + self._get("<I", at))
+
+    def vector(self, i: int, width: int) -> list[int]:
+        """Start offsets of the ``width``-byte elements of vector field ``i``."""
+        off = self._field(i)
+        if not off:
+            return []
+        at = self.pos + off
+        at += self._get("<I", at)
+        n = self._get("<I", at)
+        if at + 4 + n * width > len(self.buf):
+            raise ValueError("flatbuffer vector out of range")
+        return [at + 4 + k * width for k in range(n)]
+
+
+def _root(buf) -> _Flat:
+    return _Flat(buf, struct.unpack_from("<I", buf, 0)[0])
+
+
+def batch_info(metadata, body) -> tuple[int, int] | None:
+    """(rows, bytes once decoded) of a record batch message, or None for other messages.
+    Compressed buffers start with their decoded length (Arrow format spec)."""
+    meta = _root(memoryview(metadata))
+    if meta.scalar(1, "<B") != 3:  # MessageHeader.RecordBatch
+        return None
+    rb = meta.table(2)
+    if rb is None:
+        raise ValueError("record batch message without a header")
+    rows = rb.scalar(0, "<q")
+    compressed = rb.table(3) is not None
+    view = memoryview(body) if body is not None else memoryview(b"")
+    total = 0
+    for at in rb.vector(2, 16):
+        offset, length = struct.unpack_from("<qq", rb.buf, at)
+        if offset < 0 or length < 0 or offset + length > len(view):
+            raise ValueError("buffer outside the message body")
+        if compressed and length >= 8:
+            decoded = struct.unpack_from("<q", view, offset)[0]
+            length = length - 8 if decoded == -1 else decoded
+        total += max(0, length)
+    if rows < 0:
+        raise ValueError(f"negative row count {rows}")
+    return rows, total
+
+
+def _file_blocks(buf) -> list[tuple[int, int]]:
+    """(offset, metadata length) of each record batch block in an IPC file's footer."""
+    size = len(buf)
+    (n,) = struct.unpack_from("<i", buf, size - 10)
+    start = size - 10 - n
+    if n <= 0 or start < 8:
+        raise ValueError("footer length outside the file")
+    footer = _root(memoryview(buf)[start:size - 10])
+    return [struct.unpack_from("<qi", footer.buf, at) for at in footer.vector(3, 24)]
 
 
 def _validate(batch, path) -> None:
@@ -59,12 +146,14 @@ def _why(e) -> str:
 class _Source:
     """Opens the IPC data behind a memory map: random access for files, a pass for streams."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, limit: int | None = MAX_MEMORY):
         import mmap
 
         import pyarrow as pa
 
-        self.path = path
+        self.path, self.limit = path, limit
+        self._cache: tuple[int, object] | None = None  # (index, batch) last decoded
+        self._stream_at: tuple[int, object] | None = None  # (next index, reader) of a stream
         # our own map (not pa.memory_map) so a streamed pass can drop the pages it read
         with open(path, "rb") as fh:
             if os.fstat(fh.fileno()).st_size == 0:
@@ -89,6 +178,71 @@ class _Source:
                 raise FormatError(f"not a readable Arrow IPC file or stream: {_why(e)}",
                                   path) from None
         self.schema = self.reader.schema
+        self.sizes = self._sizes()
+        self.starts = [0]
+        for rows, _ in self.sizes:
+            self.starts.append(self.starts[-1] + rows)
+
+    def _sizes(self) -> list[tuple[int, int]]:
+        """(rows, decoded bytes) of every record batch, from the metadata alone."""
+        import pyarrow as pa
+
+        out = []
+        try:
+            if self.stream:
+                reader = pa.ipc.MessageReader.open_stream(pa.BufferReader(self.buffer))
+                for message in reader:
+                    info = batch_info(message.metadata, message.body)
+                    if info is not None:
+                        out.append(info)
+            else:
+                for offset, _ in _file_blocks(self.map):
+                    message = pa.ipc.read_message(self.buffer.slice(offset))
+                    info = batch_info(message.metadata, message.body)
+                    if info is None:
+                        raise ValueError(f"footer block at {offset} is not a record batch")
+                    out.append(info)
+        except (ValueError, struct.error, *layouts.arrow_errors()) as e:
+            raise FormatError(f"corrupt IPC metadata: {layouts.one_line(e)}", self.path) \
+                from None
+        if not self.stream and len(out) != self.reader.num_record_batches:
+            raise FormatError("footer lists a different number of batches than pyarrow reads",
+                              self.path)
+        return out
+
+    def batch(self, i: int):
+        """Record batch ``i``, decoded only if its decoded size is within --max-memory;
+        the last one is kept, so reading rows in order decodes each batch once."""
+        import pyarrow as pa
+
+        if self._cache is not None and self._cache[0] == i:
+            return self._cache[1]
+        check_memory(self.sizes[i][1], self.limit, self.path, f"record batch {i}")
+        try:
+            if not self.stream:
+                batch = self.reader.get_batch(i)
+            else:
+                if self._stream_at is None or self._stream_at[0] > i:
+                    self._stream_at = (0, pa.ipc.open_stream(pa.BufferReader(self.buffer)))
+                k, reader = self._stream_at
+                while True:
+                    if k != i:
+                        check_memory(self.sizes[k][1], self.limit, self.path,
+                                     f"record batch {k}")
+                    batch = reader.read_next_batch()
+                    k += 1
+                    if k > i:
+                        break
+                self._stream_at = (k, reader)
+        except StopIteration:
+            raise FormatError(f"record batch {i} missing", self.path) from None
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"corrupt record batch: {_why(e)}", self.path) from None
+        if batch.num_rows != self.sizes[i][0]:
+            raise FormatError(f"record batch {i} holds {batch.num_rows} rows, its metadata "
+                              f"{self.sizes[i][0]}", self.path)
+        self._cache = (i, batch)
+        return batch
 
     def drop_pages(self) -> None:
         """Let the kernel reclaim mapped pages already read (RSS stays bounded); arrays
@@ -101,17 +255,9 @@ class _Source:
             pass
 
     def raw_batches(self):
-        import pyarrow as pa
-
-        try:
-            if self.stream:
-                with pa.ipc.open_stream(pa.BufferReader(self.buffer)) as reader:
-                    yield from reader
-            else:
-                for i in range(self.reader.num_record_batches):
-                    yield self.reader.get_batch(i)
-        except layouts.arrow_errors() as e:
-            raise FormatError(f"corrupt record batch: {_why(e)}", self.path) from None
+        for i in range(len(self.sizes)):
+            yield self.batch(i)
+            self._cache = None  # a pass in order keeps only the batch in use
 
     def batches(self, rows: int, columns=None):
         for batch in self.raw_batches():
@@ -126,21 +272,24 @@ class _Source:
             self.drop_pages()
 
     def count_rows(self) -> int:
-        return sum(b.num_rows for b in self.raw_batches())
+        return self.starts[-1]
 
     def row(self, row: int):
         """The ``bytes`` value of entries-layout row ``row``, zero-copy from the map."""
+        import bisect
+
         import pyarrow as pa
 
-        seen = 0
-        for batch in self.raw_batches():
-            if row < seen + batch.num_rows:
-                _validate(batch, self.path)
-                col = batch.column(batch.schema.get_field_index("bytes"))
-                value = col[row - seen]
-                return value.as_buffer() if value.is_valid else pa.py_buffer(b"")
-            seen += batch.num_rows
-        return None
+        if not 0 <= row < self.starts[-1]:
+            return None
+        i = bisect.bisect_right(self.starts, row) - 1
+        fresh = self._cache is None or self._cache[0] != i
+        batch = self.batch(i)
+        if fresh:
+            _validate(batch, self.path)
+        col = batch.column(batch.schema.get_field_index("bytes"))
+        value = col[row - self.starts[i]]
+        return value.as_buffer() if value.is_valid else pa.py_buffer(b"")
 
     def close(self) -> None:
         self.reader = None  # arrays handed out keep the map alive; it unmaps when they go
@@ -151,7 +300,7 @@ class Arrow(Format):
         return head.startswith(FILE_MAGIC)
 
     def read(self, path: str, options) -> Bundle:
-        src = _Source(path)
+        src = _Source(path, options.max_memory)
         name = stem_name(path)
         schema = src.schema
         cols = layouts.schema_columns(schema, path)

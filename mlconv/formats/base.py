@@ -11,6 +11,7 @@ from ..dtypes import DType
 from ..errors import MissingDependencyError
 
 ALIGN = 4096  # data sections start here so outputs are mmap- and reflink-friendly
+MAX_MEMORY = 1 << 30  # default cap on one decoded buffer (--max-memory)
 
 
 def _bad_text(arr) -> str | None:
@@ -28,6 +29,28 @@ def _bad_text(arr) -> str | None:
 class ReadOptions:
     allow_external: bool = False  # follow links/files outside the file (same folder only)
     trusted: bool = False         # skip the crash guard for libraries that can crash (HDF5)
+    max_memory: int = MAX_MEMORY  # bytes one decoded buffer (chunk, batch, member) may take
+    allow_expand: bool = False    # write fill values of never-written data, whatever the size
+
+
+def parse_size(text) -> int:
+    """A byte count from ``1073741824``, ``512M``, ``1GiB``, ``2g``... (OptionError if not)."""
+    from ..errors import OptionError
+
+    if isinstance(text, int):
+        value = text
+    else:
+        units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        raw = str(text).strip().lower().removesuffix("b").removesuffix("i")
+        num, unit = raw.rstrip("kmgt"), raw[len(raw.rstrip("kmgt")):]
+        try:
+            value = int(float(num) * units[unit]) if unit in units else -1
+        except ValueError:
+            value = -1
+    if value <= 0:
+        raise OptionError(f"--max-memory expects a positive size such as 512M or 2GiB, "
+                          f"got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..fileio import CHUNK
 from ..model import Bundle, Table, Tensor
-from ..sources import FileMap, FileSource, Source, array_chunks
+from ..sources import FileMap, FileSource, Source, array_chunks, check_memory
 from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -181,17 +181,52 @@ class H5Source(Source):
             return arr.view(self.view)
         return arr.astype(self.view)  # h5py widened it (bfloat16 -> float32): exact back
 
+    def _vlen_blocks(self):
+        """Variable-length text in first-axis blocks sized by what was read so far: each
+        element may be a large heap object, shared by any number of elements, so the
+        fixed-width result is checked against --max-memory block by block."""
+        if not self.shape or self.count == 0:
+            yield self._read(())
+            return
+        n, per_row = self.shape[0], max(1, self.count // self.shape[0])
+        done, step, width = 0, 1, 0
+        while done < n:
+            block = self._read(slice(done, done + step))
+            width = max(width, block.dtype.itemsize)
+            check_memory(self.count * width, self.limit, self.path, self.entry)
+            done += len(block)
+            step = max(1, min(1 << 16, CHUNK // max(1, per_row * width)))
+            yield block
+
     def array(self):
+        if self.unavailable:
+            raise UnsupportedError(self.unavailable, self.path, self.entry)
+        if self.itemsize is None:
+            import numpy as np
+
+            blocks = list(self._vlen_blocks())
+            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        check_memory(self.nbytes, self.limit, self.path, self.entry)
         return self._read(())
 
     def chunks(self, size: int = CHUNK):
-        if not self.shape or self.count == 0:
-            yield from array_chunks(self._read(()), self.dtype, size)
+        if self.unavailable:
+            raise UnsupportedError(self.unavailable, self.path, self.entry)
+        if self.itemsize is None:
+            for block in self._vlen_blocks():
+                yield from array_chunks(block, self.dtype, size)
             return
-        row = max(1, self.count // self.shape[0]) * (self.itemsize or 64)
+        if not self.shape or self.count == 0:
+            yield from array_chunks(self.array(), self.dtype, size)
+            return
+        row = max(1, self.count // self.shape[0]) * self.itemsize
         step = max(1, size // row)
         if self.ds.chunks:  # whole chunks per read: each chunk is decoded once
             c = self.ds.chunks[0]
+            chunk_bytes = self.ds.dtype.itemsize
+            for d in self.ds.chunks:
+                chunk_bytes *= d
+            check_memory(max(chunk_bytes, c * row), self.limit, self.path, self.entry)
             step = max(c, step // c * c)
         for i in range(0, self.shape[0], step):
             yield from array_chunks(self._read(slice(i, i + step)), self.dtype, size)
@@ -290,7 +325,7 @@ def _filters(dcpl) -> list[tuple[int, str]]:
     return out
 
 
-def _why_unreadable(ds, nbytes: int | None):
+def _why_unreadable(ds, nbytes: int | None, allow_expand: bool = False):
     """(error class, why) this dataset's data must not be read, or None."""
     h5py = _h5py()
     dcpl = ds.id.get_create_plist()
@@ -306,12 +341,15 @@ def _why_unreadable(ds, nbytes: int | None):
             return (UnsupportedError,
                     f"HDF5 filter '{label}' (id {code}) not available: mlconv reads only "
                     "HDF5's built-in filters and lzf and never loads filter plugins")
-    if dcpl.get_layout() == h5py.h5d.CHUNKED and nbytes:
+    if nbytes and not allow_expand and dcpl.get_layout() != h5py.h5d.COMPACT:
+        # output is bounded by what the file stores: never-written data is fill values
         stored = ds.id.get_storage_size()
         if nbytes > stored * MAX_RATIO + (64 << 20):
-            return (UnsupportedError,
-                    f"dataset declares {nbytes} bytes but stores {stored}: more than any "
-                    "filter could expand (a decompression bomb?)")
+            what = "was never written (only fill values)" if stored == 0 else \
+                f"stores only {stored}: more than any filter could expand (a bomb?) or mostly " \
+                "never written"
+            return (UnsupportedError, f"dataset declares {nbytes} bytes but {what}; "
+                    "--allow-expand writes them")
     return None
 
 
@@ -402,7 +440,8 @@ class _Reader:
                 continue
             try:
                 obj = group[key]
-                ident = (obj.file.filename, _h5py().h5o.get_info(obj.id).addr)
+                info = _h5py().h5o.get_info(obj.id)
+                ident = (info.fileno, info.addr)  # no File object per entry (30,000 datasets)
             except _H5_ERRORS as e:
                 raise FormatError(f"cannot open object: {e}", self.path, name) from None
             if ident in self.visited:
@@ -529,7 +568,9 @@ class _Reader:
                 return self.ragged(ds, name, attrs, shape)
             dtype = DType.string if string.encoding == "utf-8" else DType.bytes
             encoding["h5_string"] = string.encoding
-            return Tensor(H5Source(ds, dtype, shape, path=self.path, entry=name), attrs, encoding)
+            src = H5Source(ds, dtype, shape, path=self.path, entry=name)
+            src.limit = self.options.max_memory
+            return Tensor(src, attrs, encoding)
         enum = h5py.check_enum_dtype(dt)
         if enum is not None and dt.kind != "b":  # labels are meaning: attrs, not encoding
             attrs[ENUM_ATTR] = {str(k): int(v) for k, v in enum.items()}
@@ -555,7 +596,7 @@ class _Reader:
                 return Tensor(src, attrs, encoding)
         nbytes = dtype.nbytes(shape, dt.itemsize)
         try:
-            why = _why_unreadable(ds, nbytes)
+            why = _why_unreadable(ds, nbytes, self.options.allow_expand)
             offset = ds.id.get_offset()
             plain = (ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
                      and not why and offset is not None and nbytes
@@ -571,6 +612,7 @@ class _Reader:
             src = FileSource(fmap, offset, dtype, shape, dt.itemsize, order, entry=name)
         else:
             src = H5Source(ds, dtype, shape, view, why, self.path, name)
+            src.limit = self.options.max_memory
         return Tensor(src, attrs, encoding)
 
     def ragged(self, ds, name: str, attrs: dict, shape):
@@ -640,7 +682,7 @@ class _Reader:
         if len(ds.shape) > 1:
             self.bundle.skipped[name] = f"compound dataset of shape {ds.shape} (only 1-D)"
             return None
-        why = _why_unreadable(ds, None)
+        why = _why_unreadable(ds, None, self.options.allow_expand)
         path = self.path
 
         def arrow_schema():

@@ -196,6 +196,7 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
         raise UnsupportedError(f"structured array of shape {h.shape} (only 1-D reads as a "
                                "table)", path, entry)
     columns = [(name, dt.value) for name, dt, _, _ in h.fields]
+    cache: dict = {}  # schema, fields by name and the array, built once (10,000 fields)
 
     def schema():
         import pyarrow as pa
@@ -206,15 +207,23 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
             return D.to_arrow(dt) if dt.kind not in ("datetime", "timedelta") else \
                 arrow_type(dt.numpy())
 
-        return pa.schema([pa.field(name, typ(dt)) for name, dt, _, _ in h.fields])
+        if "schema" not in cache:
+            cache["schema"] = pa.schema([pa.field(name, typ(dt))
+                                         for name, dt, _, _ in h.fields])
+            cache["fields"] = {f.name: f for f in cache["schema"]}
+        return cache["schema"]
 
     def batches(rows: int, columns=None):
         import pyarrow as pa
 
         from ..tables import to_arrow
 
-        arr = get_array()
+        if "array" not in cache:
+            cache["array"] = get_array()
+        arr = cache["array"]
         sch = schema()
+        if columns is not None:  # only the columns asked for: O(1) work per column read
+            sch = pa.schema([cache["fields"][c] for c in columns])
         for i in range(0, h.shape[0], rows):
             block = arr[i:i + rows]
             cols = [to_arrow(block[f.name], f.type, f.name, path, entry) for f in sch]

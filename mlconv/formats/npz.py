@@ -1,8 +1,10 @@
 """npz: a zip of npy members, one tensor per member (``np.savez`` / ``np.savez_compressed``).
 
-Stored members are memory-mapped in place; deflated ones stream through zipfile. Every
-member's npy header is checked against the zip's declared sizes, and a declared size that
-deflate could not produce from the stored bytes is refused (zip bombs).
+Stored members are memory-mapped in place; deflated (or bzip2) ones stream through our own
+bounded inflater, which never decodes more than asked for nor more than the declared size
+(zipfile decodes a bzip2 read whole). Every member's npy header is checked against the zip's
+declared sizes, a declared size that deflate could not produce from the stored bytes is
+refused (zip bombs), and so are members whose bytes overlap (one member listed many times).
 """
 
 from __future__ import annotations
@@ -22,26 +24,98 @@ from ..errors import (
     UnsupportedError,
 )
 from ..model import Bundle, Table, Tensor
-from ..sources import FileMap, FileSource, StreamSource
+from ..sources import FileMap, FileSource, StreamSource, check_memory
 from . import npy
 from .base import Capabilities, Format
 
 MAX_DEFLATE_RATIO = 1032  # deflate's hard limit; a larger declared size is a lie
+_METHODS = {zipfile.ZIP_STORED: "none", zipfile.ZIP_DEFLATED: "deflate",
+            zipfile.ZIP_BZIP2: "bzip2"}
+_IN = 1 << 16  # compressed bytes fed to a decoder at a time
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
                NotImplementedError, RuntimeError)
 
 
-class _Member:
-    """A zip member file whose errors become FormatErrors naming the member."""
+class _Inflater:
+    """A zip member's bytes decoded as they are read: each read decodes at most what it
+    returns and never more than the declared size, so a bomb costs only what is asked for."""
 
-    def __init__(self, f, path, entry):
-        self._f, self._path, self._entry = f, path, entry
+    def __init__(self, path, start: int, info: zipfile.ZipInfo, entry):
+        import bz2
+
+        self._path, self._entry, self._info = path, entry, info
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._f.seek(start)
+        self._left_in, self._left_out, self._crc = info.compress_size, info.file_size, 0
+        self._pending = b""
+        method = info.compress_type
+        self._d = None if method == zipfile.ZIP_STORED else \
+            zlib.decompressobj(-15) if method == zipfile.ZIP_DEFLATED else bz2.BZ2Decompressor()
+
+    def _feed(self) -> bytes:
+        data = self._f.read(min(_IN, self._left_in))
+        self._left_in -= len(data)
+        return data
+
+    def _some(self, want: int) -> bytes:
+        if self._d is None:
+            return self._feed()[:want] if self._left_in else b""
+        if isinstance(self._d, type(zlib.decompressobj())):
+            if not self._pending and self._left_in:
+                self._pending = self._feed()
+            if not self._pending:
+                return b""
+            out = self._d.decompress(self._pending, want)
+            self._pending = self._d.unconsumed_tail
+            return out
+        if self._d.eof:
+            return b""
+        if self._d.needs_input:
+            data = self._feed()
+            if not data:
+                return b""
+            return self._d.decompress(data, want)
+        return self._d.decompress(b"", want)
 
     def read(self, n: int = -1) -> bytes:
+        n = self._left_out if n < 0 else min(n, self._left_out)
+        out = bytearray()
         try:
-            return self._f.read(n)
-        except _ZIP_ERRORS as e:
+            stalls = 0
+            while len(out) < n and stalls < 3:
+                data = self._some(n - len(out))
+                stalls = 0 if data else stalls + 1
+                out += data
+        except (zlib.error, OSError, EOFError, ValueError) as e:
             raise FormatError(f"corrupt zip member: {e}", self._path, self._entry) from None
+        if len(out) < n:
+            raise FormatError(f"zip member truncated: {self._info.file_size} bytes declared, "
+                              f"the stream ends {self._left_out - len(out)} short", self._path,
+                              self._entry)
+        self._crc = zlib.crc32(out, self._crc)
+        self._left_out -= len(out)
+        if self._left_out == 0 and self._crc != self._info.CRC:
+            raise FormatError("zip member fails its CRC check", self._path, self._entry)
+        return bytes(out)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _no_overlap(spans, path) -> None:
+    """Members whose bytes overlap: one stored member listed under many names (a bomb)."""
+    end, last = 0, None
+    for begin, stop, name in sorted(spans):
+        if begin < end:
+            raise FormatError(f"zip member overlaps member {last!r}: one stored member "
+                              "listed under several names (zip bomb?)", path, name)
+        end, last = stop, name
 
 
 def _data_start(fh, info: zipfile.ZipInfo, size: int, path, entry) -> int:
@@ -73,6 +147,7 @@ class Npz(Format):
         fmap = FileMap(path)
         bundle.on_close(fmap.close)
         refused: list[MlconvError] = []
+        spans: list = []
         try:
             with open(path, "rb") as fh:
                 for info in infos:
@@ -82,39 +157,45 @@ class Npz(Format):
                     if name in bundle or name in bundle.skipped:
                         raise FormatError("duplicate zip member", path, name)
                     try:
-                        bundle[name] = self._member(zf, fh, info, name, fmap, size, path)
-                    except (UnsupportedError, UnsafeInputError) as e:  # a type, not damage: skip it
+                        bundle[name] = self._member(fh, info, name, fmap, size, path,
+                                                    options, spans)
+                    except (UnsupportedError, UnsafeInputError) as e:  # a type, not damage
                         refused.append(e)
                         bundle.skipped[name] = e.message
             if refused and not len(bundle):  # nothing readable at all: refuse the file
                 raise refused[0]
+            _no_overlap(spans, path)
         except BaseException:
             bundle.close()
             raise
         return bundle
 
-    def _member(self, zf, fh, info, name, fmap, size, path):
+    def _member(self, fh, info, name, fmap, size, path, options, spans):
         if info.flag_bits & 0x1:
             raise UnsupportedError("encrypted zip member", path, name)
+        if info.compress_type not in _METHODS:
+            raise UnsupportedError(f"zip compression method {info.compress_type} (mlconv "
+                                   "reads stored, deflate and bzip2 members)", path, name)
         stored = info.compress_type == zipfile.ZIP_STORED
         if stored and info.compress_size != info.file_size:
             raise FormatError("stored zip member with mismatched sizes", path, name)
-        if not stored and info.file_size > info.compress_size * MAX_DEFLATE_RATIO + (1 << 16):
+        deflate = info.compress_type == zipfile.ZIP_DEFLATED
+        if not stored and info.file_size > info.compress_size * MAX_DEFLATE_RATIO + (1 << 16) \
+                and (deflate or not options.allow_expand):
             raise FormatError(
                 f"zip member declares {info.file_size} bytes from {info.compress_size} "
-                "compressed bytes, more than deflate can produce (zip bomb?)", path, name)
+                f"compressed bytes, more than {MAX_DEFLATE_RATIO} times (zip bomb?"
+                f"{'' if deflate else ' --allow-expand reads it'})", path, name)
         start = _data_start(fh, info, size, path, name)
+        spans.append((info.header_offset, start + info.compress_size, name))
 
         if stored:
             fh.seek(start)
             h = npy.read_header(fh, path, info.file_size, name)
             base = start + h.data_offset
         else:
-            try:
-                with zf.open(info) as m:
-                    h = npy.read_header(_Member(m, path, name), path, info.file_size, name)
-            except _ZIP_ERRORS as e:
-                raise FormatError(f"corrupt zip member: {e}", path, name) from None
+            with _Inflater(path, start, info, name) as m:
+                h = npy.read_header(m, path, info.file_size, name)
         if h.data_offset + h.nbytes != info.file_size:
             raise FormatError(
                 f"zip member holds {info.file_size} bytes but its npy header declares "
@@ -122,16 +203,13 @@ class Npz(Format):
 
         @contextlib.contextmanager
         def opener():
-            try:
-                with zf.open(info) as m:
-                    member = _Member(m, path, name)
-                    member.read(h.data_offset)
-                    yield member
-            except _ZIP_ERRORS as e:
-                raise FormatError(f"corrupt zip member: {e}", path, name) from None
+            with _Inflater(path, start, info, name) as member:
+                member.read(h.data_offset)
+                yield member
 
+        limit = options.max_memory
         encoding = {"npy_version": h.version, "fortran_order": h.fortran,
-                    "zip_compression": "none" if stored else "deflate"}
+                    "zip_compression": _METHODS[info.compress_type]}
         if h.fields is not None:
             encoding["npy_descr"] = h.descr
 
@@ -141,6 +219,7 @@ class Npz(Format):
                 if stored:
                     raw = fmap.array()[base:base + h.nbytes]
                 else:
+                    check_memory(h.nbytes, limit, path, name)
                     with opener() as m:
                         raw = np.frombuffer(bytearray(m.read(h.nbytes)), np.uint8)
                 return raw.view(np.dtype(h.descr))
@@ -152,20 +231,25 @@ class Npz(Format):
         else:
             src = StreamSource(opener, h.dtype, h.shape, h.itemsize, h.byteorder, h.fortran,
                                path, name)
+            src.limit = limit
         return Tensor(src, encoding=encoding)
 
     def check(self, path: str, bundle: Bundle, deep: bool):
         problems, warnings = super().check(path, bundle, deep)
         if deep:  # every member's CRC, including members that are not arrays
+            size = os.path.getsize(path)
             try:
-                with zipfile.ZipFile(path) as zf:
+                with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
                     for info in zf.infolist():
                         try:
-                            with zf.open(info) as m:
+                            if info.compress_type not in _METHODS:
+                                raise FormatError(f"compression method {info.compress_type}")
+                            start = _data_start(fh, info, size, path, info.filename)
+                            with _Inflater(path, start, info, info.filename) as m:
                                 while m.read(1 << 20):
                                     pass
-                        except _ZIP_ERRORS as e:
-                            problems.append((info.filename, f"zip member corrupt: {e}"))
+                        except FormatError as e:
+                            problems.append((info.filename, f"zip member corrupt: {e.message}"))
             except _ZIP_ERRORS as e:
                 problems.append((None, f"zip archive corrupt: {e}"))
         return problems, warnings

@@ -14,10 +14,18 @@ from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
+from ..sources import check_memory
 from .base import Capabilities, Format, stem_name
 
 MAGIC = b"PAR1"
 THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
+
+
+def thrift_limit(path: str) -> int:
+    """The cap on any thrift string or container of the footer: every element takes at least
+    one byte of it, so a count larger than the footer is a lie (a bomb) refused up front."""
+    size = int.from_bytes(_tail(path), "little")
+    return max(1, min(THRIFT_LIMIT, size))
 
 
 def _open(path: str):
@@ -33,9 +41,10 @@ def _open(path: str):
         if head != MAGIC or tail != MAGIC:
             raise FormatError("not a Parquet file: it must start and end with PAR1", path)
         _refuse_encrypted_columns(fh, path)
+    limit = thrift_limit(path)
     try:
-        return pq.ParquetFile(path, thrift_string_size_limit=THRIFT_LIMIT,
-                              thrift_container_size_limit=THRIFT_LIMIT)
+        return pq.ParquetFile(path, thrift_string_size_limit=limit,
+                              thrift_container_size_limit=limit)
     except layouts.arrow_errors() as e:
         raise FormatError(f"not a readable Parquet file: {layouts.one_line(e)}", path) from None
 
@@ -146,15 +155,26 @@ class Parquet(Format):
             total += _checked_rows(pf.metadata.row_group(i), i, total, size, path)
         table = plain_table(pf, path, name, total)
 
+        cache: list = [None, None]  # (row group index, its bytes column): rows read in order
+
         def entry_bytes(row: int):
             import bisect
 
             rg = bisect.bisect_right(starts, row) - 1
-            try:
-                col = pf.read_row_group(rg, columns=["bytes"]).column(0)
-                return col[row - starts[rg]].as_buffer()
-            except layouts.arrow_errors() as e:
-                raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
+            if rg < 0:
+                return None
+            if cache[0] != rg:
+                meta = pf.metadata.row_group(rg)
+                check_memory(meta.total_byte_size, options.max_memory, path,
+                             f"row group {rg}")
+                try:
+                    cache[:] = [rg, pf.read_row_group(rg, columns=["bytes"]).column(0)]
+                except layouts.arrow_errors() as e:
+                    raise FormatError(f"corrupt data: {layouts.one_line(e)}", path) from None
+            col = cache[1]
+            if row - starts[rg] >= len(col):
+                return None
+            return col[row - starts[rg]].as_buffer()
 
         return layouts.read_bundle(table, name, path, self.id, entry_bytes)
 
@@ -183,9 +203,10 @@ class Parquet(Format):
                                      f"lies outside the data ({4}..{end})"))
         if deep and not problems:
             try:
+                limit = thrift_limit(path)
                 checked = pq.ParquetFile(path, page_checksum_verification=True,
-                                         thrift_string_size_limit=THRIFT_LIMIT,
-                                         thrift_container_size_limit=THRIFT_LIMIT)
+                                         thrift_string_size_limit=limit,
+                                         thrift_container_size_limit=limit)
                 seen = sum(b.num_rows for b in checked.iter_batches(65536))
                 declared = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
                 if seen != declared:

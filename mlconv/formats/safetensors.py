@@ -22,15 +22,19 @@ MAX_HEADER = 100_000_000  # the reference library's own cap
 
 
 def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)  # in C: a million entries must not cost a Python loop each
+    if len(out) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {k!r}")
+            seen.add(k)
     return out
 
 
 class Entry:
+    __slots__ = ("name", "dtype", "shape", "begin", "end")
+
     def __init__(self, name, dtype, shape, begin, end):
         self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
 
