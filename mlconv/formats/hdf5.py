@@ -158,10 +158,13 @@ class H5Source(Source):
         self.ds, self.view, self.unavailable = ds, view, unavailable
         self.path, self.entry = path, entry
 
-    def _read(self, sel):
+    def _refuse(self) -> None:
         if self.unavailable:
             cls, why = self.unavailable
             raise cls(why, self.path, self.entry)
+
+    def _read(self, sel):
+        self._refuse()
         import numpy as np
 
         try:
@@ -199,8 +202,7 @@ class H5Source(Source):
             yield block
 
     def array(self):
-        if self.unavailable:
-            raise UnsupportedError(self.unavailable, self.path, self.entry)
+        self._refuse()
         if self.itemsize is None:
             import numpy as np
 
@@ -210,8 +212,7 @@ class H5Source(Source):
         return self._read(())
 
     def chunks(self, size: int = CHUNK):
-        if self.unavailable:
-            raise UnsupportedError(self.unavailable, self.path, self.entry)
+        self._refuse()
         if self.itemsize is None:
             for block in self._vlen_blocks():
                 yield from array_chunks(block, self.dtype, size)
@@ -636,7 +637,7 @@ class _Reader:
             import numpy as np
 
             if why:
-                raise UnsupportedError(why, path, name)
+                raise why[0](why[1], path, name)
             for i in range(0, n, rows):
                 try:
                     block = ds[i:i + rows] if shape else np.array([ds[()], None],
