@@ -78,8 +78,17 @@ def plain_table(pf, path: str, name: str) -> Table:
         except layouts.arrow_errors() as e:
             raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
 
+    def row_group(k: int, columns):
+        try:
+            return pf.read_row_group(k, columns=columns)
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
+
     cols = [(f.name, layouts.type_name(f.type)) for f in schema]
-    return Table(cols, pf.metadata.num_rows, batches, lambda: schema)
+    table = Table(cols, pf.metadata.num_rows, batches, lambda: schema)
+    meta = pf.metadata
+    table.pieces = ([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], row_group)
+    return table
 
 
 class Parquet(Format):
