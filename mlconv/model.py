@@ -146,8 +146,9 @@ class Tensor:
             return self.numpy()[key]
         index, scalar = row_index(first, self.shape[0])
         out = self.rows(index)
-        out = out[0] if scalar else out
-        return out[rest] if rest else out
+        if scalar:
+            return out[(0,) + rest]
+        return out[(slice(None),) + rest] if rest else out
 
     def rows(self, index, cache=None):
         """A new numpy array of rows ``index`` (see ``sources.row_index``); ``cache``: an
