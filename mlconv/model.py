@@ -159,7 +159,10 @@ class Tensor:
 
         if len(range(self.shape[0])[index] if isinstance(index, slice) else index) == 0:
             return np.empty((0,) + self.shape[1:], element_dtype(self.dtype, self.itemsize))
-        return self.source.rows(index, cache)
+        out = self.source.rows(index, cache)
+        if not out.dtype.isnative:  # big-endian in the file: loaders (torch) want native
+            out = out.astype(out.dtype.newbyteorder("="))
+        return out
 
     def __repr__(self) -> str:
         return f"Tensor({self.dtype.value}, shape={self.shape})"

@@ -164,10 +164,12 @@ def row_index(key, n: int):
         if step == 1:
             return slice(start, max(start, stop)), False
         return np.arange(start, stop, step, dtype=np.intp), False
-    try:
-        arr = np.asarray(key)
-    except (TypeError, ValueError):
-        arr = None
+    arr = None
+    if not isinstance(key, tuple):  # a tuple means more axes to numpy: ambiguous for rows
+        try:
+            arr = np.asarray(key)
+        except (TypeError, ValueError):
+            pass
     if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iub" and arr.size:
         raise IndexError("rows are selected by an int, a slice, or a 1-D list/array of ints "
                          f"or bools, not {type(key).__name__}")
