@@ -43,7 +43,8 @@ def dataset(paths, columns=None, *, cache_bytes: int = CACHE_BYTES, format: str 
     for path in files:
         with _load(path, format, trusted) as bundle:
             found = _pick(_columns(bundle, path), wanted, path, names)
-            spec = {n: (t.dtype, t.shape[1:]) for n, t in zip(names or found, found.values())}
+            spec = {n: (t.dtype, t.shape[1:]) for n, t in
+                    zip(names or found, found.values(), strict=True)}
             rows = _rows(found, path)
         if names is None:
             names, specs = list(found), spec
@@ -158,7 +159,8 @@ class Dataset:
         if s not in proc["open"]:
             bundle = _load(path, self._format, self._trusted)
             found = _columns(bundle, path)
-            proc["open"][s] = (bundle, {c: found[e] for c, e in zip(self.columns, entries)})
+            tensors = {c: found[e] for c, e in zip(self.columns, entries, strict=True)}
+            proc["open"][s] = (bundle, tensors)
         return proc["open"][s][1]
 
     def _read(self, index) -> dict:
