@@ -19,6 +19,7 @@ A Dataset pickles as paths and shapes: every process opens the files itself on f
 
 from __future__ import annotations
 
+import bisect
 import glob
 import os
 
@@ -69,6 +70,7 @@ class Dataset:
         self._format, self._trusted = format, trusted
         self._starts = np.concatenate([[0], np.cumsum([s[1] for s in self._shards],
                                                       dtype=np.int64)])
+        self._bounds = self._starts.tolist()
         self._lo = lo
         self._hi = int(self._starts[-1]) if hi is None else hi
         self._proc = None  # this process's open files and cache; never pickled or inherited
@@ -82,8 +84,14 @@ class Dataset:
 
     def __getitem__(self, key) -> dict:
         index, scalar = row_index(key, len(self))
-        batch = self._read(index)
-        return {k: v[0] for k, v in batch.items()} if scalar else batch
+        if scalar:  # the per-sample path of loaders: kept short
+            g = index.start + self._lo
+            s = bisect.bisect_right(self._bounds, g) - 1
+            proc = self._state()
+            tensors, local = self._tensors(s, proc), g - self._bounds[s]
+            return {k: t.rows(slice(local, local + 1), proc["cache"])[0]
+                    for k, t in tensors.items()}
+        return self._read(index)
 
     def __iter__(self):
         for batch in self.batches(1024):

@@ -243,7 +243,9 @@ class ColumnSource(Source):
         if self.table.pieces is None:
             return super().rows(index, cache)
         sizes, read = self.table.pieces
-        bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        bounds = getattr(self, "_bounds", None)
+        if bounds is None:
+            bounds = self._bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
         def load(k: int):
             def piece():

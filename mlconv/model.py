@@ -153,11 +153,11 @@ class Tensor:
     def rows(self, index, cache=None):
         """A new numpy array of rows ``index`` (see ``sources.row_index``); ``cache``: an
         ``lru.ByteLRU`` keeping decoded chunks and row groups between calls."""
-        import numpy as np
+        if (index.stop <= index.start) if isinstance(index, slice) else not len(index):
+            import numpy as np
 
-        from .sources import element_dtype
+            from .sources import element_dtype
 
-        if len(range(self.shape[0])[index] if isinstance(index, slice) else index) == 0:
             return np.empty((0,) + self.shape[1:], element_dtype(self.dtype, self.itemsize))
         out = self.source.rows(index, cache)
         if not out.dtype.isnative:  # big-endian in the file: loaders (torch) want native

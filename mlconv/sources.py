@@ -12,6 +12,7 @@ file-to-file in the kernel. A chunk is valid only until the next one is produced
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 
@@ -188,6 +189,10 @@ def gather_rows(index, bounds, load):
     """Rows ``index`` of a tensor stored in pieces: piece k holds rows
     ``bounds[k]:bounds[k+1]`` and ``load(k)`` gives it as numpy; only pieces hit are loaded."""
     np = _np()
+    if isinstance(index, slice):
+        k = bisect.bisect_right(bounds, index.start) - 1
+        if index.stop <= bounds[k + 1]:  # the usual case: one piece
+            return np.array(load(k)[index.start - bounds[k]:index.stop - bounds[k]])
     idx = np.arange(index.start, index.stop) if isinstance(index, slice) else index
     which = np.searchsorted(bounds, idx, side="right") - 1
     hit = np.unique(which)
@@ -288,8 +293,12 @@ class FileSource(_Stored):
     def rows(self, index, cache=None):
         """Only these rows' pages are touched: a slice or fancy index of the memory map."""
         np = _np()
-        picked = self.array()[index]
-        return np.array(picked) if isinstance(index, slice) else np.asarray(picked)
+        mm = self.fmap.array()
+        if getattr(self, "_over", None) is not mm:  # a plain view: memmap's getitem is slow
+            self._view, self._over = np.asarray(self._from_bytes(
+                mm[self.offset:self.offset + self.nbytes])), mm
+        picked = self._view[index]
+        return np.array(picked) if isinstance(index, slice) else picked
 
     def chunks(self, size: int = CHUNK):
         if not self.verbatim:

@@ -138,7 +138,9 @@ class H5Source(Source):
         row = self.nbytes // max(1, self.shape[0]) if self.shape else 0
         if c and cache is not None and c * row <= cache.max_bytes:
             n = self.shape[0]
-            bounds = np.arange(0, n + c, c)
+            if getattr(self, "_bounds", None) is None:
+                self._bounds = np.arange(0, n + c, c)
+            bounds = self._bounds
             return gather_rows(index, bounds, lambda k: cache.get(
                 (id(self), k), lambda: self._read(slice(k * c, min(n, k * c + c)))))
         if isinstance(index, slice):
