@@ -55,7 +55,8 @@ report(t1 - t0, t2 - t1, time.perf_counter() - t2, s)
 """
 
 NPY = COMMON + """
-x = np.load(sys.argv[1] + '/x.npy', mmap_mode='r'); y = np.load(sys.argv[1] + '/y.npy', mmap_mode='r')
+x = np.load(sys.argv[1] + '/x.npy', mmap_mode='r')
+y = np.load(sys.argv[1] + '/y.npy', mmap_mode='r')
 t1 = time.perf_counter()
 s = 0
 for i in picks:

@@ -28,6 +28,8 @@ from .lru import ByteLRU
 from .sources import row_index
 
 CACHE_BYTES = 256 << 20
+_forks = [0]  # bumped in every forked child: cheaper than asking os.getpid() per sample
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 def dataset(paths, columns=None, *, cache_bytes: int = CACHE_BYTES, format: str | None = None,
@@ -155,9 +157,9 @@ class Dataset:
 
     def _state(self) -> dict:
         proc = self._proc
-        if proc is None or proc["pid"] != os.getpid():
+        if proc is None or proc["forks"] != _forks[0]:
             # a forked child must not use the parent's handles: start afresh, leave them be
-            proc = self._proc = {"pid": os.getpid(), "open": {},
+            proc = self._proc = {"pid": os.getpid(), "forks": _forks[0], "open": {},
                                  "cache": ByteLRU(self.cache_bytes)}
         return proc
 
