@@ -180,7 +180,8 @@ class Dataset:
         starts, lo = self._starts, self._lo
         if isinstance(index, slice):
             a, b = index.start + lo, index.stop + lo
-            first = int(np.searchsorted(starts, a, side="right")) - 1
+            first = min(int(np.searchsorted(starts, a, side="right")) - 1,
+                        len(self._shards) - 1)  # a == the end: an empty part of the last file
             parts = []
             for s in range(max(first, 0), len(self._shards)):
                 if starts[s] >= b and parts:

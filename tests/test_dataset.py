@@ -247,6 +247,10 @@ def test_shards_are_disjoint_and_complete(tmp_path, world):
     np.testing.assert_array_equal(nested[:]["p0"], Y[150:225])
     with pytest.raises(MlconvError):
         ds.shard(world, world)
+    tiny = [ds.shard(r, 400) for r in range(400)]  # more parts than rows: some are empty
+    assert sum(map(len, tiny)) == N and tiny[0][:]["p0"].shape == (0,)
+    assert tiny[-1][:]["p0"].tolist() == [Y[-1]]
+    assert ds[N:]["p0"].shape == (0,) and ds.shard(1, 2)[150:]["p0"].shape == (0,)
 
 
 def test_a_file_changed_under_an_open_dataset_is_detected(tmp_path):
