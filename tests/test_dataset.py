@@ -455,6 +455,10 @@ def test_guard_verdict_is_reused_and_a_changed_file_guarded_again(tmp_path, guar
     monkeypatch.setenv(_guard_cache.ENV, str(tmp_path / "other"))
     mlconv.load(src).close()
     assert len(guard_calls) == 3
+    monkeypatch.setattr(_hdf5_guard, "_passed", set())
+    monkeypatch.setattr(h5py.version, "hdf5_version", "0.0.1")  # another libhdf5: no trust
+    mlconv.load(src).close()
+    assert len(guard_calls) == 4
 
 
 def test_guard_failure_is_not_remembered(tmp_path, guard_calls, monkeypatch):

@@ -26,29 +26,33 @@ def folder() -> str:
     return os.path.join(base, "mlconv")
 
 
+def _identity(st: os.stat_result, allow_external: bool) -> str:
+    return (f"hdf5-guard-v1 dev={st.st_dev} ino={st.st_ino} size={st.st_size} "
+            f"mtime={st.st_mtime_ns} ctime={st.st_ctime_ns} external={int(allow_external)}")
+
+
 def _key(st: os.stat_result, allow_external: bool) -> str:
     import h5py
 
     from .. import __version__
 
-    return (f"hdf5-guard-v1 dev={st.st_dev} ino={st.st_ino} size={st.st_size} "
-            f"mtime={st.st_mtime_ns} ctime={st.st_ctime_ns} external={int(allow_external)} "
-            f"mlconv={__version__} hdf5={h5py.version.hdf5_version}")
+    return (f"{_identity(st, allow_external)} mlconv={__version__} "
+            f"hdf5={h5py.version.hdf5_version}")
 
 
-def _file(key: str) -> str:
-    name = hashlib.sha256(key.encode()).hexdigest()
+def _file(st: os.stat_result, allow_external: bool) -> str:
+    name = hashlib.sha256(_identity(st, allow_external).encode()).hexdigest()
     return os.path.join(folder(), "hdf5-guard", name)
 
 
 def passed(st: os.stat_result, allow_external: bool) -> bool:
     """True if the guard passed this very file (same identity) in some earlier process."""
-    key = _key(st, allow_external)
-    try:
-        with open(_file(key), encoding="utf-8") as f:
-            return f.read(1024) == key
+    try:  # no verdict, no h5py import here: the guard child starts at once
+        with open(_file(st, allow_external), encoding="utf-8") as f:
+            text = f.read(1024)
     except (OSError, UnicodeDecodeError):
         return False
+    return text == _key(st, allow_external)
 
 
 def remember(path: str, st: os.stat_result, allow_external: bool) -> None:
@@ -58,7 +62,7 @@ def remember(path: str, st: os.stat_result, allow_external: bool) -> None:
         key = _key(st, allow_external)
         if _key(now, allow_external) != key:
             return  # changed while the guard read it: no verdict for either version
-        dest = _file(key)
+        dest = _file(st, allow_external)
         os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".verdict.")
         try:
