@@ -8,6 +8,7 @@
     mlconv.validate("file.npz", schema="e.json")  # Report: .ok, .problems
     mlconv.plan("in.h5", "out.safetensors")       # how convert would run, step by step
     mlconv.formats()                              # the registry
+    ds = mlconv.dataset("train-*.parquet")        # loaders: ds[i], ds.batches(256), ds.shard()
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os as _os
 __version__ = "0.1.0"
 
 from .convert import Plan, Report, convert, plan, save
+from .dataset import Dataset, dataset
 from .describe import inspect
 from .dtypes import DType
 from .errors import MlconvError
@@ -61,5 +63,6 @@ def formats() -> list[dict]:
 
 
 __all__ = ["load", "open", "save", "convert", "plan", "inspect", "validate", "formats",
+           "dataset", "Dataset",
            "Bundle", "Tensor", "Table", "DType", "Plan", "Report", "MlconvError",
            "__version__"]

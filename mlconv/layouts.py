@@ -20,7 +20,7 @@ from .dtypes import DType
 from .errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from .fileio import CHUNK
 from .model import Bundle, Table, Tensor
-from .sources import Source, array_chunks, element_dtype
+from .sources import Source, array_chunks, element_dtype, gather_rows
 
 LAYOUT_KEY = b"mlconv.layout"
 ATTRS_KEY = b"mlconv.attrs"     # JSON: a table's attrs; per field: a column tensor's attrs
@@ -293,44 +293,66 @@ class ColumnSource(Source):
         self.fill, self.warnings = fill, warnings
 
     def _blocks(self, rows: int = 65536):
+        for batch in self.table.batches(rows, columns=[self.column]):
+            yield self._numpy(batch.column(batch.schema.get_field_index(self.column)))
+
+    def rows(self, index, cache=None):
+        """Only the pieces (row groups, record batches) holding these rows, through ``cache``."""
+        import numpy as np
+
+        if self.table.pieces is None:
+            return super().rows(index, cache)
+        sizes, read = self.table.pieces
+        bounds = getattr(self, "_bounds", None)
+        if bounds is None:
+            bounds = self._bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+        def load(k: int):
+            def piece():
+                col = read(k, [self.column]).column(self.column)
+                return self._numpy(col.combine_chunks() if hasattr(col, "combine_chunks")
+                                   else col)
+            return piece() if cache is None else cache.get((id(self), k), piece)
+
+        return gather_rows(index, bounds, load)
+
+    def _numpy(self, col):
+        """One Arrow column of rows as numpy (nulls refused or filled, as for ``array()``)."""
         import numpy as np
 
         pa = _pa()
-        for batch in self.table.batches(rows, columns=[self.column]):
-            col = batch.column(batch.schema.get_field_index(self.column))
-            if col.null_count:
-                if not self.fill:
-                    raise LossyConversionError(
-                        f"column {self.column!r} has {col.null_count} null(s), which a tensor "
-                        "cannot hold; use --allow-lossy to store them as NaN/0", self.path,
-                        self.entry)
-                if self.warnings is not None:
-                    self.warnings.append(f"{col.null_count} null(s) in column {self.column!r} "
-                                         f"stored as NaN/0 ({self.path}:{self.entry})")
-                col = col.fill_null(_fill_value(col.type))
-            storage = col.storage if isinstance(col, pa.ExtensionArray) else col
-            while pa.types.is_fixed_size_list(storage.type):
-                storage = storage.flatten()
-            if pa.types.is_fixed_size_binary(storage.type):
-                flat = np.frombuffer(storage.buffers()[1], np.uint8,
-                                     len(storage) * storage.type.byte_width,
-                                     storage.offset * storage.type.byte_width)
-            elif self.dtype.bits is None:  # text: fixed width, as numpy holds it
-                kind = str if self.dtype is DType.string else bytes
-                if self.width:
-                    kind = element_dtype(self.dtype, self.width)
-                flat = np.array(storage.to_pylist(), dtype=kind)
-                yield flat.reshape((-1,) + self.shape[1:])
-                continue
-            else:
-                flat = storage.to_numpy(zero_copy_only=False)
-            stored = self.dtype.numpy()
-            if flat.dtype.kind in "Mm" and flat.dtype != stored:
-                flat = flat.astype(stored)  # the unit written (Parquet coarsens s to ms)
-            if flat.dtype != stored:
-                flat = flat.view(stored) if flat.dtype.itemsize == stored.itemsize or \
-                    flat.dtype == np.uint8 else flat.astype(stored)
-            yield flat.reshape((-1,) + self.shape[1:])
+        if col.null_count:
+            if not self.fill:
+                raise LossyConversionError(
+                    f"column {self.column!r} has {col.null_count} null(s), which a tensor "
+                    "cannot hold; use --allow-lossy to store them as NaN/0", self.path,
+                    self.entry)
+            if self.warnings is not None:
+                self.warnings.append(f"{col.null_count} null(s) in column {self.column!r} "
+                                     f"stored as NaN/0 ({self.path}:{self.entry})")
+            col = col.fill_null(_fill_value(col.type))
+        storage = col.storage if isinstance(col, pa.ExtensionArray) else col
+        while pa.types.is_fixed_size_list(storage.type):
+            storage = storage.flatten()
+        if pa.types.is_fixed_size_binary(storage.type):
+            flat = np.frombuffer(storage.buffers()[1], np.uint8,
+                                 len(storage) * storage.type.byte_width,
+                                 storage.offset * storage.type.byte_width)
+        elif self.dtype.bits is None:  # text: fixed width, as numpy holds it
+            kind = str if self.dtype is DType.string else bytes
+            if self.width:
+                kind = element_dtype(self.dtype, self.width)
+            flat = np.array(storage.to_pylist(), dtype=kind)
+            return flat.reshape((-1,) + self.shape[1:])
+        else:
+            flat = storage.to_numpy(zero_copy_only=False)
+        stored = self.dtype.numpy()
+        if flat.dtype.kind in "Mm" and flat.dtype != stored:
+            flat = flat.astype(stored)  # the unit written (Parquet coarsens s to ms)
+        if flat.dtype != stored:
+            flat = flat.view(stored) if flat.dtype.itemsize == stored.itemsize or \
+                flat.dtype == np.uint8 else flat.astype(stored)
+        return flat.reshape((-1,) + self.shape[1:])
 
     def array(self):
         import numpy as np

@@ -118,6 +118,52 @@ class Tensor:
         """A lazy view of this tensor converted to ``dtype`` (numpy ``astype`` rules)."""
         return Tensor(CastSource(self.source, dtype), self.attrs)
 
+    # numpy-like access for loaders: np.asarray(t), len(t), t[rows] reads only those rows
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        arr = self.numpy()
+        if dtype is not None and arr.dtype != np.dtype(dtype):
+            return arr.astype(dtype)
+        return np.array(arr) if copy else np.asarray(arr)
+
+    def __bool__(self) -> bool:  # a Tensor is an entry, true even when it has no rows
+        return True
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        """Rows along the first axis (int, slice, int/bool array), then numpy indexing of
+        the rest: ``t[5]``, ``t[100:200]``, ``t[[3, 1], :, 0]``. Reads only those rows."""
+        from .sources import row_index
+
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        if not self.shape or first is Ellipsis or first is None or \
+                any(k is Ellipsis or k is None for k in rest):
+            return self.numpy()[key]
+        index, scalar = row_index(first, self.shape[0])
+        out = self.rows(index)
+        if scalar:
+            return out[(0,) + rest]
+        return out[(slice(None),) + rest] if rest else out
+
+    def rows(self, index, cache=None):
+        """A new numpy array of rows ``index`` (see ``sources.row_index``); ``cache``: an
+        ``lru.ByteLRU`` keeping decoded chunks and row groups between calls."""
+        if (index.stop <= index.start) if isinstance(index, slice) else not len(index):
+            import numpy as np
+
+            from .sources import element_dtype
+
+            return np.empty((0,) + self.shape[1:], element_dtype(self.dtype, self.itemsize))
+        out = self.source.rows(index, cache)
+        if not out.dtype.isnative:  # big-endian in the file: loaders (torch) want native
+            out = out.astype(out.dtype.newbyteorder("="))
+        return out
+
     def __repr__(self) -> str:
         return f"Tensor({self.dtype.value}, shape={self.shape})"
 
@@ -131,6 +177,9 @@ class Table:
     """
 
     kind = "table"
+    # random access for readers that have it: (rows of each piece, read(k, columns) -> the
+    # k-th piece as a pyarrow Table or RecordBatch): Parquet row groups, Arrow IPC batches
+    pieces = None
 
     def __init__(self, columns: list[tuple[str, str]], num_rows: int | None,
                  batches: Callable[..., Iterator], schema: Callable[[], object],
@@ -162,8 +211,10 @@ class Table:
             for batch in self._batches(rows, wanted):
                 yield batch.select(wanted)
 
-        return Table([c for c in self.columns if c[0] in names], self.num_rows, batches,
-                     lambda: _project_schema(self._schema(), names), self.attrs)
+        out = Table([c for c in self.columns if c[0] in names], self.num_rows, batches,
+                    lambda: _project_schema(self._schema(), names), self.attrs)
+        out.pieces = self.pieces
+        return out
 
     def __repr__(self) -> str:
         return f"Table({len(self.columns)} columns, rows={self.num_rows})"

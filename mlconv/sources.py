@@ -12,6 +12,7 @@ file-to-file in the kernel. A chunk is valid only until the next one is produced
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 
@@ -141,6 +142,84 @@ class Source:
     def chunks(self, size: int = CHUNK):
         yield from array_chunks(self.array(), self.dtype, size)
 
+    def rows(self, index, cache=None):
+        """A new numpy array of rows ``index`` (from ``row_index``) along the first axis.
+
+        This default reads the whole array once (kept in ``cache``, a ``ByteLRU``, if given):
+        right for data that is in memory already or can only be read from its start.
+        """
+        if cache is None:
+            return _np().array(self.array()[index])
+        return _np().array(cache.get((id(self), None), self.array)[index])
+
+
+def row_index(key, n: int):
+    """(``slice(start, stop)`` or an int array, is_scalar) for a row key along an axis of
+    length ``n``: an int, a slice, or an int/bool array or list. Bad keys raise IndexError."""
+    import operator
+
+    np = _np()
+    if not isinstance(key, (bool, np.bool_)):
+        try:
+            i = operator.index(key)
+        except TypeError:
+            pass
+        else:
+            if not -n <= i < n:
+                raise IndexError(f"row {i} is out of range for {n} rows")
+            i %= n
+            return slice(i, i + 1), True
+    if isinstance(key, slice):
+        start, stop, step = key.indices(n)
+        if step == 1:
+            return slice(start, max(start, stop)), False
+        return np.arange(start, stop, step, dtype=np.intp), False
+    arr = None
+    if not isinstance(key, tuple):  # a tuple means more axes to numpy: ambiguous for rows
+        try:
+            arr = np.asarray(key)
+        except (TypeError, ValueError):
+            pass
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iub" and arr.size:
+        raise IndexError("rows are selected by an int, a slice, or a 1-D list/array of ints "
+                         f"or bools, not {type(key).__name__}")
+    if arr.dtype.kind == "b":
+        if arr.shape != (n,):
+            raise IndexError(f"boolean row mask of length {arr.size} for {n} rows")
+        return np.flatnonzero(arr), False
+    arr = arr.astype(np.intp)
+    if arr.size and (arr.min() < -n or arr.max() >= n):
+        bad = arr[(arr < -n) | (arr >= n)][0]
+        raise IndexError(f"row {bad} is out of range for {n} rows")
+    return np.where(arr < 0, arr + n, arr), False
+
+
+def gather_rows(index, bounds, load):
+    """Rows ``index`` of a tensor stored in pieces: piece k holds rows
+    ``bounds[k]:bounds[k+1]`` and ``load(k)`` gives it as numpy; only pieces hit are loaded."""
+    np = _np()
+    if isinstance(index, slice):
+        k = bisect.bisect_right(bounds, index.start) - 1
+        if index.stop <= bounds[k + 1]:  # the usual case: one piece
+            return np.array(load(k)[index.start - bounds[k]:index.stop - bounds[k]])
+    idx = np.arange(index.start, index.stop) if isinstance(index, slice) else index
+    which = np.searchsorted(bounds, idx, side="right") - 1
+    hit = np.unique(which)
+    if len(hit) == 1:
+        k = int(hit[0])
+        block = load(k)
+        if isinstance(index, slice):
+            return np.array(block[index.start - bounds[k]:index.stop - bounds[k]])
+        return block[idx - bounds[k]]
+    out = None
+    for k in hit:
+        block = load(int(k))
+        mask = which == k
+        if out is None:
+            out = np.empty((len(idx),) + block.shape[1:], block.dtype)
+        out[mask] = block[idx[mask] - bounds[k]]
+    return out
+
 
 class ArraySource(Source):
     """An in-memory numpy array (what users pass to ``mlconv.save``)."""
@@ -219,6 +298,16 @@ class FileSource(_Stored):
     def array(self):
         raw = self.fmap.array()[self.offset:self.offset + self.nbytes]
         return self._from_bytes(raw)
+
+    def rows(self, index, cache=None):
+        """Only these rows' pages are touched: a slice or fancy index of the memory map."""
+        np = _np()
+        mm = self.fmap.array()
+        if getattr(self, "_over", None) is not mm:  # a plain view: memmap's getitem is slow
+            self._view, self._over = np.asarray(self._from_bytes(
+                mm[self.offset:self.offset + self.nbytes])), mm
+        picked = self._view[index]
+        return np.array(picked) if isinstance(index, slice) else picked
 
     def chunks(self, size: int = CHUNK):
         if not self.verbatim:

@@ -44,3 +44,9 @@ def corpus():
 def listdir_clean(folder) -> list[str]:
     """Names in a folder; used to prove no temp file is left behind."""
     return sorted(os.listdir(folder))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own cache folder: no HDF5 guard verdict leaks between tests or into ~."""
+    monkeypatch.setenv("MLCONV_CACHE_DIR", str(tmp_path_factory.mktemp("mlconv-cache")))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 from ..errors import FormatError
+from . import _guard_cache
 
 ENV = "MLCONV_HDF5_GUARD"
 AUDIT_ENV = "MLCONV_AUDIT_LOG"  # tests: where a process lists the files it opened
@@ -80,8 +81,8 @@ def enabled(options) -> bool:
 class Pending:
     """A guard child under way; ``wait()`` raises if libhdf5 crashed or hung in it."""
 
-    def __init__(self, path: str, key, proc):
-        self.path, self.key, self.proc = path, key, proc
+    def __init__(self, path: str, key, proc, st=None):
+        self.path, self.key, self.proc, self.st = path, key, proc, st
 
     def wait(self) -> None:
         if self.proc is None:
@@ -103,6 +104,7 @@ class Pending:
                               "process: the file is corrupt or hostile", self.path)
         if code == 0:
             _passed.add(self.key)
+            _guard_cache.remember(self.path, self.st, self.key[-1])
 
 
 def start(path: str, options) -> Pending:
@@ -112,7 +114,7 @@ def start(path: str, options) -> Pending:
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, options.allow_external,
            options.max_memory, options.allow_expand)
-    if key in _passed:
+    if key in _passed or _guard_cache.passed(st, options.allow_external):
         return Pending(path, key, None)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
     env[ENV] = "0"
@@ -121,7 +123,7 @@ def start(path: str, options) -> Pending:
          str(options.max_memory), "1" if options.allow_expand else "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         preexec_fn=_limits, env=env)
-    return Pending(path, key, proc)
+    return Pending(path, key, proc, st)
 
 
 def check(path: str, options) -> None:

@@ -271,6 +271,16 @@ class _Source:
                     yield batch
             self.drop_pages()
 
+    def piece(self, k: int, columns):
+        """Record batch ``k`` of a file (random access), validated, of only ``columns``."""
+        try:
+            batch = self.reader.get_batch(k)
+        except layouts.arrow_errors() as e:
+            raise FormatError(f"corrupt record batch: {layouts.one_line(e)}", self.path) from None
+        batch = batch.select(columns)  # only the columns asked for are validated, or read
+        _validate(batch, self.path)
+        return batch
+
     def count_rows(self) -> int:
         return self.starts[-1]
 
@@ -305,6 +315,8 @@ class Arrow(Format):
         schema = src.schema
         cols = layouts.schema_columns(schema, path)
         table = Table(cols, src.count_rows(), src.batches, lambda: schema)
+        if not src.stream:
+            table.pieces = ([b.num_rows for b in src.raw_batches()], src.piece)
         bundle = layouts.read_bundle(table, name, path, self.id, src.row)
         bundle.on_close(src.close)
         return bundle

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..fileio import CHUNK
 from ..model import Bundle, Table, Tensor
-from ..sources import FileMap, FileSource, Source, array_chunks, check_memory
+from ..sources import FileMap, FileSource, Source, array_chunks, check_memory, gather_rows
 from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -210,6 +210,24 @@ class H5Source(Source):
             return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         check_memory(self.nbytes, self.limit, self.path, self.entry)
         return self._read(())
+
+    def rows(self, index, cache=None):
+        """Whole chunk rows through ``cache`` (each chunk decoded once), else these rows."""
+        import numpy as np
+
+        c = self.ds.chunks[0] if self.ds.chunks and self.shape else None
+        row = self.nbytes // max(1, self.shape[0]) if self.shape else 0
+        if c and cache is not None and c * row <= cache.max_bytes:
+            n = self.shape[0]
+            if getattr(self, "_bounds", None) is None:
+                self._bounds = np.arange(0, n + c, c)
+            bounds = self._bounds
+            return gather_rows(index, bounds, lambda k: cache.get(
+                (id(self), k), lambda: self._read(slice(k * c, min(n, k * c + c)))))
+        if isinstance(index, slice):
+            return self._read(index)
+        uniq, back = np.unique(index, return_inverse=True)  # h5py wants increasing rows
+        return self._read(uniq)[back]
 
     def chunks(self, size: int = CHUNK):
         self._refuse()
