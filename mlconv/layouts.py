@@ -152,6 +152,8 @@ def choose(bundle: Bundle, layout: str | None) -> str:
 def tensor_table(bundle: Bundle, layout: str | None) -> Table:
     """A Table holding every tensor of ``bundle`` in the chosen layout."""
     pa = _pa()
+    if not len(bundle):  # a 0-row entries table would pass for a file of tensors
+        raise UnsupportedError("nothing to write: the source holds no entries", bundle.path)
     layout = choose(bundle, layout)
     meta = {k.encode(): v.encode() for k, v in bundle.metadata.items()}
     meta[LAYOUT_KEY] = layout.encode()

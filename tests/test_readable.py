@@ -416,3 +416,12 @@ def test_pad_turns_ragged_into_a_fixed_shape_tensor(corpus, tmp_path):
     res = CliRunner().invoke(cli, ["convert", str(src), str(dst), "--pad", "0.5", "--force"],
                              catch_exceptions=False)
     assert res.exit_code == 1 and "not a int32 value" in res.output
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_an_empty_entries_table_is_never_written(tmp_path, fmt):
+    src, dst = tmp_path / "empty.npz", tmp_path / f"o.{fmt}"
+    np.savez(src)
+    with pytest.raises(UnsupportedError, match="no entries"):
+        mlconv.convert(src, dst)
+    assert not dst.exists()
