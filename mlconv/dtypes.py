@@ -379,3 +379,63 @@ def from_safetensors(code: str) -> DType:
 
 def to_safetensors(dtype: DType) -> str | None:
     return _ROWS[dtype].safetensors
+
+
+# --- extended precision (long double, IEEE quad) ----------------------------------------
+# mlconv has no dtype for them: such a tensor is held as its raw bytes (dtype bytes) with
+# attrs[FLOAT128_ATTR] naming the bit layout; converting it is a loss whose way out is
+# --cast float128=float64, which decodes every value correctly rounded.
+
+FLOAT128 = "float128"
+FLOAT128_ATTR = "mlconv_float128"
+
+
+def extended_layout(size: int, sign: int, exp: tuple[int, int], mant: tuple[int, int],
+                    bias: int, implicit: bool, order: str = "<") -> dict:
+    """The attrs value describing an extended float's bits (positions from the low bit)."""
+    return {"size": size, "sign": sign, "exp": list(exp), "mant": list(mant), "bias": bias,
+            "implicit": implicit, "order": order}
+
+
+def longdouble_layout(itemsize: int) -> dict | None:
+    """This platform's long double (what ``np.load`` would use), if it is extended."""
+    np = _np()
+    info = np.finfo(np.longdouble)
+    if np.dtype(np.longdouble).itemsize != itemsize or info.nexp != 15:
+        return None
+    if info.nmant == 63:  # x87 80-bit: explicit integer bit, padded
+        return extended_layout(itemsize, 79, (64, 15), (0, 64), 16383, False)
+    if info.nmant == 112:  # IEEE binary128
+        return extended_layout(itemsize, 127, (112, 15), (0, 112), 16383, True)
+    return None
+
+
+def decode_extended(raw, layout: dict):
+    """float64 values of raw extended floats (uint8 rows of ``layout["size"]`` bytes),
+    each correctly rounded; beyond float64's range they become +-inf."""
+    from fractions import Fraction
+
+    np = _np()
+    size = int(layout["size"])
+    rows = np.ascontiguousarray(raw, np.uint8).reshape(-1, size)
+    if layout.get("order") == ">":
+        rows = rows[:, ::-1]
+    (e_pos, e_size), (m_pos, m_size) = layout["exp"], layout["mant"]
+    s_pos, bias, implicit = layout["sign"], layout["bias"], layout["implicit"]
+    e_max, frac_bits = (1 << e_size) - 1, m_size if implicit else m_size - 1
+    out = np.empty(len(rows), np.float64)
+    for i, row in enumerate(rows):
+        v = int.from_bytes(row.tobytes(), "little")
+        sign = -1.0 if (v >> s_pos) & 1 else 1.0
+        e, m = (v >> e_pos) & e_max, (v >> m_pos) & ((1 << m_size) - 1)
+        if e == e_max:
+            out[i] = sign * np.inf if m & ((1 << frac_bits) - 1) == 0 else np.nan
+            continue
+        if implicit and e:
+            m |= 1 << m_size
+        scale = max(e, 1) - bias - frac_bits
+        try:
+            out[i] = sign * float(Fraction(m) * (Fraction(2) ** scale))
+        except OverflowError:
+            out[i] = sign * np.inf
+    return out

@@ -31,15 +31,18 @@ def _quad_h5(path):
         h5py.h5d.create(f.id, b"quad", tid, h5py.h5s.create_simple((3,)))
 
 
-def test_npz_pickled_and_long_double_members_are_skipped(tmp_path):
+def test_npz_pickled_members_are_skipped_long_doubles_held_raw(tmp_path):
     src = tmp_path / "mixed.npz"
     _mixed_npz(src)
     with mlconv.open(src) as b, np.load(src, allow_pickle=False) as ref:
-        assert list(b) == ["a", "b"]
-        assert "pickle" in b.skipped["obj"] and "float128" in b.skipped["ld"]
-        for name in b:
+        assert list(b) == ["a", "ld", "b"]
+        assert "pickle" in b.skipped["obj"]
+        for name in ("a", "b"):
             got = b[name].numpy()
             assert got.dtype == ref[name].dtype and payload(got) == payload(ref[name])
+        ld = b["ld"]  # raw bytes, never narrowed; the attrs say what they are
+        assert ld.dtype.value == "bytes" and "mlconv_float128" in ld.attrs
+        assert ld.numpy().view(np.uint8).tobytes() == ref["ld"].tobytes()
 
 
 def test_npz_with_nothing_readable_is_refused(corpus):
@@ -425,3 +428,77 @@ def test_an_empty_entries_table_is_never_written(tmp_path, fmt):
     with pytest.raises(UnsupportedError, match="no entries"):
         mlconv.convert(src, dst)
     assert not dst.exists()
+
+
+# --- extended precision: raw bytes, decoded only by --cast float128=... (issue 17) --------
+
+def _quad_bytes(values) -> bytes:
+    """IEEE binary128 encodings: float64 values (exact), or (float64, extra low bits)."""
+    import struct
+
+    out = b""
+    for v in values:
+        x, extra = v if isinstance(v, tuple) else (v, 0)
+        bits = struct.unpack("<Q", struct.pack("<d", x))[0]
+        sign, exp, frac = bits >> 63, (bits >> 52) & 0x7FF, bits & ((1 << 52) - 1)
+        exp128 = 0x7FFF if exp == 0x7FF else (exp - 1023 + 16383 if exp else 0)
+        out += ((sign << 127) | (exp128 << 112) | (frac << 60) | extra).to_bytes(16, "little")
+    return out
+
+
+def _written_quad_h5(path, values):
+    with h5py.File(path, "w") as f:
+        f["ok"] = np.arange(3)
+        tid = h5py.h5t.IEEE_F64LE.copy()
+        tid.set_size(16)
+        tid.set_precision(128)
+        tid.set_fields(127, 112, 15, 0, 112)
+        tid.set_ebias(16383)
+        space = h5py.h5s.create_simple((len(values),))
+        dset = h5py.h5d.create(f.id, b"quad", tid, space)
+        buf = np.frombuffer(_quad_bytes(values), dtype="V16").copy()
+        dset.write(h5py.h5s.ALL, h5py.h5s.ALL, buf, mtype=tid)
+
+
+def test_hdf5_quad_reads_raw_and_casts_exactly(tmp_path):
+    src = tmp_path / "q.h5"
+    # (1.0, 256) is 1 + 2**-104: rounds to 1.0; below, 1 + 2**-53 + 2**-112 is a tie broken
+    # by its lowest bit, so it must round up to the next float64
+    values = [1.5, -0.1, 1e300, float("inf"), 0.0, (1.0, 1 << 8)]
+    _written_quad_h5(src, values)
+    with mlconv.open(src) as b:
+        assert b["quad"].numpy().view(np.uint8).tobytes() == _quad_bytes(values)
+    dst = tmp_path / "q.safetensors"
+    with pytest.raises(LossyConversionError, match=r"float128"):
+        mlconv.convert(src, dst)
+    res = CliRunner().invoke(cli, [str(src), str(dst)], catch_exceptions=False)
+    assert res.exit_code == 1 and "--cast float128=float64" in res.stderr
+    mlconv.convert(src, dst, cast=["float128=float64"])
+    with mlconv.open(dst) as b:
+        got = b["quad"].numpy()
+    assert got.dtype == np.float64
+    assert got.tolist() == [1.5, -0.1, 1e300, float("inf"), 0.0, 1.0]
+    assert np.nextafter(1.0, 2.0) == mlconv.dtypes.decode_extended(
+        np.frombuffer(_quad_bytes([(1.0, (1 << 59) + 1)]), np.uint8),
+        mlconv.dtypes.extended_layout(16, 127, (112, 15), (0, 112), 16383, True))[0]
+
+
+def test_long_double_npy_casts_like_numpy(tmp_path):
+    if np.finfo(np.longdouble).nmant not in (63, 112):
+        pytest.skip("this platform's long double is not extended precision")
+    src = tmp_path / "ld.npy"
+    ref = np.array([1 / np.longdouble(3), -2.5, 1e-310, np.longdouble(2) ** 2000],
+                   np.longdouble)
+    np.save(src, ref)
+    with mlconv.open(src) as b:
+        assert b["ld"].attrs["mlconv_float128"]["size"] == ref.itemsize
+    dst = tmp_path / "ld.npz"
+    res = CliRunner().invoke(cli, [str(src), str(dst), "--cast", "float128=float64"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with np.errstate(over="ignore"):
+        want = ref.astype(np.float64)
+    assert np.load(dst)["ld"].tolist() == want.tolist()
+    res = CliRunner().invoke(cli, [str(src), str(tmp_path / "x.npz"), "--allow-lossy"],
+                             catch_exceptions=False)
+    assert res.exit_code == 1 and "nothing left" in res.stderr  # dropped, never narrowed

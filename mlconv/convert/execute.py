@@ -142,6 +142,25 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
     return out, losses
 
 
+def _extended(t: Tensor, name, casts, allow_lossy, losses, src) -> Tensor | None:
+    """Extended-precision floats (raw bytes): decoded by ``--cast float128=...``, else a
+    loss; never written as something that reads back as other values."""
+    import numpy as np
+
+    to = casts.get(D.FLOAT128)
+    if to is None:
+        if not allow_lossy:
+            raise LossyConversionError(
+                "float128 values (extended precision, held as raw bytes) would be lost; use "
+                "--cast float128=float64, --exclude NAME or --allow-lossy", src, name)
+        losses.append(Loss("float128 values (extended precision) dropped", src, name))
+        return None
+    layout = t.attrs[D.FLOAT128_ATTR]
+    values = D.decode_extended(np.asarray(t.numpy()).view(np.uint8), layout)
+    attrs = {k: v for k, v in t.attrs.items() if k != D.FLOAT128_ATTR}
+    return Tensor.from_numpy(values.reshape(t.shape).astype(to.numpy()), attrs)
+
+
 def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table | None:
     """``table`` without its excluded columns (``--exclude TABLE/COLUMN``) and those ``fmt``
     cannot hold (each a loss); None when no column is left."""
@@ -158,6 +177,10 @@ def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table |
 
 def _fit_tensor(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor | None:
     """``t`` cast as asked, then in a dtype ``fmt`` holds (or None: dropped, with a loss)."""
+    if D.FLOAT128_ATTR in t.attrs:
+        t = _extended(t, name, casts, allow_lossy, losses, src)
+        if t is None:
+            return None
     if t.itemsize is None:  # variable-width text: its width is known once read
         read = Tensor.from_numpy(t.numpy(), t.attrs)
         read.encoding = t.encoding  # the same format may use it (HDF5 widths)

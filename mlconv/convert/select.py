@@ -18,6 +18,15 @@ def parse_casts(casts) -> dict[D.DType, D.DType]:
     pairs = casts.items() if isinstance(casts, dict) else (_split_cast(c) for c in casts)
     out = {}
     for a, b in pairs:
+        if a == D.FLOAT128:  # extended precision held as raw bytes: decoded, then cast
+            try:
+                to = D.parse(b)
+            except UnsupportedError as e:
+                raise OptionError(f"--cast: {e.message}") from None
+            if to.kind != "float" or to.bits is None:
+                raise OptionError(f"--cast float128={to.value}: float128 casts to a float")
+            out[D.FLOAT128] = to
+            continue
         try:
             src, dst = D.parse(a), D.parse(b)
         except UnsupportedError as e:

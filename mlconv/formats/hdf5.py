@@ -333,7 +333,7 @@ def _unheld_float(ds) -> str | None:
     except _H5_ERRORS:
         return None
     return (f"HDF5 {bits}-bit float (float{bits}, extended/quad precision) has no mlconv "
-            "dtype; it is never narrowed silently")
+            "dtype; it is never narrowed silently (--cast float128=float64 decodes it)")
 
 
 def _filters(dcpl) -> list[tuple[int, str]]:
@@ -566,8 +566,7 @@ class _Reader:
         except _H5_ERRORS as e:
             why = _unheld_float(ds)
             if why:  # a type, not damage: the rest of the file reads
-                self.bundle.skipped[name] = why
-                return None
+                return self.extended(ds, name, attrs, fmap, size, why)
             raise FormatError(f"cannot read dataset header: {e}", self.path, name) from None
         if shape is None:
             self.bundle.skipped[name] = "dataset with a null dataspace (no shape, no data)"
@@ -669,6 +668,30 @@ class _Reader:
         from ..layouts import type_name
 
         return Table([(column, type_name(typ))], n, batches, schema, attrs)
+
+    def extended(self, ds, name: str, attrs: dict, fmap, size: int, why: str):
+        """Extended/quad floats h5py cannot read: a contiguous dataset's raw bytes, with the
+        bit layout in attrs (``--cast float128=float64`` decodes them); others skipped."""
+        h5py = _h5py()
+        h5t = h5py.h5t
+        try:
+            tid = ds.id.get_type()
+            spos, epos, esize, mpos, msize = tid.get_fields()
+            layout = D.extended_layout(
+                tid.get_size(), spos, (epos, esize), (mpos, msize), tid.get_ebias(),
+                tid.get_norm() == h5t.NORM_IMPLIED,
+                ">" if tid.get_order() == h5t.ORDER_BE else "<")
+            shape = tuple(ds.id.get_space().get_simple_extent_dims())
+            offset = ds.id.get_offset()
+            contiguous = ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
+        except _H5_ERRORS:
+            offset, contiguous = None, False
+        nbytes = DType.bytes.nbytes(shape, layout["size"]) if contiguous else None
+        if not contiguous or offset is None or not nbytes or offset + nbytes > size:
+            self.bundle.skipped[name] = why + " (only contiguous ones are read, as raw bytes)"
+            return None
+        src = FileSource(fmap, offset, DType.bytes, shape, layout["size"], "|", entry=name)
+        return Tensor(src, {**attrs, D.FLOAT128_ATTR: layout})
 
     def virtual(self, ds, name: str, dcpl):
         """Listed with its declared shape; its data (in other files) is refused."""

@@ -34,11 +34,21 @@ class Header:
         self.shape = shape
         self.data_offset = data_offset
         self.fields = None  # [(name, DType, byteorder, itemsize)] for structured arrays
+        self.float128 = None  # a long double's bit layout (dtypes.longdouble_layout)
         if isinstance(descr, list):
             self.fields, self.itemsize = _parse_fields(descr)
             self.dtype, self.byteorder = None, "<"
         else:
-            self.dtype, self.byteorder, self.itemsize = D.from_npy_descr(descr)
+            self.float128 = _long_double(descr)
+            if self.float128 is not None:  # held as raw bytes, its layout in attrs
+                self.dtype, self.byteorder, self.itemsize = D.DType.bytes, "|", \
+                    self.float128["size"]
+            else:
+                self.dtype, self.byteorder, self.itemsize = D.from_npy_descr(descr)
+
+    @property
+    def attrs(self) -> dict:
+        return {D.FLOAT128_ATTR: self.float128} if self.float128 is not None else {}
 
     @property
     def count(self) -> int:
@@ -50,6 +60,15 @@ class Header:
     @property
     def nbytes(self) -> int:
         return self.count * self.itemsize
+
+
+def _long_double(descr) -> dict | None:
+    """The layout of a real long double descr ('<f16', '<f12') as np.load reads it here."""
+    import re
+
+    if not isinstance(descr, str) or not re.fullmatch(r"[<=]f(12|16)", descr):
+        return None
+    return D.longdouble_layout(int(descr[2:]))
 
 
 def _parse_fields(descr: list):
@@ -307,7 +326,7 @@ class Npy(Format):
         else:
             src = FileSource(fmap, h.data_offset, h.dtype, h.shape, h.itemsize, h.byteorder,
                              h.fortran, entry=name)
-            bundle[name] = Tensor(src, encoding=encoding)
+            bundle[name] = Tensor(src, h.attrs, encoding=encoding)
         bundle.on_close(fmap.close)
         return bundle
 

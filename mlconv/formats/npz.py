@@ -232,7 +232,7 @@ class Npz(Format):
             src = StreamSource(opener, h.dtype, h.shape, h.itemsize, h.byteorder, h.fortran,
                                path, name)
             src.limit = limit
-        return Tensor(src, encoding=encoding)
+        return Tensor(src, h.attrs, encoding=encoding)
 
     def check(self, path: str, bundle: Bundle, deep: bool):
         problems, warnings = super().check(path, bundle, deep)
