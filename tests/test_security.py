@@ -682,3 +682,11 @@ def test_hdf5_global_heap_that_hangs_libhdf5(tmp_path, monkeypatch):
     with pytest.raises(FormatError, match="did not finish"):
         mlconv.load(src)
     assert time.monotonic() - start < 30
+
+
+def test_npy_header_that_makes_python_warn_is_still_one_line(tmp_path):
+    """Fuzz finding: ast.literal_eval printed a SyntaxWarning line before the error."""
+    src = _npy(tmp_path / "w.npy", "{'descr': '<f4', 'fortran_order': False, "
+                                   "'shape': (1if 1 else 2, ), }", bytes(4))
+    code, err = cli("inspect", src)
+    assert code == 1 and err.count("\n") == 1 and "SyntaxWarning" not in err, err
