@@ -4,6 +4,7 @@ with one clear line, special files refused."""
 import os
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -660,3 +661,32 @@ def test_parquet_page_of_unknown_type_loses_no_rows(tmp_path):
         assert not (tmp_path / f"o.{to}").exists()
     report = mlconv.validate(src, deep=True)
     assert not report.ok and "pages hold" in report.problems[0].reason
+
+
+def test_hdf5_global_heap_that_hangs_libhdf5(tmp_path, monkeypatch):
+    """Fuzz finding: an empty object inserted into the global heap holding an attribute's
+    vlen string sends libhdf5 into an endless loop reading it. The guard child's timeout
+    turns it into an error (here shortened; 60 s by default)."""
+    from mlconv.formats import _hdf5_guard
+
+    src = tmp_path / "g.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = np.arange(20, dtype=np.float32)
+        f.attrs["k"] = "v"
+    data = src.read_bytes()
+    at = data.index(b"GCOL") + 16  # after the collection header: its first object
+    src.write_bytes(data[:at] + bytes(17) + b"GCOL\x01\x00\x00\x00\x00\x10" + bytes(6)
+                    + data[at:])
+    monkeypatch.setattr(_hdf5_guard, "TIMEOUT", 5)
+    start = time.monotonic()
+    with pytest.raises(FormatError, match="did not finish"):
+        mlconv.load(src)
+    assert time.monotonic() - start < 30
+
+
+def test_npy_header_that_makes_python_warn_is_still_one_line(tmp_path):
+    """Fuzz finding: ast.literal_eval printed a SyntaxWarning line before the error."""
+    src = _npy(tmp_path / "w.npy", "{'descr': '<f4', 'fortran_order': False, "
+                                   "'shape': (1if 1 else 2, ), }", bytes(4))
+    code, err = cli("inspect", src)
+    assert code == 1 and err.count("\n") == 1 and "SyntaxWarning" not in err, err

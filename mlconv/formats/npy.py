@@ -111,7 +111,11 @@ def _literal(text: str):
                 toks.append((tok.type, tok.string))
             prev = tok
         text = tokenize.untokenize(toks)
-    return ast.literal_eval(text)
+    import warnings
+
+    with warnings.catch_warnings():  # a hostile header would print SyntaxWarnings
+        warnings.simplefilter("ignore")
+        return ast.literal_eval(text)
 
 
 def _has_object(descr) -> bool:
