@@ -647,6 +647,7 @@ class Case:
     exits: dict = field(default_factory=dict)  # command -> allowed exit codes (default {1})
     args: dict = field(default_factory=dict)   # command -> extra arguments
     needs: str | None = None           # xfail until this branch is merged
+    wall: int = 60                     # seconds before a run counts as hung
 
 
 ANY = (0, 1)
@@ -685,9 +686,10 @@ CASES: dict[str, Case] = {
     "parquet_duplicate_entries": Case(parquet_duplicate_entries, needs=NEEDS_A),
     "onnx_duplicate_initializers": Case(onnx_duplicate_initializers, needs=NEEDS_A),
     "parquet_rows_2p62": Case(parquet_rows_2p62, ".h5", needs=NEEDS_A),
-    "fifo": Case(fifo, needs=NEEDS_A),
+    "fifo": Case(fifo, needs=NEEDS_A, wall=35),  # blocks without CPU: a short wall cap
     "dev_zero_as_onnx": Case(dev_zero, args={c: ["--from", "onnx"] for c in
-                                             ("inspect", "convert")}, needs=NEEDS_A),
+                                             ("inspect", "convert")}, needs=NEEDS_A,
+                             wall=35),
     "safetensors_surrogate_name": Case(safetensors_surrogate_name, ".h5", needs=NEEDS_A),
     "safetensors_surrogate_metadata": Case(safetensors_surrogate_metadata, ".parquet",
                                            exits={"inspect": ANY}, needs=NEEDS_A),
