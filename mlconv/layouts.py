@@ -29,6 +29,7 @@ GROUPS_KEY = b"mlconv.groups"   # JSON: group name -> attrs
 HELD = frozenset(d for d in D.NUMERIC if not d.is_subbyte) | {DType.string, DType.bytes}
 DTYPE_KEY = b"mlconv.dtype"
 WIDTH_KEY = b"mlconv.width"  # bytes per element of a text tensor column
+FSL_MAX = (1 << 31) - 1  # values in one row of an Arrow fixed-size list
 BATCH_BYTES = 16 << 20  # rows per batch are chosen to keep a batch near this size
 
 
@@ -181,6 +182,14 @@ def tensor_table(bundle: Bundle, layout: str | None) -> Table:
     for name, t in bundle.items():
         typ, fmeta = storage_type(t.dtype)
         if len(t.shape) > 1:
+            per_row = 1
+            for d in t.shape[1:]:
+                per_row *= d
+            if per_row > FSL_MAX:
+                raise UnsupportedError(
+                    f"a row of shape {list(t.shape[1:])} holds {per_row} values; Arrow's "
+                    f"fixed-size lists hold at most {FSL_MAX}; use --layout entries",
+                    bundle.path, name)
             typ = pa.fixed_shape_tensor(typ, list(t.shape[1:]))
         if t.dtype.bits is None:  # text columns are variable: keep numpy's fixed width
             fmeta = {WIDTH_KEY: str(t.itemsize).encode()}

@@ -84,9 +84,7 @@ def _outside(opened, allowed) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=c.needs)) if c.needs else n
-    for n, c in CASES.items()])
+@pytest.mark.parametrize("name", list(CASES))
 def test_hostile(tmp_path, name):
     case = CASES[name]
     folder = tmp_path / "in"
@@ -102,6 +100,8 @@ def test_hostile(tmp_path, name):
         results = {cmd: f.result() for cmd, f in futures.items()}
     allowed = [os.path.realpath(os.path.dirname(src)), os.path.realpath(folder),
                str(tmp_path)]
+    if os.environ.get("MLCONV_CACHE_DIR"):  # mlconv's own verdicts, never the input's data
+        allowed.append(os.path.realpath(os.environ["MLCONV_CACHE_DIR"]))
     problems = []
     for cmd, r in results.items():
         where = f"{cmd}: {r['stderr'][-300:]!r} {r['stdout'][-300:]!r}"

@@ -316,7 +316,7 @@ class Arrow(Format):
         cols = layouts.schema_columns(schema, path)
         table = Table(cols, src.count_rows(), src.batches, lambda: schema)
         if not src.stream:
-            table.pieces = ([b.num_rows for b in src.raw_batches()], src.piece)
+            table.pieces = ([rows for rows, _ in src.sizes], src.piece)  # from metadata
         bundle = layouts.read_bundle(table, name, path, self.id, src.row)
         bundle.on_close(src.close)
         return bundle
