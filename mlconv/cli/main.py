@@ -359,10 +359,12 @@ def _bar(enabled: bool, unit: str, total=None) -> _Bar | None:
 @click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 @_convert_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_limit_options
 @_debug_option
 @click.pass_context
 def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
-         compression, layout, allow_external, path, force, as_json, debug):
+         compression, layout, allow_external, path, force, as_json, max_memory, allow_expand,
+         debug):
     """Show how SRC would become DST: each entry zero-copy, streamed or in-memory, the bytes
     moved, and any loss that would stop it. SRC and DST may also be two format ids."""
     from ..convert import plan as run_plan
@@ -376,7 +378,8 @@ def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
         expand(srcs) if many else srcs[0], dst, from_format=from_format,
         to_format=to_format, select=select, exclude=exclude, cast=cast,
         allow_lossy=allow_lossy, compression=compression, allow_external=allow_external,
-        layout=layout, path=path, overwrite=force))
+        layout=layout, path=path, overwrite=force, max_memory=max_memory,
+        allow_expand=allow_expand))
     say(json.dumps(result.as_dict(), indent=2) if as_json else show.plan_text(result.as_dict()))
     ctx.exit(0 if result.ok else 1)
 
