@@ -23,12 +23,17 @@ def _quad_h5(path):
     """An HDF5 file with one IEEE binary128 dataset (h5py can't express it) beside others."""
     with h5py.File(path, "w") as f:
         f["ok"] = np.arange(4)
-        tid = h5py.h5t.IEEE_F64LE.copy()
-        tid.set_size(16)
-        tid.set_precision(128)
-        tid.set_fields(127, 112, 15, 0, 112)
-        tid.set_ebias(16383)
-        h5py.h5d.create(f.id, b"quad", tid, h5py.h5s.create_simple((3,)))
+        h5py.h5d.create(f.id, b"quad", _quad_type(), h5py.h5s.create_simple((3,)))
+
+
+def _quad_type():
+    """HDF5's IEEE binary128, which h5py cannot express as a numpy dtype."""
+    tid = h5py.h5t.IEEE_F64LE.copy()
+    tid.set_size(16)
+    tid.set_precision(128)
+    tid.set_fields(127, 112, 15, 0, 112)
+    tid.set_ebias(16383)
+    return tid
 
 
 def test_npz_pickled_members_are_skipped_long_doubles_held_raw(tmp_path):
@@ -449,11 +454,7 @@ def _quad_bytes(values) -> bytes:
 def _written_quad_h5(path, values):
     with h5py.File(path, "w") as f:
         f["ok"] = np.arange(3)
-        tid = h5py.h5t.IEEE_F64LE.copy()
-        tid.set_size(16)
-        tid.set_precision(128)
-        tid.set_fields(127, 112, 15, 0, 112)
-        tid.set_ebias(16383)
+        tid = _quad_type()
         space = h5py.h5s.create_simple((len(values),))
         dset = h5py.h5d.create(f.id, b"quad", tid, space)
         buf = np.frombuffer(_quad_bytes(values), dtype="V16").copy()
