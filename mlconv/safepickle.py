@@ -79,10 +79,10 @@ def loads(data: bytes, what: str = "pickled attribute"):
             elif name == "STOP":
                 if len(stack) != 1:
                     raise UnsafeInputError(f"{what}: malformed pickle")
+                _check_expansion(stack[0], what)  # first: it names shared parts and cycles
                 if _depth(stack[0]) > MAX_DEPTH:
                     raise UnsafeInputError(f"{what}: pickle nested deeper than {MAX_DEPTH} "
                                            "levels (or a cycle, or too many shared parts)")
-                _check_expansion(stack[0], what)
                 return stack[0]
             else:
                 raise UnsafeInputError(

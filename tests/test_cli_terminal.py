@@ -2,11 +2,14 @@
 show) and piped, for every pair of formats and for many files at once. Both runs must agree:
 the same exit code, one-line errors, never an internal error, the same output files."""
 
+import fcntl
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +27,11 @@ MLCONV = str(Path(sys.executable).with_name("mlconv"))
 EXT = {fid: get(fid).extensions[0] for fid in IDS}
 
 
-def run_tty(args, cwd, timeout=120):
-    """(exit code, what the terminal showed): stdin, stdout and stderr on a pty."""
+def run_tty(args, cwd, timeout=120, size=(24, 80)):
+    """(exit code, what the terminal showed): stdin, stdout and stderr on a pty of ``size``
+    (rows, columns); (0, 0) is a pty that reports no size."""
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     proc = subprocess.Popen([MLCONV, *map(str, args)], stdin=slave, stdout=slave,
                             stderr=slave, cwd=cwd, close_fds=True)
     os.close(slave)
@@ -132,9 +137,11 @@ def test_every_pair_under_a_terminal_and_piped(source, src_files, tmp_path):
 def test_progress_bar_shows_on_a_terminal_only(tmp_path):
     src = tmp_path / "big.npy"
     np.save(src, np.zeros((4096, 4096), np.float32))  # 64 MiB: long enough for a bar
-    code, shown = run_tty([src, tmp_path / "a.safetensors", "--progress"], tmp_path)
-    bar = [line for line in shown.replace("\r", "\n").splitlines() if line.startswith("mlconv:")]
-    assert code == 0 and bar and ("%" in bar[0] or "B/s" in bar[0]), shown
+    for size, dst in (((24, 80), "a.safetensors"), ((0, 0), "a0.safetensors")):
+        code, shown = run_tty([src, tmp_path / dst], tmp_path, size=size)
+        bar = [line for line in shown.replace("\r", "\n").splitlines()
+               if line.startswith("mlconv:")]
+        assert code == 0 and bar and ("%" in bar[0] or "B/s" in bar[0]), (size, shown)
     code, out, err = run_piped([src, tmp_path / "b.safetensors"], tmp_path)
     assert code == 0 and err == ""
     # --progress off a terminal: a bar on stderr, never a crash (tables included)

@@ -433,8 +433,8 @@ def guard_calls(monkeypatch, tmp_path):
     calls = []
     real = _hdf5_guard.subprocess.Popen
     monkeypatch.setattr(_hdf5_guard.subprocess, "Popen",
-                        lambda *a, **k: (calls.append(a[0][-2]) if a[0][:2] == [
-                            sys.executable, "-c"] and len(a[0]) == 5 else None)
+                        lambda *a, **k: (calls.append(a[0][3]) if a[0][:3] == [
+                            sys.executable, "-c", _hdf5_guard._CHILD] else None)
                         or real(*a, **k))
     return calls
 

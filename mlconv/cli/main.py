@@ -328,9 +328,14 @@ class _Bar:
         from tqdm import tqdm
 
         scaled = unit == "B"
+        try:  # a terminal that reports no size (a bare pty) would get no bar at all
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except (OSError, ValueError):
+            sized = False
         self._bar = tqdm(total=total, unit=unit, unit_scale=scaled, unit_divisor=1024,
-                         file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.2,
-                         desc="mlconv")
+                         file=sys.stderr, leave=False, dynamic_ncols=sized,
+                         ncols=None if sized else 80, nrows=None if sized else 24,
+                         mininterval=0.2, desc="mlconv")
 
     def __call__(self, n: int) -> None:
         self._bar.update(n)

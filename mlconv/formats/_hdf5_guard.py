@@ -104,7 +104,7 @@ class Pending:
                               "process: the file is corrupt or hostile", self.path)
         if code == 0:
             _passed.add(self.key)
-            _guard_cache.remember(self.path, self.st, self.key[-1])
+            _guard_cache.remember(self.path, self.st, self.key[3])  # key[3]: allow_external
 
 
 def start(path: str, options) -> Pending:
