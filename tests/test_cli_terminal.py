@@ -135,14 +135,16 @@ def test_every_pair_under_a_terminal_and_piped(source, src_files, tmp_path):
 
 
 def test_progress_bar_shows_on_a_terminal_only(tmp_path):
-    src = tmp_path / "big.npy"
-    np.save(src, np.zeros((4096, 4096), np.float32))  # 64 MiB: long enough for a bar
-    for size, dst in (((24, 80), "a.safetensors"), ((0, 0), "a0.safetensors")):
-        code, shown = run_tty([src, tmp_path / dst], tmp_path, size=size)
+    src = tmp_path / "big.npy"  # 64 MiB of noise to deflate: long enough for a bar (0.5 s)
+    np.save(src, np.random.default_rng(0).integers(0, 255, (8192, 8192), np.uint8))
+    for size, dst in (((24, 80), "a.npz"), ((0, 0), "a0.npz")):
+        code, shown = run_tty([src, tmp_path / dst, "--compression", "deflate"], tmp_path,
+                              size=size)
         bar = [line for line in shown.replace("\r", "\n").splitlines()
                if line.startswith("mlconv:")]
         assert code == 0 and bar and ("%" in bar[0] or "B/s" in bar[0]), (size, shown)
-    code, out, err = run_piped([src, tmp_path / "b.safetensors"], tmp_path)
+    code, out, err = run_piped([src, tmp_path / "b.npz", "--compression", "deflate"],
+                               tmp_path)
     assert code == 0 and err == ""
     # --progress off a terminal: a bar on stderr, never a crash (tables included)
     code, out, err = run_piped([src_table(tmp_path), tmp_path / "t.arrow", "--progress"],

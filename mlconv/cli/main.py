@@ -232,13 +232,17 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
         say(json.dumps(plan.as_dict(), indent=2) if as_json else show.plan_text(plan.as_dict()))
         ctx.exit(0 if plan.ok else 1)
     bar = _bar(show_bar, "B")
-    try:
-        report = _run(ctx, debug, lambda: run_convert(
-            sources, dst, to_format=to_format, row_group_size=row_group_size,
-            progress=bar, template=template, external_data=external_data, **options))
-    finally:
-        if bar is not None:
-            bar.close()
+
+    def action():
+        try:
+            return run_convert(sources, dst, to_format=to_format, row_group_size=row_group_size,
+                               progress=bar, template=template, external_data=external_data,
+                               **options)
+        finally:  # gone before any error line is printed
+            if bar is not None:
+                bar.close()
+
+    report = _run(ctx, debug, action)
     _print_report(report, as_json, verbosity)
 
 
@@ -279,10 +283,11 @@ def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, row
     results = _run(ctx, debug, lambda: iter_convert_many(
         sources, dst, to_format=to_format, jobs=jobs, row_group_size=row_group_size,
         template=template, external_data=external_data, **options))
+    results = _run(ctx, debug, lambda: _drain(results))
     bar = _bar(show_bar, "file", total=len(sources))
     done = []
     try:
-        for result in _run(ctx, debug, lambda: _drain(results)):
+        for result in results:
             done.append(result)
             if bar is not None:
                 bar.clear()
@@ -335,7 +340,7 @@ class _Bar:
         self._bar = tqdm(total=total, unit=unit, unit_scale=scaled, unit_divisor=1024,
                          file=sys.stderr, leave=False, dynamic_ncols=sized,
                          ncols=None if sized else 80, nrows=None if sized else 24,
-                         mininterval=0.2, desc="mlconv")
+                         mininterval=0.2, delay=0.5, desc="mlconv")  # long runs only
 
     def __call__(self, n: int) -> None:
         self._bar.update(n)
