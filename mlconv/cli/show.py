@@ -120,19 +120,3 @@ def plan_text(plan: dict) -> str:
     else:
         lines.append("ok: nothing is lost")
     return "\n".join(lines)
-
-
-def many_text(results: list[dict]) -> str:
-    rows = []
-    for r in results:
-        if r["ok"]:
-            rep = r["report"]
-            rows.append(["ok", r["src"], r["dst"], f"{rep['entries']} "
-                         f"{'entry' if rep['entries'] == 1 else 'entries'}, "
-                         f"{human_bytes(rep['bytes_written'])}"])
-        else:
-            rows.append(["FAIL", r["src"], r["dst"], r["error"]])
-    bad = sum(not r["ok"] for r in results)
-    body = table(rows, ["", "source", "output", "result"]) if rows else ""
-    return f"{body}\n{len(results) - bad} converted, {bad} failed"
-
