@@ -556,9 +556,11 @@ class EntrySource(Source):
 # --- shared by the Arrow-table formats (Parquet, Arrow IPC) -------------------------------
 
 def arrow_errors():
-    """What pyarrow raises on bad input."""
+    """What pyarrow raises on bad input (EOFError: a stream that ends early; left alone it
+    would reach click, which reads it as the user's Ctrl-D)."""
     pa = _pa()
-    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError)
+    return (OSError, pa.ArrowException, ValueError, IndexError, KeyError, UnicodeDecodeError,
+            EOFError)
 
 
 def one_line(e) -> str:

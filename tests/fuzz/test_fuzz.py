@@ -36,3 +36,22 @@ def test_mutated_hdf5_files_raise_only_mlconv_errors(rng_seed):
     data = mutate(_seed("hdf5"), random.Random(rng_seed))
     with tempfile.TemporaryDirectory() as folder:
         assert run_isolated(data, ".h5", folder) is None
+
+
+def test_arrow_that_ends_early_is_an_error_not_an_abort(tmp_path):
+    """A finding: pyarrow's EOFError reached click, which reads it as Ctrl-D ("aborted",
+    exit 130). It is a corrupt file: exit 1 with one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = mutate(_seed("arrow"), random.Random(14132440))
+    with tempfile.TemporaryDirectory() as folder:
+        assert run_isolated(data, ".arrow", folder) is None
+    src = tmp_path / "short.arrow"
+    src.write_bytes(data)
+    mlconv = str(Path(sys.executable).with_name("mlconv"))
+    for args in (["inspect", src], [src, tmp_path / "o.npz"], ["validate", src]):
+        res = subprocess.run([mlconv, *map(str, args)], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 1 and "aborted" not in res.stderr, (args, res.stderr)
