@@ -374,8 +374,8 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
         if overwrite:
             result.notes.append(f"{dst} exists and will be replaced (--force)")
         else:
-            result.error = str(OutputExistsError("output exists; use --force to replace it",
-                                                 dst).render(cli=True))
+            result.error = OutputExistsError("output exists; use --force to replace it",
+                                                 dst).render(cli=True)
     return result
 
 

@@ -81,8 +81,9 @@ def enabled(options) -> bool:
 class Pending:
     """A guard child under way; ``wait()`` raises if libhdf5 crashed or hung in it."""
 
-    def __init__(self, path: str, key, proc, st=None):
+    def __init__(self, path: str, key, proc, st=None, allow_external: bool = False):
         self.path, self.key, self.proc, self.st = path, key, proc, st
+        self.allow_external = allow_external  # what a remembered verdict is keyed by
 
     def wait(self) -> None:
         if self.proc is None:
@@ -104,7 +105,7 @@ class Pending:
                               "process: the file is corrupt or hostile", self.path)
         if code == 0:
             _passed.add(self.key)
-            _guard_cache.remember(self.path, self.st, self.key[3])  # key[3]: allow_external
+            _guard_cache.remember(self.path, self.st, self.allow_external)
 
 
 def start(path: str, options) -> Pending:
@@ -123,7 +124,7 @@ def start(path: str, options) -> Pending:
          str(options.max_memory), "1" if options.allow_expand else "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         preexec_fn=_limits, env=env)
-    return Pending(path, key, proc, st)
+    return Pending(path, key, proc, st, options.allow_external)
 
 
 def check(path: str, options) -> None:
