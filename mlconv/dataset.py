@@ -242,7 +242,7 @@ def _load(path: str, format, trusted: bool):
 def _columns(bundle, path: str) -> dict:
     """Every tensor of ``bundle`` by name; each table's columns as tensors (``table/col``
     when the file holds more than one entry)."""
-    from .layouts import table_tensors
+    from .columns import table_tensors
     from .model import Table
 
     out, bad = {}, []

@@ -338,6 +338,62 @@ def to_arrow(dtype: DType):
     return getattr(pa, name)()
 
 
+# --- dtypes a container lacks: stored as same-width unsigned integers plus a tag ---------
+
+# One rule for every container (HDF5 attribute, Arrow field metadata): the payload goes as
+# uintN (or N raw bytes) and the tag names the real dtype, so reading back is a relabel.
+DTYPE_TAG = "mlconv.dtype"
+OLD_DTYPE_TAGS = ("mlconv_dtype",)  # HDF5 files written by mlconv before the rule was shared
+
+
+def tag_storage(dtype: DType) -> str:
+    """The numpy storage ('<uN' or 'VN') a dtype is written as under ``DTYPE_TAG``."""
+    if dtype.bits is None or dtype.is_subbyte:
+        raise UnsupportedError(f"{dtype.value} cannot be stored under a dtype tag")
+    width = dtype.bits // 8
+    return f"<u{width}" if width in (1, 2, 4, 8) else f"V{width}"
+
+
+def tagged(stored_bits: int | None, stored_kind: str, tag) -> DType | None:
+    """The dtype a tag names when it fits the storage exactly (a relabel), else None."""
+    if isinstance(tag, bytes):
+        tag = tag.decode("utf-8", "replace")
+    if not isinstance(tag, str) or tag not in DType._value2member_map_:
+        return None
+    real = DType(tag)
+    if real.bits != stored_bits or stored_kind not in ("uint", "bytes"):
+        return None
+    return real
+
+
+def arrow_storage(dtype: DType):
+    """(Arrow type holding ``dtype``, field metadata or None): native where Arrow has the
+    type, else the tag rule."""
+    import pyarrow as pa
+
+    tag = {DTYPE_TAG.encode(): dtype.value.encode()}
+    try:
+        typ = to_arrow(dtype)
+        if dtype.kind in ("datetime", "timedelta"):
+            # Parquet has no seconds unit (it would rewrite the column and lose a tensor
+            # column's shape): seconds go as exact milliseconds, the tag names the dtype
+            if dtype.value.endswith("[s]"):
+                typ = pa.timestamp("ms") if dtype.kind == "datetime" else pa.duration("ms")
+            return typ, tag
+        return typ, None
+    except UnsupportedError:
+        pass
+    storage = tag_storage(dtype)
+    typ = getattr(pa, f"uint{dtype.bits}")() if storage[0] == "<" else pa.binary(dtype.bits // 8)
+    return typ, tag
+
+
+def arrow_type_name(t) -> str:
+    """An Arrow type for people: the canonical dtype name where there is one."""
+    found = from_arrow(t)
+    return found.value if found is not None else str(t)
+
+
 # --- ONNX (TensorProto.DataType) --------------------------------------------------------
 
 _ONNX = {

@@ -389,7 +389,7 @@ def test_tensor_slice_reads_only_its_rows(tmp_path, monkeypatch):
                         or real_rg(self, *a, row_groups=row_groups, **k))
     f = mlconv.load(path)["t"]
     assert f.kind == "table"
-    from mlconv.layouts import table_tensors
+    from mlconv.columns import table_tensors
     col = table_tensors(f, "t", prefix=False)["f"]
     np.testing.assert_array_equal(col[130:140], expect["f"][130:140])
     assert groups == [2]

@@ -81,7 +81,7 @@ def test_safetensors_to_h5_and_back_exact(tmp_path, dtype):
         assert f.attrs["k"] == "v"
         if dtype.numpy().kind == "V" or dtype.value.startswith("float8"):
             assert ds.dtype == np.dtype(f"<u{dtype.bits // 8}")
-            assert ds.attrs["mlconv_dtype"] == dtype.value
+            assert ds.attrs["mlconv.dtype"] == dtype.value
             got = ds[()].view(dtype.numpy())
         else:
             got = ds[()]
@@ -452,3 +452,17 @@ def test_many_files_one_bad_other_fine(tmp_path):
         mlconv.convert(bad, tmp_path / "b.npz")
     mlconv.convert(good, tmp_path / "g.npz")
     assert np.load(tmp_path / "g.npz")["x"].shape == (100_000,)
+
+
+@pytest.mark.parametrize("tag", ["mlconv.dtype", "mlconv_dtype"])
+def test_the_dtype_tag_and_its_old_name_are_both_read(tmp_path, tag):
+    """One tag rule for HDF5 and Arrow (dtypes.DTYPE_TAG); files from older mlconv say
+    mlconv_dtype and must still come back as bfloat16."""
+    arr = sample(DType.bfloat16, (3,), seed=2)
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f["w"] = arr.view("<u2")
+        f["w"].attrs[tag] = "bfloat16"
+    t = mlconv.open(path)["w"]
+    assert t.dtype is DType.bfloat16 and "mlconv.dtype" not in t.attrs and not t.attrs
+    assert payload(t.numpy()) == payload(arr)

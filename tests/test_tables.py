@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 import mlconv
 from mlconv import dtypes as D
-from mlconv import layouts
 from mlconv.cli import cli
 from mlconv.dtypes import DType
 from mlconv.errors import LossyConversionError, MlconvError
+from mlconv.formats import arrow_layouts as layouts
 
 from .conftest import CORPUS, corpus_files, corpus_params
 from .helpers import cli_refuses, payload, sample, st_read, st_write
@@ -131,7 +131,7 @@ def test_rows_layout_every_dtype(tmp_path, fmt, dtype):
     assert isinstance(t.schema.field("x").type, pa.FixedShapeTensorType)
     assert list(t.schema.field("x").type.shape) == [2, 3]
     if dtype in D._ARROW:  # a native Arrow type: a pyarrow user sees the values
-        assert t.schema.field("y").type == layouts.storage_type(dtype)[0]  # s goes as ms
+        assert t.schema.field("y").type == D.arrow_storage(dtype)[0]  # s goes as ms
         if dtype.kind in ("datetime", "timedelta"):
             assert (t.column("y").to_numpy() == y).all()  # numpy compares across units
         elif dtype.bits is None:  # text: a string/binary column

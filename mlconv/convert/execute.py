@@ -12,8 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from .. import columns as column_tensors
 from .. import dtypes as D
-from .. import layouts
 from ..atomic import atomic_output
 from ..errors import (
     Loss,
@@ -94,7 +94,7 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
         if isinstance(entry, Table) and not caps.tables:
             # a tensor-only target: each numeric column becomes a tensor "table/column"
             bad: list[str] = []
-            columns = layouts.table_tensors(entry, name, src, fill=allow_lossy,
+            columns = column_tensors.table_tensors(entry, name, src, fill=allow_lossy,
                                             warnings=losses, bad=bad, pad=pad)
             for why in bad:
                 loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
@@ -110,7 +110,7 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
             if entry is None:
                 continue
             if not caps.nulls and allow_lossy:
-                entry = layouts.filled(entry, losses, src, name)
+                entry = column_tensors.filled(entry, losses, src, name)
         else:
             entry = _fit_tensor(entry, name, fmt, casts, allow_lossy, losses, src)
             if entry is None:

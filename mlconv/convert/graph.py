@@ -78,7 +78,7 @@ class Plan:
 
 
 def _tensor_method(t: Tensor, fmt: Format, generic: bool, layout: str | None) -> tuple[str, str]:
-    from ..layouts import EntrySource
+    from ..formats.arrow_layouts import EntrySource
     from ..sources import ArraySource, CastSource, FileSource, StreamSource
 
     src = t.source
@@ -105,7 +105,7 @@ def steps_for(bundle: Bundle, fmt: Format, generic: bool = False,
               layout: str | None = None, compression: str | None = None) -> list[Step]:
     if fmt.id in ("parquet", "arrow") and bundle.values() and not any(
             isinstance(e, Table) for e in bundle.values()):
-        from ..layouts import choose
+        from ..formats.arrow_layouts import choose
 
         try:
             layout = choose(bundle, layout)

@@ -248,7 +248,7 @@ def _frame_table(g, group: str, path: str):
             arrays = [c.convert(block, encoding, path, group) for c in ordered]
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
-    from ..layouts import type_name
+    from ..dtypes import arrow_type_name as type_name
 
     described = [(c.name, type_name(c.arrow_type(encoding))) for c in ordered]
     return Table(described, n, batches, schema, encoding={"pandas_type": "frame_table"})
@@ -330,7 +330,7 @@ def _frame_fixed(g, group: str, path: str):
                 raise FormatError(f"cannot read pandas frame: {e}", path, group) from None
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
-    from ..layouts import type_name
+    from ..dtypes import arrow_type_name as type_name
 
     return Table([(f.name, type_name(f.type)) for f in fields], n, batches, lambda: sch,
                  encoding={"pandas_type": "frame"})

@@ -4,7 +4,7 @@ format (``.arrows``).
 Files are memory-mapped and read zero-copy (uncompressed buffers stay in the map); every
 batch passes ``validate(full=True)`` before use, since its buffers come straight from the
 file. Extension types pyarrow does not know read as their storage type; Python-pickled
-extension types are never registered. Layouts of tensors as in Parquet (``mlconv.layouts``).
+extension types are never registered. Layouts of tensors as in Parquet (``formats.arrow_layouts``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import struct
 
-from .. import layouts
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
 from ..sources import check_memory
+from . import arrow_layouts as layouts
 from .base import MAX_MEMORY, Capabilities, Format, stem_name
 
 FILE_MAGIC = b"ARROW1"

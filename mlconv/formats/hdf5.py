@@ -11,7 +11,7 @@ process (see ``_hdf5_guard``) so a libhdf5 crash is an error, not a dead process
 Writing: tensors become contiguous datasets allocated up front, whose bytes are then copied
 in at their offsets (kernel copies where the source allows); data sections are 4 KiB
 aligned. Dtypes HDF5 lacks (bfloat16, float8) are stored as unsigned integers of the same
-width with a ``mlconv_dtype`` attribute naming the real dtype. Tables become compound
+width with a ``mlconv.dtype`` attribute (``dtypes.DTYPE_TAG``) naming the real dtype. Tables become compound
 datasets written batch by batch, with their Arrow schema in ``mlconv_arrow_schema``.
 """
 
@@ -37,7 +37,7 @@ from ..sources import FileMap, FileSource, Source, array_chunks, check_memory, g
 from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
-DTYPE_ATTR = "mlconv_dtype"
+DTYPE_ATTR = D.DTYPE_TAG  # the shared tag rule (dtypes.py); old files say mlconv_dtype
 RAGGED_ATTR = "mlconv_ragged"  # a table that was one vlen sequence dataset
 ENUM_ATTR = "mlconv_enum"  # an enum dataset's labels {label: value}
 SCHEMA_ATTR = "mlconv_arrow_schema"
@@ -592,16 +592,16 @@ class _Reader:
         enum = h5py.check_enum_dtype(dt)
         if enum is not None and dt.kind != "b":  # labels are meaning: attrs, not encoding
             attrs[ENUM_ATTR] = {str(k): int(v) for k, v in enum.items()}
-        real = attrs.get(DTYPE_ATTR)
+        tag_names = [k for k in (DTYPE_ATTR, *D.OLD_DTYPE_TAGS) if k in attrs]
+        real = attrs.get(tag_names[0]) if tag_names else None
         try:
             dtype = D.from_numpy(dt)
             if _is_bfloat16(ds):  # HDF5 2.0's bfloat16, which h5py widens to float32
                 dtype, view, dt = DType.bfloat16, DType.bfloat16.numpy(), DType.bfloat16.numpy()
-            elif isinstance(real, str) and real in DType._value2member_map_:
-                stored = D.parse(real)
-                if stored.bits == dtype.bits and dtype.kind == "uint":
-                    dtype, view = stored, stored.numpy()
-                    attrs.pop(DTYPE_ATTR)
+            elif D.tagged(dtype.bits, dtype.kind, real) is not None:
+                dtype = D.tagged(dtype.bits, dtype.kind, real)
+                view = dtype.numpy()
+                attrs.pop(tag_names[0])
         except UnsupportedError:
             self.bundle.skipped[name] = f"HDF5 type {dt.str} has no mlconv dtype"
             return None
@@ -665,7 +665,7 @@ class _Reader:
                 yield _pa().RecordBatch.from_arrays([col], schema=schema())
 
         attrs[RAGGED_ATTR] = True if shape else "scalar"  # written back as a vlen dataset
-        from ..layouts import type_name
+        from ..dtypes import arrow_type_name as type_name
 
         return Table([(column, type_name(typ))], n, batches, schema, attrs)
 
@@ -769,7 +769,7 @@ class _Reader:
                     cols.append(arr)
                 yield pa.RecordBatch.from_arrays(cols, schema=sch)
 
-        from ..layouts import type_name
+        from ..dtypes import arrow_type_name as type_name
 
         described = [(f, type_name(t)) for f, t in columns] if schema is None else \
             [(f.name, type_name(f.type)) for f in schema]
@@ -810,7 +810,7 @@ def _own_schema(raw):
 # --- writing ---------------------------------------------------------------------------
 
 def _storage(dtype: DType):
-    """(numpy dtype stored in HDF5, name for the mlconv_dtype attr or None)."""
+    """(numpy dtype stored in HDF5, name for the dtype tag attr or None)."""
     import numpy as np
 
     h5py = _h5py()
@@ -819,7 +819,7 @@ def _storage(dtype: DType):
     if dtype is DType.bytes:
         return None, None  # fixed width: the tensor's itemsize decides
     if dtype.numpy().kind in "VMm" or dtype.value.startswith("float8"):  # h5py: no time
-        return np.dtype(f"<u{dtype.bits // 8}"), dtype.value
+        return np.dtype(D.tag_storage(dtype)), dtype.value
     return dtype.numpy().newbyteorder("<") if dtype.numpy().itemsize > 1 else dtype.numpy(), None
 
 

@@ -1,7 +1,7 @@
 """Parquet through pyarrow: tables streamed as record batches both ways.
 
 A file reads as one Table (named after the file stem), or, when it was written from
-tensors, as those tensors again (``mlconv.layouts``). Writing takes one table, or a tensor
+tensors, as those tensors again (``formats.arrow_layouts``). Writing takes one table, or a tensor
 Bundle in the rows/entries layout. Thrift sizes are capped; encrypted files are refused.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from .. import layouts
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
 from ..model import Bundle, Table
 from ..sources import check_memory
+from . import arrow_layouts as layouts
 from .base import Capabilities, Format, stem_name
 
 MAGIC = b"PAR1"
