@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 
 from .errors import MlconvError, OptionError
@@ -77,8 +74,8 @@ def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
     report.format = fmt.id
     options = ReadOptions(trusted=True, allow_external=allow_external,
                           max_memory=max_memory, allow_expand=allow_expand)
-    if fmt.id == "hdf5" and _isolate():
-        return _in_child(path, expectation, deep, options)
+    if fmt.isolate() is not None:  # a library that may crash on the file: check in a child
+        return _in_child(path, fmt, expectation, deep, options)
     return _validate_here(path, fmt, expectation, deep, report, options)
 
 
@@ -104,69 +101,50 @@ def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
     return report
 
 
-# --- HDF5 in a child process ------------------------------------------------------------
+# --- formats whose library may crash: the whole check in a child -----------------------
 
-TIMEOUT = 300
+TIMEOUT = 300  # seconds: a deep check reads every byte
 
-_CHILD = ("import json, sys\n"
-          "from mlconv.formats._hdf5_guard import audit_from_env\n"
+_CHILD = ("import sys\n"
+          "from mlconv.formats.isolation import audit_from_env\n"
           "audit_from_env()\n"
           "from mlconv.validate import child_main\n"
-          "sys.exit(child_main(sys.argv[1], sys.argv[2], sys.argv[3] == '1',\n"
-          "                    sys.argv[4] == '1', int(sys.argv[5]), sys.argv[6] == '1'))\n")
+          "sys.exit(child_main(*sys.argv[1:]))\n")
 
 
-def _isolate() -> bool:
-    from .formats import _hdf5_guard
+def _in_child(path: str, fmt, expectation, deep: bool, options: ReadOptions) -> Report:
+    from .formats import isolation
 
-    return _hdf5_guard.enabled(ReadOptions())
-
-
-def _in_child(path: str, expectation, deep: bool, options: ReadOptions) -> Report:
-    from .formats import _hdf5_guard
-
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", HDF5_PLUGIN_PATH="")
-    env[_hdf5_guard.ENV] = "0"
-    report = Report(path, "hdf5")
+    report = Report(path, fmt.id)
+    proc = isolation.spawn(_CHILD, [path, fmt.id, json.dumps(expectation), "1" if deep else "0",
+                                    "1" if options.allow_external else "0",
+                                    str(options.max_memory),
+                                    "1" if options.allow_expand else "0"],
+                           fmt.isolate_env, capture=True)
     try:
-        res = subprocess.run([sys.executable, "-c", _CHILD, path, json.dumps(expectation),
-                              "1" if deep else "0", "1" if options.allow_external else "0",
-                              str(options.max_memory), "1" if options.allow_expand else "0"],
-                             capture_output=True, text=True, timeout=TIMEOUT,
-                             preexec_fn=_hdf5_guard._limits, env=env,
-                             stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        report.problems.append(Problem(None, f"libhdf5 did not finish within {TIMEOUT} s "
-                                             "(a hostile or corrupt file?)"))
-        return report
-    if res.returncode < 0:
-        try:
-            name = signal.Signals(-res.returncode).name
-        except ValueError:
-            name = f"signal {-res.returncode}"
-        report.problems.append(Problem(None, f"libhdf5 crashed ({name}) reading the file: "
-                                             "it is corrupt or hostile"))
-        return report
-    try:
-        data = json.loads(res.stdout)
+        _, out = isolation.finish(proc, path, TIMEOUT, fmt.isolate())
+        data = json.loads(out)
         report.problems = [Problem(p["entry"], p["reason"], p["check"])
                            for p in data["problems"]]
         report.warnings = [Problem(p["entry"], p["reason"], p["check"])
                            for p in data["warnings"]]
+    except MlconvError as e:
+        report.problems.append(Problem(None, e.message))
     except (ValueError, KeyError, TypeError):
         report.problems.append(Problem(None, "validation child failed: "
-                                             + (res.stderr.strip().splitlines() or ["?"])[-1]))
+                                             + (proc.stderr.read().strip().splitlines()
+                                                or ["?"])[-1]))
     return report
 
 
-def child_main(path: str, expectation_json: str, deep: bool, allow_external: bool = False,
-               max_memory: int = MAX_MEMORY, allow_expand: bool = False) -> int:
-    """Child side of the HDF5 isolation: validate here, print the report as JSON."""
-    expectation = json.loads(expectation_json)
-    fmt = detect(path, "hdf5")
-    options = ReadOptions(trusted=True, allow_external=allow_external,
-                          max_memory=max_memory, allow_expand=allow_expand)
-    report = _validate_here(path, fmt, expectation, deep, Report(path, fmt.id), options)
+def child_main(path: str, format_id: str, expectation_json: str, deep: str,
+               allow_external: str, max_memory: str, allow_expand: str) -> int:
+    """Child side of an isolated validation: validate here, print the report as JSON."""
+    fmt = detect(path, format_id)
+    options = ReadOptions(trusted=True, allow_external=allow_external == "1",
+                          max_memory=int(max_memory), allow_expand=allow_expand == "1")
+    report = _validate_here(path, fmt, json.loads(expectation_json), deep == "1",
+                            Report(path, fmt.id), options)
     print(json.dumps(report.as_dict()))
     return 0
 

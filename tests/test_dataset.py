@@ -17,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 
 import mlconv
 from mlconv.errors import FormatError, MlconvError
-from mlconv.formats import _guard_cache, _hdf5_guard
+from mlconv.formats import _guard_cache, isolation
+from mlconv.formats.hdf5 import guard as _hdf5_guard
 from mlconv.lru import ByteLRU
 
 N = 300
@@ -363,7 +364,7 @@ def test_tensor_array_len_and_getitem(tmp_path):
 
 
 def test_tensor_slice_reads_only_its_rows(tmp_path, monkeypatch):
-    from mlconv.formats.hdf5 import H5Source
+    from mlconv.formats.hdf5.read import H5Source
 
     path, expect = _h5((7, 5, 4))(tmp_path)
     reads = []
@@ -431,8 +432,8 @@ def guard_calls(monkeypatch, tmp_path):
     monkeypatch.setenv(_guard_cache.ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(_hdf5_guard, "_passed", set())
     calls = []
-    real = _hdf5_guard.subprocess.Popen
-    monkeypatch.setattr(_hdf5_guard.subprocess, "Popen",
+    real = isolation.subprocess.Popen
+    monkeypatch.setattr(isolation.subprocess, "Popen",
                         lambda *a, **k: (calls.append(a[0][3]) if a[0][:3] == [
                             sys.executable, "-c", _hdf5_guard._CHILD] else None)
                         or real(*a, **k))
@@ -474,14 +475,15 @@ def test_guard_failure_is_not_remembered(tmp_path, guard_calls, monkeypatch):
 _SECOND = """
 import sys
 import mlconv
-from mlconv.formats import _hdf5_guard
+from mlconv.formats import isolation
+from mlconv.formats.hdf5 import guard as _hdf5_guard
 calls = []
-real = _hdf5_guard.subprocess.Popen
+real = isolation.subprocess.Popen
 def spy(*a, **k):  # other libraries run subprocesses too (platform.processor)
     if _hdf5_guard._CHILD in a[0]:
         calls.append(1)
     return real(*a, **k)
-_hdf5_guard.subprocess.Popen = spy
+isolation.subprocess.Popen = spy
 ds = mlconv.dataset(sys.argv[1])
 print(len(calls), int(ds[5]["y"]))
 """

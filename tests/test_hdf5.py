@@ -22,7 +22,8 @@ from mlconv.errors import (
     UnsafeInputError,
     UnsupportedError,
 )
-from mlconv.formats import _hdf5_guard
+from mlconv.formats import isolation
+from mlconv.formats.hdf5 import guard as _hdf5_guard
 
 from .conftest import CORPUS, corpus_files, corpus_params
 from .helpers import cli_refuses, payload, sample, st_read, st_write
@@ -436,8 +437,8 @@ def test_guard_times_out(tmp_path, guarded):
 def test_guard_runs_by_default_and_passes_good_files(tmp_path, guarded):
     src = _good_h5(tmp_path / "g.h5")
     calls = []
-    real = _hdf5_guard.subprocess.Popen
-    guarded.setattr(_hdf5_guard.subprocess, "Popen",
+    real = isolation.subprocess.Popen
+    guarded.setattr(isolation.subprocess, "Popen",
                     lambda *a, **k: calls.append(1) or real(*a, **k))
     assert mlconv.inspect(src)["entries"][0]["shape"] == [100_000]
     mlconv.inspect(src)  # the verdict is remembered for an unchanged file

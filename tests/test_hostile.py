@@ -27,7 +27,7 @@ RLIMIT_AS = 12 << 30         # a runaway child must not take the machine down wi
 
 WRAPPER = """
 import os, resource, sys
-from mlconv.formats._hdf5_guard import audit_from_env
+from mlconv.formats.isolation import audit_from_env
 audit_from_env()
 from mlconv.cli.main import main
 try:

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 import mlconv
-from mlconv import safepickle
 from mlconv.cli import cli
 from mlconv.errors import FormatError, OptionError, UnsafeInputError, UnsupportedError
 from mlconv.formats.base import parse_size
+from mlconv.formats.hdf5 import safepickle
 
 from .hostile import exploding_pickle, npz_shared_member
 

@@ -667,7 +667,7 @@ def test_hdf5_global_heap_that_hangs_libhdf5(tmp_path, monkeypatch):
     """Fuzz finding: an empty object inserted into the global heap holding an attribute's
     vlen string sends libhdf5 into an endless loop reading it. The guard child's timeout
     turns it into an error (here shortened; 60 s by default)."""
-    from mlconv.formats import _hdf5_guard
+    from mlconv.formats.hdf5 import guard as _hdf5_guard
 
     src = tmp_path / "g.h5"
     with h5py.File(src, "w") as f:

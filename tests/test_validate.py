@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import mlconv
 from mlconv.cli import cli
-from mlconv.formats import _hdf5_guard
+from mlconv.formats.hdf5 import guard as _hdf5_guard
 from mlconv.schemas import load as load_schema
 
 from .conftest import CORPUS, FIXTURES, corpus_files, corpus_params

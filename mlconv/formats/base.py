@@ -122,6 +122,13 @@ class Format:
     def read(self, path: str, options: ReadOptions):
         raise NotImplementedError
 
+    isolate_env = "MLCONV_ISOLATE"  # set to 0 in a child so it does not isolate again
+
+    def isolate(self) -> str | None:
+        """The library that may crash on a hostile file of this format (validate then runs
+        the whole check in a child process, see ``formats.isolation``), or None."""
+        return None
+
     def unheld_columns(self, table) -> list[tuple[str, str]]:
         """(column, why) for each column of ``table`` this format cannot write; the
         planner makes each a named loss (``--exclude TABLE/COLUMN``)."""

@@ -224,7 +224,7 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
     def schema():
         import pyarrow as pa
 
-        from ..tables import arrow_type
+        from .records import arrow_type
 
         def typ(dt):  # times Arrow has no unit for go through the shared codec (exact)
             return D.to_arrow(dt) if dt.kind not in ("datetime", "timedelta") else \
@@ -239,7 +239,7 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
     def batches(rows: int, columns=None):
         import pyarrow as pa
 
-        from ..tables import to_arrow
+        from .records import to_arrow
 
         if "array" not in cache:
             cache["array"] = get_array()

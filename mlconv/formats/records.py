@@ -7,7 +7,7 @@ strings) become string/binary. Complex numbers have no Arrow type and are refuse
 
 from __future__ import annotations
 
-from .errors import FormatError, UnsupportedError
+from ..errors import FormatError, UnsupportedError
 
 
 def _pa():

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 
-from .. import safepickle
-from ..errors import FormatError, UnsafeInputError, UnsupportedError
-from ..model import Bundle, Table
-from .hdf5 import _H5_ERRORS, local  # hdf5 imports this module lazily, so no cycle at load
+from ...errors import FormatError, UnsafeInputError, UnsupportedError
+from ...model import Bundle, Table
+from . import safepickle
+from .read import H5_ERRORS, local
 
 
 def _text(value, default=None):
@@ -169,7 +169,7 @@ def _frame_table(g, group: str, path: str):
     try:
         ds = local(g, "table", path, group)
         gattrs, tattrs = dict(g.attrs), dict(ds.attrs)
-    except _H5_ERRORS as e:
+    except H5_ERRORS as e:
         raise FormatError(f"pandas table unreadable: {e}", path, group) from None
 
     def pickled(attrs, key, default=None):
@@ -243,12 +243,12 @@ def _frame_table(g, group: str, path: str):
         for i in range(0, n, step):
             try:
                 block = ds[i:i + step]
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 raise FormatError(f"cannot read pandas rows: {e}", path, group) from None
             arrays = [c.convert(block, encoding, path, group) for c in ordered]
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
-    from ..dtypes import arrow_type_name as type_name
+    from ...dtypes import arrow_type_name as type_name
 
     described = [(c.name, type_name(c.arrow_type(encoding))) for c in ordered]
     return Table(described, n, batches, schema, encoding={"pandas_type": "frame_table"})
@@ -262,7 +262,7 @@ def _categories(g, vc: str, path, group, encoding):
         meta = local(g, f"meta/{vc}/meta/table", path, group)
         values = meta["values"]  # a field of the (checked) dataset
         mattrs = dict(meta.attrs)
-    except _H5_ERRORS as e:
+    except H5_ERRORS as e:
         raise FormatError(f"categories of {vc} unreadable: {e}", path, group) from None
     dtype = _text(mattrs.get("values_dtype"), str(values.dtype))
     if values.dtype.kind == "S":
@@ -299,7 +299,7 @@ def _frame_fixed(g, group: str, path: str):
             blocks.append((items, vals))
     except (UnicodeDecodeError, AttributeError):
         return None
-    except _H5_ERRORS as e:
+    except H5_ERRORS as e:
         raise FormatError(f"pandas frame unreadable: {e}", path, group) from None
     if index_kind not in ("integer", "float") or axis1.dtype.kind not in "iuf":
         return None
@@ -326,11 +326,11 @@ def _frame_fixed(g, group: str, path: str):
                     if id(vals) not in cache:
                         cache[id(vals)] = vals[i:i + rows]
                     arrays.append(pa.array(np.ascontiguousarray(cache[id(vals)][:, j])))
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 raise FormatError(f"cannot read pandas frame: {e}", path, group) from None
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
-    from ..dtypes import arrow_type_name as type_name
+    from ...dtypes import arrow_type_name as type_name
 
     return Table([(f.name, type_name(f.type)) for f in fields], n, batches, lambda: sch,
                  encoding={"pandas_type": "frame"})

@@ -1,40 +1,31 @@
-"""HDF5 through h5py: groups are name hierarchy, datasets tensors, compound datasets tables.
+"""Reading HDF5: groups are name hierarchy, datasets tensors, compound datasets tables.
 
-Reading: contiguous, unfiltered datasets of standard types are memory-mapped at their file
-offset (checked against the file size); chunked ones stream along the first axis. Only
-HDF5's built-in filters and lzf are used: no filter plugin is ever loaded. External links
-are followed only with ``allow_external`` and only into the same folder; external storage
-and virtual datasets are listed but their data is refused. pandas ``to_hdf`` files read as
-the DataFrame they hold (see ``_pandas_hdf``). Untrusted files are first walked by a child
-process (see ``_hdf5_guard``) so a libhdf5 crash is an error, not a dead process.
-
-Writing: tensors become contiguous datasets allocated up front, whose bytes are then copied
-in at their offsets (kernel copies where the source allows); data sections are 4 KiB
-aligned. Dtypes HDF5 lacks (bfloat16, float8) are stored as unsigned integers of the same
-width with a ``mlconv.dtype`` attribute (``dtypes.DTYPE_TAG``) naming the real dtype. Tables become compound
-datasets written batch by batch, with their Arrow schema in ``mlconv_arrow_schema``.
+Contiguous, unfiltered datasets of standard types are memory-mapped at their file offset
+(checked against the file size); chunked ones stream along the first axis. Only HDF5's
+built-in filters and lzf are used: no filter plugin is ever loaded. External links are
+followed only with ``allow_external`` and only into the same folder; external storage and
+virtual datasets are listed but their data is refused. pandas ``to_hdf`` files read as the
+DataFrame they hold (``pandas.py``). Untrusted files are first walked by a child process
+(``guard.py``) so a libhdf5 crash is an error, not a dead process. Dtypes HDF5 lacks come
+back from the shared tag rule (``dtypes.DTYPE_TAG``; ``write.py`` stores them).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-from .. import dtypes as D
-from .. import model
-from ..atomic import library_path
-from ..dtypes import DType
-from ..errors import (
+from ... import dtypes as D
+from ... import model
+from ...dtypes import DType
+from ...errors import (
     FormatError,
     LossyConversionError,
-    MlconvError,
     UnsafeInputError,
     UnsupportedError,
 )
-from ..fileio import CHUNK
-from ..model import Bundle, Table, Tensor
-from ..sources import FileMap, FileSource, Source, array_chunks, check_memory, gather_rows
-from .base import ALIGN, Capabilities, Format
+from ...fileio import CHUNK
+from ...model import Bundle, Table, Tensor
+from ...sources import FileMap, FileSource, Source, array_chunks, check_memory, gather_rows
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 DTYPE_ATTR = D.DTYPE_TAG  # the shared tag rule (dtypes.py); old files say mlconv_dtype
@@ -48,7 +39,7 @@ KNOWN_PLUGINS = {32001: "blosc", 307: "bzip2", 32004: "lz4", 32008: "bitshuffle"
                  305: "lzo", 32015: "zstd", 32017: "sz", 32026: "blosc2"}
 MAX_RATIO = 1032  # a dataset declaring more than this times its stored bytes is a bomb
 MAX_EXTERNAL_DEPTH = 8
-_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 
 def _h5py():
@@ -135,13 +126,13 @@ def read_attrs(obj, path, entry, notes: list | None = None) -> dict:
             try:
                 out[key] = attr_value(obj.attrs[key])
                 why = _attr_loss(obj.attrs.get_id(key).dtype) if notes is not None else None
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 out[key] = f"<unreadable attribute: {e}>"
                 why = "unreadable"
             if why and notes is not None:
                 notes.append(str(LossyConversionError(
                     f"attribute {key!r}: HDF5 type not kept ({why})", path, entry or "/")))
-    except _H5_ERRORS as e:
+    except H5_ERRORS as e:
         raise FormatError(f"cannot read attributes: {e}", path, entry or "/") from None
     return out
 
@@ -169,7 +160,7 @@ class H5Source(Source):
 
         try:
             arr = np.asarray(self.ds[sel])
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"cannot read dataset: {e}", self.path, self.entry) from None
         if arr.dtype.kind == "O" or (arr.dtype.kind == "S" and (
                 self.ds.dtype.kind == "O" or self.dtype is DType.string)):
@@ -271,7 +262,7 @@ def _standard_type(tid) -> bool:
                     and tid.get_member_offset(1) == part.get_size()
                     and tid.get_size() == 2 * part.get_size())
         return any(tid.equal(t) for t in std)
-    except _H5_ERRORS:
+    except H5_ERRORS:
         return False
 
 
@@ -283,7 +274,7 @@ def local(group, key: str, path, entry=None):
     for part in [p for p in key.split("/") if p]:
         try:
             link = obj.get(part, getlink=True)
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"cannot read link {part!r}: {e}", path, entry) from None
         if link is None:
             raise KeyError(key)
@@ -292,7 +283,7 @@ def local(group, key: str, path, entry=None):
                                    path, entry)
         try:
             obj = obj[part]
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"cannot open {key}: {e}", path, entry) from None
     if isinstance(obj, h5py.Dataset):
         why = _why_unreadable(obj, None)
@@ -304,7 +295,7 @@ def local(group, key: str, path, entry=None):
 def _user_defined(group, key: str) -> bool:
     try:
         info = group.id.links.get_info(key.encode("utf-8"))
-    except _H5_ERRORS:
+    except H5_ERRORS:
         return False
     h5l = _h5py().h5l
     return info.type not in (h5l.TYPE_HARD, h5l.TYPE_SOFT, h5l.TYPE_EXTERNAL)
@@ -318,7 +309,7 @@ def _is_bfloat16(ds) -> bool:
         if tid.get_class() != h5t.FLOAT or tid.get_size() != 2:
             return False
         return tid.get_fields()[1:] == (7, 8, 0, 7) and tid.get_order() == h5t.ORDER_LE
-    except _H5_ERRORS:
+    except H5_ERRORS:
         return False
 
 
@@ -330,7 +321,7 @@ def _unheld_float(ds) -> str | None:
         if tid.get_class() != h5t.FLOAT:
             return None
         bits = tid.get_size() * 8
-    except _H5_ERRORS:
+    except H5_ERRORS:
         return None
     return (f"HDF5 {bits}-bit float (float{bits}, extended/quad precision) has no mlconv "
             "dtype; it is never narrowed silently (--cast float128=float64 decodes it)")
@@ -381,7 +372,7 @@ def _virtual_reason(dcpl) -> str:
         n = dcpl.get_virtual_count()
         first = f" ({_text(dcpl.get_virtual_filename(0))}:" \
                 f"{_text(dcpl.get_virtual_dsetname(0))})" if n else ""
-    except _H5_ERRORS:
+    except H5_ERRORS:
         first = ""
     return (f"virtual dataset: its data lives in other files{first[:200]}, "
             "which mlconv refuses to open")
@@ -415,11 +406,11 @@ class _Reader:
         h5py = _h5py()
         try:
             return h5py.File(path, "r")
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"not a readable HDF5 file: {e}", path) from None
 
     def read(self) -> Bundle:
-        from . import _pandas_hdf
+        from . import pandas as _pandas_hdf
 
         f = self.open_file(self.path)
         self.bundle.on_close(f.close)
@@ -438,13 +429,13 @@ class _Reader:
         h5py = _h5py()
         try:
             names = list(group)
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"cannot list group: {e}", self.path, prefix or "/") from None
         for key in names:
             name = f"{prefix}{key}"
             try:
                 link = group.get(key, getlink=True)
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 if _user_defined(group, key):
                     self.bundle.skipped[name] = "user-defined link: mlconv cannot follow it"
                     continue
@@ -461,7 +452,7 @@ class _Reader:
                 obj = group[key]
                 info = _h5py().h5o.get_info(obj.id)
                 ident = (info.fileno, info.addr)  # no File object per entry (30,000 datasets)
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 raise FormatError(f"cannot open object: {e}", self.path, name) from None
             if ident in self.visited:
                 continue  # a second hard link (or a cycle): listed once
@@ -510,7 +501,7 @@ class _Reader:
         if not os.path.isfile(dest):
             raise _Refused("target missing")
         if dest not in self.files:
-            from . import _hdf5_guard
+            from . import guard as _hdf5_guard
 
             _hdf5_guard.check(dest, self.options)
             other = self.open_file(dest)
@@ -523,7 +514,7 @@ class _Reader:
             part = parts.pop(0)
             try:
                 step = obj.get(part, getlink=True)
-            except _H5_ERRORS:
+            except H5_ERRORS:
                 step = None
             if step is None:
                 raise _Refused("target missing")
@@ -533,7 +524,7 @@ class _Reader:
             if isinstance(step, h5py.HardLink):
                 try:
                     obj = obj[part]
-                except _H5_ERRORS:
+                except H5_ERRORS:
                     raise _Refused("target missing") from None
             elif isinstance(step, h5py.SoftLink):
                 more = [p for p in step.path.split("/") if p]
@@ -554,7 +545,7 @@ class _Reader:
             dcpl = ds.id.get_create_plist()
             if dcpl.get_layout() == h5py.h5d.VIRTUAL:
                 return self.virtual(ds, name, dcpl)
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
         attrs = read_attrs(ds, self.path, name, self.bundle.notes)
         try:
@@ -563,7 +554,7 @@ class _Reader:
         except TypeError as e:  # an HDF5 type numpy cannot express (time, ...)
             self.bundle.skipped[name] = f"HDF5 type not supported: {e}"
             return None
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             why = _unheld_float(ds)
             if why:  # a type, not damage: the rest of the file reads
                 return self.extended(ds, name, attrs, fmap, size, why)
@@ -620,7 +611,7 @@ class _Reader:
                      and not why and offset is not None and nbytes
                      and (dt.kind in "SUb" or dtype is DType.bfloat16
                           or _standard_type(ds.id.get_type())))
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
         if plain:
             if offset + nbytes > size:
@@ -635,7 +626,7 @@ class _Reader:
 
     def ragged(self, ds, name: str, attrs: dict, shape):
         """A 1-D (or scalar) vlen sequence dataset as a Table of one list column."""
-        from .. import tables
+        from .. import records as tables
 
         base = _h5py().check_vlen_dtype(ds.dtype)
         if base is None or base.kind not in "biuf" or len(shape) > 1:
@@ -659,13 +650,13 @@ class _Reader:
                 try:
                     block = ds[i:i + rows] if shape else np.array([ds[()], None],
                                                                    dtype=object)[:1]
-                except _H5_ERRORS as e:
+                except H5_ERRORS as e:
                     raise FormatError(f"cannot read sequences: {e}", path, name) from None
                 col = tables.to_arrow(np.asarray(block, dtype=object), typ, column, path, name)
                 yield _pa().RecordBatch.from_arrays([col], schema=schema())
 
         attrs[RAGGED_ATTR] = True if shape else "scalar"  # written back as a vlen dataset
-        from ..dtypes import arrow_type_name as type_name
+        from ...dtypes import arrow_type_name as type_name
 
         return Table([(column, type_name(typ))], n, batches, schema, attrs)
 
@@ -684,7 +675,7 @@ class _Reader:
             shape = tuple(ds.id.get_space().get_simple_extent_dims())
             offset = ds.id.get_offset()
             contiguous = ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
-        except _H5_ERRORS:
+        except H5_ERRORS:
             offset, contiguous = None, False
         nbytes = DType.bytes.nbytes(shape, layout["size"]) if contiguous else None
         if not contiguous or offset is None or not nbytes or offset + nbytes > size:
@@ -708,7 +699,7 @@ class _Reader:
         return Tensor(src, read_attrs(ds, self.path, name, self.bundle.notes), {})
 
     def table(self, ds, name: str, attrs: dict):
-        from .. import tables
+        from .. import records as tables
 
         raw = attrs.pop(SCHEMA_ATTR, None)
         try:
@@ -748,7 +739,7 @@ class _Reader:
                 try:
                     view = ds.fields([f[0] for f in wanted]) if columns is not None else ds
                     block = view[i:i + step] if ds.shape else view[()].reshape(1)
-                except _H5_ERRORS as e:
+                except H5_ERRORS as e:
                     raise FormatError(f"cannot read table rows: {e}", path, name) from None
                 if len(wanted) == 1 and block.dtype.names is None:
                     import numpy as np
@@ -769,7 +760,7 @@ class _Reader:
                     cols.append(arr)
                 yield pa.RecordBatch.from_arrays(cols, schema=sch)
 
-        from ..dtypes import arrow_type_name as type_name
+        from ...dtypes import arrow_type_name as type_name
 
         described = [(f, type_name(t)) for f, t in columns] if schema is None else \
             [(f.name, type_name(f.type)) for f in schema]
@@ -778,7 +769,7 @@ class _Reader:
 
 def _table_fields(np_dtype):
     """[(name, arrow type, numpy dtype)] of a compound dtype, using h5py's string info."""
-    from .. import tables
+    from .. import records as tables
 
     h5py = _h5py()
     out = []
@@ -807,266 +798,7 @@ def _own_schema(raw):
         raise UnsupportedError(f"unreadable {SCHEMA_ATTR}: {e}") from None
 
 
-# --- writing ---------------------------------------------------------------------------
-
-def _storage(dtype: DType):
-    """(numpy dtype stored in HDF5, name for the dtype tag attr or None)."""
-    import numpy as np
-
-    h5py = _h5py()
-    if dtype is DType.string:
-        return h5py.string_dtype("utf-8"), None
-    if dtype is DType.bytes:
-        return None, None  # fixed width: the tensor's itemsize decides
-    if dtype.numpy().kind in "VMm" or dtype.value.startswith("float8"):  # h5py: no time
-        return np.dtype(D.tag_storage(dtype)), dtype.value
-    return dtype.numpy().newbyteorder("<") if dtype.numpy().itemsize > 1 else dtype.numpy(), None
-
-
-def _write_attrs(obj, attrs: dict) -> None:
-    for k, v in attrs.items():
-        # typed values (and their JSON text from text-only metadata) get their type back
-        v = model.metadata_value(v) if isinstance(v, str) else model.attr_value(v)
-        if isinstance(v, (dict, list)) and not _homogeneous(v):
-            v = json.dumps(v, ensure_ascii=False)
-        if v is None:
-            v = _h5py().Empty("f")
-        obj.attrs[k] = v
-
-
-def _homogeneous(v) -> bool:
-    if not isinstance(v, list) or not v:
-        return False
-    kinds = {type(x) for x in v}
-    return len(kinds) == 1 and kinds <= {int, float, str, bool}
-
-
-def _arrow_storage(field):
-    """(numpy field dtype, converter from an Arrow column to numpy) for a compound column."""
-    import numpy as np
-    import pyarrow as pa
-
-    h5py = _h5py()
-    t = field.type
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    if isinstance(t, pa.FixedShapeTensorType):
-        base, _ = _arrow_storage(pa.field(field.name, t.value_type))
-        return (base, tuple(t.shape)), lambda c: c.to_numpy_ndarray()
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return h5py.string_dtype("utf-8"), lambda c: np.array(c.to_pylist(), dtype=object)
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return h5py.string_dtype("ascii"), lambda c: np.array(c.to_pylist(), dtype=object)
-    if pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t):
-        # missing times are NaT (int64 min), as numpy and pandas store them
-        nat = pa.scalar(np.iinfo(np.int64).min, pa.int64())
-        return np.dtype("<i8"), lambda c: c.cast(pa.int64()).fill_null(nat).to_numpy()
-    if pa.types.is_date32(t) or pa.types.is_time32(t):
-        return np.dtype("<i4"), lambda c: c.cast(pa.int32()).to_numpy(zero_copy_only=False)
-    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
-        return np.dtype(t.to_pandas_dtype()), lambda c: c.to_numpy(zero_copy_only=False)
-    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
-            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)):
-        base = np.dtype(t.value_type.to_pandas_dtype())  # a vlen sequence field
-
-        def sequences(c):
-            out = np.empty(len(c), dtype=object)
-            flat = c.flatten().to_numpy(zero_copy_only=False).astype(base)
-            offsets = c.offsets.to_numpy()
-            for i in range(len(c)):
-                out[i] = flat[offsets[i] - offsets[0]:offsets[i + 1] - offsets[0]]
-            return out
-
-        return h5py.vlen_dtype(base), sequences
-    raise UnsupportedError(f"column {field.name!r} of type {t} has no HDF5 compound type")
-
-
 def _nat_type(t) -> bool:
     import pyarrow as pa
 
     return pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t)
-
-
-class Hdf5(Format):
-    def sniff(self, head: bytes, size: int) -> bool:
-        return head.startswith(MAGIC)
-
-    def read(self, path: str, options) -> Bundle:
-        from . import _hdf5_guard
-
-        pending = _hdf5_guard.start(path, options)
-        _h5py()  # import libhdf5 here while the guard child reads the file
-        pending.wait()
-        return _Reader(path, options).read()
-
-    def check(self, path: str, bundle: Bundle, deep: bool):
-        """Every chunk of every chunked dataset must lie inside the file."""
-        problems, warnings = super().check(path, bundle, deep)
-        size = os.path.getsize(path)
-        for name, entry in bundle.items():
-            unavailable = getattr(getattr(entry, "source", None), "unavailable", None)
-            if unavailable and unavailable[0] is UnsafeInputError and not deep:
-                # (deep reading reports it itself) the file may be fine; its data is elsewhere
-                warnings.append((name, f"not checked: {unavailable[1]}"))
-            ds = getattr(getattr(entry, "source", None), "ds", None)
-            if ds is None or ds.chunks is None:
-                continue
-            try:
-                for i in range(min(ds.id.get_num_chunks(), 1_000_000)):
-                    info = ds.id.get_chunk_info(i)
-                    if info.byte_offset is None or info.byte_offset + info.size > size:
-                        problems.append((name, f"chunk {i} ({info.size} bytes at "
-                                               f"{info.byte_offset}) lies outside the "
-                                               f"{size}-byte file"))
-                        break
-            except _H5_ERRORS as e:
-                problems.append((name, f"chunk index unreadable: {e}"))
-        return problems, warnings
-
-    def write(self, bundle: Bundle, f, path: str, options) -> None:
-        h5py = _h5py()
-        comp = options.compression or "none"
-        placed: list[tuple[int, Tensor]] = []
-        try:
-            with h5py.File(library_path(f), "w", track_order=True, alignment_threshold=ALIGN,
-                           alignment_interval=ALIGN) as h5:
-                _write_attrs(h5, bundle.metadata)
-                for group, attrs in bundle.group_attrs.items():
-                    _write_attrs(h5.require_group(group), attrs)
-                for name, entry in bundle.items():
-                    if isinstance(entry, Table):
-                        self._table(h5, name, entry, path, options.progress)
-                        continue
-                    offset = self._tensor(h5, name, entry, comp, path, options.progress)
-                    if offset is not None:
-                        placed.append((offset, entry))
-        except (ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
-            if isinstance(e, MlconvError):
-                raise
-            raise UnsupportedError(f"HDF5 refused the data: {e}", path) from None
-        sink = options.sink(os.open(f.name, os.O_WRONLY))
-        try:
-            for offset, entry in placed:
-                sink.seek(offset)
-                entry.write_to(sink)
-        finally:
-            os.close(sink.fd)
-
-    def _tensor(self, h5, name, t: Tensor, comp, path, progress=None):
-        """Create the dataset; returns the offset to copy the payload to (contiguous case)."""
-        import numpy as np
-
-        h5py = _h5py()
-        stored, real = _storage(t.dtype)
-        if t.dtype is DType.bytes:
-            stored = f"S{t.itemsize}"
-        width = t.encoding.get("h5_string_width") if t.dtype is DType.string else None
-        if width is not None:  # it was fixed-width UTF-8: written back so if it fits
-            longest = int(np.char.str_len(np.char.encode(t.numpy(), "utf-8")).max(initial=0))
-            width = width if longest <= width else None
-            stored = h5py.string_dtype("utf-8", width) if width else stored
-        attrs, labels = dict(t.attrs), t.attrs.get(ENUM_ATTR)
-        if isinstance(labels, dict) and t.dtype.kind in ("int", "uint") and labels and \
-                all(isinstance(v, int) for v in labels.values()):
-            stored = h5py.enum_dtype(labels, basetype=np.dtype(stored))  # an HDF5 enum again
-            attrs.pop(ENUM_ATTR)
-        if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
-            kw = {}
-            if comp != "none" and t.shape and t.nbytes:
-                kw = {"compression": comp, "chunks": True}
-            ds = h5.create_dataset(name, shape=t.shape, dtype=stored, **kw)
-            if t.dtype is DType.string:  # variable-length text: h5py wants objects
-                ds[()] = t.numpy().astype(object) if width is None else \
-                    np.char.encode(t.numpy(), "utf-8").astype(stored)
-            elif t.shape and t.nbytes:  # streamed block by block, never whole
-                rows, done = max(1, CHUNK // max(1, t.nbytes // t.shape[0])), 0
-                for block in t.blocks(rows):
-                    ds[done:done + len(block)] = block.view(stored) if real else block
-                    done += len(block)
-                    if progress:
-                        progress(block.nbytes)
-            elif t.source.count:
-                data = t.numpy()
-                ds[()] = data.view(stored) if real else data
-        else:
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            ds = h5.create_dataset(name, shape=t.shape, dtype=stored, dcpl=dcpl)
-        if real:
-            ds.attrs[DTYPE_ATTR] = real
-        _write_attrs(ds, attrs)
-        if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
-            return None
-        return ds.id.get_offset()
-
-    def _ragged(self, h5, name, table: Table, field, progress=None):
-        """A table read from a vlen sequence dataset goes back as one."""
-        column, dt, convert = field
-        if table.attrs[RAGGED_ATTR] == "scalar" and table.num_rows == 1:
-            ds = h5.create_dataset(name, shape=(), dtype=dt)
-        else:
-            ds = h5.create_dataset(name, shape=(table.num_rows or 0,), maxshape=(None,),
-                                   dtype=dt, chunks=(max(1, min(65536, table.num_rows or 1)),))
-        _write_attrs(ds, {k: v for k, v in table.attrs.items() if k != RAGGED_ATTR})
-        done = 0
-        for batch in table.batches(65536):
-            col = batch.column(0)
-            if col.null_count:
-                raise LossyConversionError(f"column {column!r} has nulls, which HDF5 "
-                                           "sequences cannot hold", None, name)
-            if ds.shape and done + len(col) > ds.shape[0]:
-                ds.resize((done + len(col),))
-            for i, seq in enumerate(convert(col)):  # one by one: h5py would broadcast
-                ds[(done + i) if ds.shape else ()] = seq
-            done += len(col)
-            if progress:
-                progress(batch.nbytes)
-
-    def _table(self, h5, name, table: Table, path, progress=None):
-        import numpy as np
-
-        schema = table.schema
-        try:
-            fields = [(f.name, *_arrow_storage(f)) for f in schema]
-        except UnsupportedError as e:
-            raise UnsupportedError(e.message, path, name) from None
-        rows = table.num_rows
-        if table.attrs.get(RAGGED_ATTR) and len(fields) == 1 and \
-                _h5py().check_vlen_dtype(fields[0][1]) is not None:
-            self._ragged(h5, name, table, fields[0], progress)
-            return
-        rec = np.dtype([(n, dt) for n, dt, _ in fields])
-        ds = h5.create_dataset(name, shape=(rows or 0,), maxshape=(None,), dtype=rec,
-                               chunks=(max(1, min(65536, rows or 1)),))
-        ds.attrs[SCHEMA_ATTR] = schema.serialize().to_pybytes().hex()
-        _write_attrs(ds, table.attrs)
-        done = 0
-        for batch in table.batches(65536):
-            block = np.zeros(batch.num_rows, dtype=rec)
-            for (field, _, convert), column in zip(fields, batch.columns, strict=True):
-                if column.null_count and not _nat_type(column.type):
-                    raise LossyConversionError(
-                        f"column {field!r} has nulls, which HDF5 compound datasets cannot "
-                        "hold; use --allow-lossy to store them as NaN/0/empty", path, name)
-                if hasattr(column, "dictionary_decode"):
-                    column = column.dictionary_decode()
-                block[field] = convert(column)
-            if done + len(block) > ds.shape[0]:
-                ds.resize((done + len(block),))
-            ds[done:done + len(block)] = block
-            done += len(block)
-            if progress:
-                progress(batch.nbytes)
-
-
-FORMAT = Hdf5(
-    id="hdf5",
-    description="HDF5 (h5py): groups, datasets, attributes, compound tables, pandas files",
-    extensions=(".h5", ".hdf5", ".he5", ".hdf"),
-    caps=Capabilities(tensors=True, tables=True, metadata=True, attrs=True, zero_copy=True,
-                      raw_payload=True,
-                      dtypes=frozenset(d for d in DType if not d.is_subbyte),
-                      compressions=("none", "gzip", "lzf")),
-    requires=("h5py",),
-)

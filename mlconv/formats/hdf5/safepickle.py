@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickletools
 
-from .errors import UnsafeInputError
+from ...errors import UnsafeInputError
 
 _MAX_OPS = 100_000
 _MAX_VALUES = 1_000_000  # values once shared references (memo GETs) are expanded
