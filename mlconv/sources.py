@@ -119,6 +119,8 @@ class Source:
 
     span: tuple[str, int, int] | None = None
     limit: int | None = None  # --max-memory: bytes one decoded buffer may take
+    held = False  # the whole entry is in memory (or built there) before a write reads it
+    how = ""      # what reading does to the bytes on the way, for the plan ("inflate ...")
 
     def __init__(self, dtype: DType, shape: tuple[int, ...], itemsize: int | None = None):
         self.dtype = dtype
@@ -222,6 +224,7 @@ def gather_rows(index, bounds, load):
 
 
 class ArraySource(Source):
+    held = True
     """An in-memory numpy array (what users pass to ``mlconv.save``)."""
 
     def __init__(self, arr, dtype: DType):
@@ -329,6 +332,8 @@ class FileSource(_Stored):
 
 class StreamSource(_Stored):
     """Bytes behind a stream that can only be read forward (a deflated zip member)."""
+
+    how = "inflate zip member"
 
     def __init__(self, opener, dtype, shape, itemsize=None, byteorder="<", fortran=False,
                  path=None, entry=None):

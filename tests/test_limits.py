@@ -140,7 +140,7 @@ def test_arrow_rows_from_metadata_and_batches_capped(tmp_path):
 def test_arrow_entries_rows_in_order(tmp_path, stream):
     src = tmp_path / ("e.arrows" if stream else "e.arrow")
     tensors = {f"t{i}": np.full(i % 5, i, np.int16) for i in range(50)}
-    mlconv.save(tensors, src, layout="entries")
+    mlconv.save(tensors, src, options={"layout": "entries"})
     with mlconv.open(src) as b:
         for name, arr in tensors.items():
             assert np.array_equal(b[name].numpy(), arr)

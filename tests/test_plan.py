@@ -60,7 +60,7 @@ def test_generic_edges_where_not(files):
     assert methods(fortran) == {"f": "streamed"} and "Fortran" in fortran.steps[0].note
     cast = mlconv.plan(files["st"], d / "o.npz", cast=["bfloat16=float32"], allow_lossy=True)
     assert methods(cast)["w"] == "streamed" and "cast bfloat16 -> float32" in cast.steps[1].note
-    entries = mlconv.plan(files["st"], d / "o.parquet", layout="entries")
+    entries = mlconv.plan(files["st"], d / "o.parquet", options={"layout": "entries"})
     assert set(methods(entries).values()) == {"in-memory"}
     assert methods(mlconv.plan(files["npy"], d / "o.npz")) == {"x": "streamed"}
     generic = mlconv.plan(files["npy"], d / "o.safetensors", path="generic")

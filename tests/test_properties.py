@@ -65,7 +65,7 @@ def test_any_bundle_survives_any_format(tmp_path_factory, dtypes, rows, inner, v
     st_write(tmp / "in.safetensors", tensors)
     mid = tmp / f"mid.{via}"
     mlconv.convert(tmp / "in.safetensors", mid,
-                   layout=layout if via in ("parquet", "arrow", "arrows") else None)
+                   options={"layout": layout} if via in ("parquet", "arrow", "arrows") else None)
     mlconv.convert(mid, tmp / "out.safetensors")
     got = st_read(tmp / "out.safetensors")[1]
     assert sorted(got) == sorted(tensors)

@@ -100,7 +100,7 @@ def test_nothing_left_names_what_was_dropped(tmp_path):
 def test_kept_members_convert_exactly(tmp_path):
     src, dst = tmp_path / "mixed.npz", tmp_path / "out.parquet"
     _mixed_npz(src)
-    mlconv.convert(src, dst, exclude=["obj", "ld"], layout="entries")
+    mlconv.convert(src, dst, exclude=["obj", "ld"], options={"layout": "entries"})
     assert pq.read_table(dst).column("name").to_pylist() == ["a", "b"]
 
 
@@ -216,7 +216,7 @@ def test_hdf5_text_to_arrow_tables_and_back(tmp_path, fmt, layout):
     with mlconv.open(src) as b:
         assert {k: v.dtype.value for k, v in b.items()} == {
             "fixed": "bytes", "vlen": "string", "fixed_utf8": "string", "nd": "bytes"}
-    mlconv.convert(src, mid, layout=layout)
+    mlconv.convert(src, mid, options={"layout": layout})
     table = pq.read_table(mid) if fmt == "parquet" else pa.ipc.open_file(mid).read_all()
     if layout == "rows":  # what a pyarrow user sees: string and binary columns
         assert table.schema.field("vlen").type == pa.string()
@@ -266,7 +266,7 @@ def test_hdf5_enum_labels_kept_and_written_back(tmp_path, via):
     with mlconv.open(src) as b:
         assert b["c"].attrs["mlconv_enum"] == labels and b["c"].dtype.value == "int8"
     if via:
-        mlconv.convert(src, tmp_path / f"mid.{via}", layout="entries")
+        mlconv.convert(src, tmp_path / f"mid.{via}", options={"layout": "entries"})
         mlconv.convert(tmp_path / f"mid.{via}", out)
     else:
         mlconv.convert(src, out)
@@ -297,7 +297,7 @@ def test_datetime_and_timedelta_every_unit(tmp_path, fmt, layout):
     np.savez(src, **TIMES)
     with mlconv.open(src) as b:
         assert {k: b[k].dtype.value for k in b} == {k: v.dtype.name for k, v in TIMES.items()}
-    mlconv.convert(src, mid, layout=layout)
+    mlconv.convert(src, mid, options={"layout": layout})
     if fmt == "arrow" and layout == "rows":  # what a pyarrow user sees
         table = pa.ipc.open_file(mid).read_all()
         for k, typ in ARROW_TIME.items():

@@ -159,9 +159,9 @@ def _locations(path):
 
 def test_onnx_overwrite_replaces_the_pair_and_removes_the_old_data(tmp_path):
     dst = tmp_path / "m.onnx"
-    mlconv.convert(_weights(tmp_path / "a.safetensors", 1), dst, external_data=True)
+    mlconv.convert(_weights(tmp_path / "a.safetensors", 1), dst, options={"external_data": True})
     (old,) = _locations(dst)
-    mlconv.convert(_weights(tmp_path / "b.safetensors", 7), dst, external_data=True,
+    mlconv.convert(_weights(tmp_path / "b.safetensors", 7), dst, options={"external_data": True},
                    overwrite=True)
     (new,) = _locations(dst)
     assert new != old and not (tmp_path / old).exists()
@@ -173,7 +173,7 @@ def test_onnx_overwrite_replaces_the_pair_and_removes_the_old_data(tmp_path):
 def test_onnx_never_replaces_another_data_file(tmp_path):
     (tmp_path / "other.onnx.data").write_bytes(b"someone's weights")
     mlconv.convert(_weights(tmp_path / "a.safetensors", 1), tmp_path / "other.onnx",
-                   external_data=True)
+                   options={"external_data": True})
     assert (tmp_path / "other.onnx.data").read_bytes() == b"someone's weights"
     assert _onnx_values(tmp_path / "other.onnx")["w3"][0, 0] == 4
 
@@ -184,12 +184,12 @@ def test_onnx_conversion_onto_its_own_sources_data_file(tmp_path):
 
     src = tmp_path / "a.onnx"
     mlconv.convert(_weights(tmp_path / "w.safetensors", 3), tmp_path / "tmp.onnx",
-                   external_data=True)
+                   options={"external_data": True})
     m = onnx.load(str(tmp_path / "tmp.onnx"))
     onnx.save_model(m, str(src), save_as_external_data=True, location="b.onnx.data",
                     size_threshold=0)
     before = (tmp_path / "b.onnx.data").read_bytes()
-    mlconv.convert(src, tmp_path / "b.onnx", external_data=True)
+    mlconv.convert(src, tmp_path / "b.onnx", options={"external_data": True})
     assert (tmp_path / "b.onnx.data").read_bytes() == before
     assert _onnx_values(tmp_path / "b.onnx")["w1"][0, 0] == 4
     assert _onnx_values(src)["w1"][0, 0] == 4
@@ -202,7 +202,7 @@ def test_onnx_loser_of_a_race_leaves_nothing(tmp_path, monkeypatch):
 
     dst = tmp_path / "m.onnx"
     mlconv.convert(_weights(tmp_path / "a.safetensors", 1), tmp_path / "win.onnx",
-                   external_data=True)
+                   options={"external_data": True})
     real = onnx_fmt._write_side
 
     def racing(*args):
@@ -211,7 +211,8 @@ def test_onnx_loser_of_a_race_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_fmt, "_write_side", racing)
     with pytest.raises(OutputExistsError):
-        mlconv.convert(_weights(tmp_path / "b.safetensors", 9), dst, external_data=True)
+        mlconv.convert(_weights(tmp_path / "b.safetensors", 9), dst,
+                       options={"external_data": True})
     assert _onnx_values(dst)["w0"][0, 0] == 1
     assert sorted(os.listdir(tmp_path)) == sorted(["a.safetensors", "b.safetensors",
                                                    "m.onnx", *_locations(dst)])
@@ -290,7 +291,7 @@ def test_duplicate_names_in_an_entries_table(tmp_path, fmt):
     save_file({"a": np.ones(2, np.float32), "b": np.zeros(2, np.float32)},
               str(tmp_path / "s.safetensors"))
     good = tmp_path / f"g.{fmt}"
-    mlconv.convert(tmp_path / "s.safetensors", good, layout="entries")
+    mlconv.convert(tmp_path / "s.safetensors", good, options={"layout": "entries"})
     table = pq.read_table(good) if fmt == "parquet" else feather.read_table(good)
     names = table.column("name").to_pylist()
     table = table.set_column(table.schema.get_field_index("name"), "name",
@@ -521,7 +522,7 @@ def test_validate_deep_catches_entries_whose_shapes_lie(tmp_path, fmt):
 
     save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "s.safetensors"))
     good = tmp_path / f"g.{fmt}"
-    mlconv.convert(tmp_path / "s.safetensors", good, layout="entries")
+    mlconv.convert(tmp_path / "s.safetensors", good, options={"layout": "entries"})
     t = pq.read_table(good) if fmt == "parquet" else feather.read_table(good)
     i = t.schema.get_field_index("shape")
     t = t.set_column(i, t.schema.field(i), pa.array([[5]], t.schema.field(i).type))
@@ -595,7 +596,7 @@ def test_parquet_column_metadata_that_aborts_pyarrow(tmp_path):
     inspect/convert and validate tries it in a child: an error, never a signal."""
     src = tmp_path / "s.parquet"
     mlconv.save({"a": np.arange(8, dtype=np.float32).reshape(4, 2),
-                 "b": np.arange(4, dtype=np.int16)}, src, layout="rows")
+                 "b": np.arange(4, dtype=np.int16)}, src, options={"layout": "rows"})
     data = src.read_bytes()
     assert data.count(b"\x25\x02\x18\x07element") == 1
     src.write_bytes(data.replace(b"\x25\x02\x18\x07element", b"\x25\x54\x18\x07element"))

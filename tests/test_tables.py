@@ -90,7 +90,7 @@ def test_parquet_row_groups_and_compression(tmp_path):
     pq.write_table(pa.table({"x": np.arange(10_000)}), src, row_group_size=1000)
     assert pq.ParquetFile(src).num_row_groups == 10
     out = tmp_path / "out.parquet"
-    mlconv.convert(src, out, row_group_size=2500)
+    mlconv.convert(src, out, options={"row_group_size": 2500})
     meta = pq.ParquetFile(out).metadata
     assert meta.num_row_groups == 4
     assert meta.row_group(0).column(0).compression == "ZSTD"
@@ -189,7 +189,7 @@ def test_layout_option(tmp_path):
     src = tmp_path / "in.safetensors"
     st_write(src, {"a": np.arange(4.0), "b": np.arange(8.0).reshape(4, 2)})
     out = tmp_path / "e.parquet"
-    mlconv.convert(src, out, layout="entries")
+    mlconv.convert(src, out, options={"layout": "entries"})
     assert pq.read_table(out).schema.metadata[b"mlconv.layout"] == b"entries"
     st_write(tmp_path / "mixed.safetensors", {"a": np.arange(4.0), "b": np.arange(3.0)})
     res = run(tmp_path / "mixed.safetensors", tmp_path / "r.parquet", "--layout", "rows")
@@ -201,7 +201,7 @@ def test_ipc_open_is_zero_copy(tmp_path):
     src = tmp_path / "in.npy"
     np.save(src, np.arange(1 << 20, dtype=np.float32).reshape(-1, 16))
     out = tmp_path / "o.arrow"
-    mlconv.convert(src, out, layout="rows")
+    mlconv.convert(src, out, options={"layout": "rows"})
     with mlconv.open(out) as b:
         t = b["in"] if "in" in b else next(iter(b.values()))
         arr = t.numpy()

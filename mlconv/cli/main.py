@@ -124,8 +124,46 @@ def _limit_options(f):
                         help="Cap on one decoded buffer (chunk, batch, zip member).")(f)
 
 
+def _compression_help() -> str:
+    from ..formats import all_formats
+
+    each = "; ".join(f"{fmt.id}: {'|'.join(fmt.caps.compressions)}" for fmt in all_formats()
+                     if fmt.can_write and len(fmt.caps.compressions) > 1)
+    return f"Output compression ({each})."
+
+
+def _format_options(f):
+    """Each registered format's own write options as ``--flags``, built from the dataclass
+    its module declares (so a new option is one line there). A name several formats
+    declare (``layout``) is one flag."""
+    from ..formats import flag, write_option_fields
+
+    for name, (field, ids) in reversed(write_option_fields().items()):
+        meta = field.metadata
+        named = len(ids) == 1 or all(i in meta["help"].lower() for i in ids)
+        kwargs = {"help": meta["help"] if named else f"{meta['help']} ({', '.join(ids)})"}
+        if field.default is False:
+            kwargs["is_flag"] = True
+        elif meta.get("choices"):
+            kwargs["type"] = click.Choice(list(meta["choices"]))
+        elif meta.get("minimum") is not None:
+            kwargs["type"] = click.IntRange(min=meta["minimum"])
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        f = click.option(flag(name), name, **kwargs)(f)
+    return f
+
+
+def _own_options(values: dict) -> dict:
+    """The format-specific option values out of a command's keyword arguments."""
+    from ..formats import write_option_fields
+
+    return {name: values.pop(name) for name in write_option_fields() if name in values}
+
+
 def _convert_options(f):
     """Options shared by ``convert`` and ``plan``."""
+    f = _format_options(f)
     for option in reversed([
         click.option("--from", "from_format", type=FORMAT_IDS,
                      help="Input format (default: detect; needed for SRC '-')."),
@@ -140,11 +178,7 @@ def _convert_options(f):
                      help="Convert a dtype, e.g. --cast bfloat16=float32 (repeatable)."),
         click.option("--allow-lossy", is_flag=True,
                      help="Turn each loss (dtype widened, metadata dropped...) into a warning."),
-        click.option("--compression", metavar="NAME",
-                     help="Output compression (npz: none|deflate; hdf5: none|gzip|lzf; "
-                     "parquet: zstd|snappy|lz4|gzip|none; arrow: none|lz4|zstd)."),
-        click.option("--layout", type=click.Choice(["rows", "entries"]),
-                     help="Tensors into Parquet/Arrow: one row per sample or per tensor."),
+        click.option("--compression", metavar="NAME", help=_compression_help()),
         click.option("--allow-external", is_flag=True,
                      help="Follow HDF5 external links into files in the same folder."),
         click.option("--path", "path", type=click.Choice(["fast", "generic"]), default="fast",
@@ -159,12 +193,6 @@ def _convert_options(f):
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 @_convert_options
-@click.option("--row-group-size", type=click.IntRange(min=1), metavar="ROWS",
-              help="Rows per Parquet row group.")
-@click.option("--template", metavar="MODEL.onnx",
-              help="ONNX output: replace the initializers of this model.")
-@click.option("--external-data", is_flag=True,
-              help="ONNX output: tensor bytes in a side file (automatic over 2 GiB).")
 @click.option("--pad", metavar="VALUE", type=float,
               help="Ragged (list) columns into fixed-shape formats: pad rows with VALUE.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, write nothing.")
@@ -179,9 +207,8 @@ def _convert_options(f):
 @_debug_option
 @click.pass_context
 def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, layout, allow_external, path, force, row_group_size, template,
-            external_data, pad, dry_run, progress, jobs, as_json, verbose, quiet, max_memory,
-            allow_expand, debug):
+            compression, allow_external, path, force, pad, dry_run, progress, jobs, as_json,
+            verbose, quiet, max_memory, allow_expand, debug, **own):
     """Convert SRC to DST (format from DST's extension or --to).
 
     \b
@@ -198,8 +225,9 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
     *srcs, dst = paths
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
-                   allow_external=allow_external, layout=layout, path=path, overwrite=force,
-                   pad=pad, max_memory=max_memory, allow_expand=allow_expand)
+                   allow_external=allow_external, path=path, overwrite=force,
+                   pad=pad, max_memory=max_memory, allow_expand=allow_expand,
+                   options=_own_options(own))
     verbosity = -1 if quiet else (1 if verbose else 0)
     show_bar = progress if progress is not None else sys.stderr.isatty()
     many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")
@@ -209,8 +237,7 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
         if dry_run:
             raise click.UsageError("--dry-run takes one DST file")
         _convert_into_folder(ctx, debug, expand(srcs), dst, to_format, options, jobs,
-                             row_group_size, template, external_data, show_bar, as_json,
-                             verbosity)
+                             show_bar, as_json, verbosity)
         return
     sources = expand(srcs) if many else srcs[0]
     if "-" in srcs or dst == "-":
@@ -219,9 +246,7 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
         if many:
             raise click.UsageError("'-' takes one SRC")
         _run(ctx, debug, lambda: convert_stdio(
-            sources, dst, to_format, options, dict(row_group_size=row_group_size,
-                                                   template=template,
-                                                   external_data=external_data),
+            sources, dst, to_format, options,
             lambda report: _print_report(report, as_json, verbosity, to_stderr=dst == "-")))
         return
     from ..convert import convert as run_convert
@@ -235,9 +260,7 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
 
     def action():
         try:
-            return run_convert(sources, dst, to_format=to_format, row_group_size=row_group_size,
-                               progress=bar, template=template, external_data=external_data,
-                               **options)
+            return run_convert(sources, dst, to_format=to_format, progress=bar, **options)
         finally:  # gone before any error line is printed
             if bar is not None:
                 bar.close()
@@ -274,15 +297,14 @@ def print_losses(losses, notes, verbosity: int) -> None:
         say(f"mlconv: note: {one_line(note.render(cli=True))}", err=True)
 
 
-def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, row_group_size,
-                         template, external_data, show_bar, as_json, verbosity):
+def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, show_bar,
+                         as_json, verbosity):
     """Each file exactly as one file would go (its warnings, its error or report line),
     then a summary line; exit 1 if any failed."""
     from ..convert import iter_convert_many
 
     results = _run(ctx, debug, lambda: iter_convert_many(
-        sources, dst, to_format=to_format, jobs=jobs, row_group_size=row_group_size,
-        template=template, external_data=external_data, **options))
+        sources, dst, to_format=to_format, jobs=jobs, **options))
     results = _run(ctx, debug, lambda: _drain(results))
     bar = _bar(show_bar, "file", total=len(sources))
     done = []
@@ -373,8 +395,8 @@ def _bar(enabled: bool, unit: str, total=None) -> _Bar | None:
 @_debug_option
 @click.pass_context
 def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
-         compression, layout, allow_external, path, force, as_json, max_memory, allow_expand,
-         debug):
+         compression, allow_external, path, force, as_json, max_memory, allow_expand,
+         debug, **own):
     """Show how SRC would become DST: each entry zero-copy, streamed or in-memory, the bytes
     moved, and any loss that would stop it. SRC and DST may also be two format ids."""
     from ..convert import plan as run_plan
@@ -388,8 +410,8 @@ def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
         expand(srcs) if many else srcs[0], dst, from_format=from_format,
         to_format=to_format, select=select, exclude=exclude, cast=cast,
         allow_lossy=allow_lossy, compression=compression, allow_external=allow_external,
-        layout=layout, path=path, overwrite=force, max_memory=max_memory,
-        allow_expand=allow_expand))
+        path=path, overwrite=force, max_memory=max_memory,
+        allow_expand=allow_expand, options=_own_options(own)))
     say(json.dumps(result.as_dict(), indent=2) if as_json else show.plan_text(result.as_dict()))
     ctx.exit(0 if result.ok else 1)
 

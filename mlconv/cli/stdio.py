@@ -12,16 +12,13 @@ from ..errors import MlconvError, OptionError
 from ..formats import get
 
 
-def convert_stdio(src: str, dst: str, to_format, options: dict, write_options: dict,
-                  on_report) -> None:
+def convert_stdio(src: str, dst: str, to_format, options: dict, on_report) -> None:
     from ..convert import convert
 
     if src == "-" and not options.get("from_format"):
         raise OptionError("reading stdin needs --from FORMAT")
     if dst == "-" and not to_format:
         raise OptionError("writing to stdout needs --to FORMAT")
-    if dst == "-" and write_options.get("external_data"):
-        raise OptionError("--external-data writes a second file; it cannot go to stdout")
     with tempfile.TemporaryDirectory(prefix="mlconv-") as tmp:
         if src == "-":
             src = os.path.join(tmp, "stdin" + get(options["from_format"]).extensions[0])
@@ -29,7 +26,7 @@ def convert_stdio(src: str, dst: str, to_format, options: dict, write_options: d
                 shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
         out = os.path.join(tmp, "stdout" + get(to_format).extensions[0]) if dst == "-" \
             else dst
-        report = convert(src, out, to_format=to_format, **options, **write_options)
+        report = convert(src, out, to_format=to_format, **options)
         if dst == "-":
             ours = {os.path.basename(out), os.path.basename(src)}
             if set(os.listdir(tmp)) - ours:

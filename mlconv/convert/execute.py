@@ -24,7 +24,7 @@ from ..errors import (
     UnsupportedError,
     as_loss,
 )
-from ..formats import detect, for_output, get
+from ..formats import detect, for_output, get, make_write_options
 from ..formats.base import MAX_MEMORY, Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
 from .graph import Plan, Step, steps_for
@@ -205,29 +205,23 @@ def _fit_tensor(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor
     return t.cast(to)
 
 
-def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
-          compression: str | None = None, layout: str | None = None,
-          row_group_size: int | None = None, path: str = "fast", progress=None,
-          template: str | None = None, external_data: bool = False) -> int:
-    """Write a fitted bundle atomically; returns the size of the file written."""
+def write_options(fmt: Format, *, compression: str | None = None, path: str = "fast",
+                  progress=None, options=None) -> WriteOptions:
+    """The checked options of one write: the shared ones, and ``options`` (a mapping, or
+    the target format's own dataclass) checked against what ``fmt`` declares."""
     if compression is not None and compression not in fmt.caps.compressions:
         raise OptionError(f"{fmt.id} supports --compression "
                           f"{'|'.join(fmt.caps.compressions)}, not {compression!r}")
-    dst = os.fspath(dst)
-    if layout not in (None, "rows", "entries"):
-        raise OptionError(f"--layout must be rows or entries, not {layout!r}")
-    if row_group_size is not None and row_group_size < 1:
-        raise OptionError("--row-group-size must be a positive number of rows")
     if path not in ("fast", "generic"):
         raise OptionError(f"--path must be fast or generic, not {path!r}")
-    options = WriteOptions(compression=compression, layout=layout,
-                           row_group_size=row_group_size, kernel_copy=path == "fast",
-                           progress=progress, template=template,
-                           external_data=external_data)
-    if template is not None and fmt.id != "onnx":
-        raise OptionError("--template applies to ONNX output only")
-    if template is not None and not os.path.isfile(template):
-        raise OptionError("--template: no such model", template)
+    return WriteOptions(compression=compression, kernel_copy=path == "fast",
+                        progress=progress, own=make_write_options(fmt, options))
+
+
+def write(bundle: Bundle, dst, fmt: Format, options: WriteOptions, *,
+          overwrite: bool = False) -> int:
+    """Write a fitted bundle atomically; returns the size of the file written."""
+    dst = os.fspath(dst)
     with atomic_output(dst, overwrite) as f:
         fmt.write(bundle, f, dst, options)
         size = os.path.getsize(f.name)
@@ -237,12 +231,14 @@ def write(bundle: Bundle, dst, fmt: Format, *, overwrite: bool = False,
 def convert(src, dst, *, from_format: str | None = None, to_format: str | None = None,
             select=(), exclude=(), cast=None, allow_lossy: bool = False,
             overwrite: bool = False, compression: str | None = None,
-            allow_external: bool = False, layout: str | None = None,
-            row_group_size: int | None = None, path: str = "fast", progress=None,
-            dry_run: bool = False, template: str | None = None,
-            external_data: bool = False, pad: float | None = None,
-            max_memory: int = MAX_MEMORY, allow_expand: bool = False):
+            allow_external: bool = False, path: str = "fast", progress=None,
+            dry_run: bool = False, pad: float | None = None,
+            max_memory: int = MAX_MEMORY, allow_expand: bool = False, options=None):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
+
+    ``options``: the target format's own write options, as a mapping
+    (``{"layout": "entries"}``, ``{"template": "model.onnx"}``) or its dataclass
+    (``mlconv.formats.get("parquet").write_options(row_group_size=...)``).
 
     ``src`` may also be a list of files: they merge into one ``dst`` (each keeps its entry
     names; an npy file's entry is its file stem). Returns a Report, or with ``dry_run`` the
@@ -253,13 +249,15 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     if dry_run:
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
-                    compression=compression, allow_external=allow_external, layout=layout,
-                    path=path, overwrite=overwrite, pad=pad, max_memory=max_memory,
-                    allow_expand=allow_expand)
+                    compression=compression, allow_external=allow_external, path=path,
+                    overwrite=overwrite, pad=pad, max_memory=max_memory,
+                    allow_expand=allow_expand, options=options)
     t0 = time.perf_counter()
     dst = os.fspath(dst)
     out_fmt = for_output(dst, to_format)
     out_fmt.check_available()
+    wopts = write_options(out_fmt, compression=compression, path=path, progress=progress,
+                          options=options)
     if not overwrite and os.path.lexists(dst):
         raise OutputExistsError("output exists; use --force to replace it", dst)
     options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
@@ -269,9 +267,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
                                allow_lossy=allow_lossy, pad=pad)
         if progress is not None and hasattr(progress, "total"):
             progress.total = total_bytes(fitted)
-        size = write(fitted, dst, out_fmt, overwrite=overwrite, compression=compression,
-                     layout=layout, row_group_size=row_group_size, path=path,
-                     progress=progress, template=template, external_data=external_data)
+        size = write(fitted, dst, out_fmt, wopts, overwrite=overwrite)
     return Report(shown, dst, in_id, out_fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings, fitted.notes)
 
@@ -335,9 +331,9 @@ def total_bytes(bundle: Bundle) -> int | None:
 def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
-         layout: str | None = None, path: str = "fast", overwrite: bool = False,
+         path: str = "fast", overwrite: bool = False,
          pad: float | None = None, max_memory: int = MAX_MEMORY,
-         allow_expand: bool = False) -> Plan:
+         allow_expand: bool = False, options=None) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
 
     It stops where the run would stop (a refused loss, an existing DST without
@@ -353,9 +349,10 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     if isinstance(src, str) and src in IDS and dst in IDS and not os.path.exists(src):
         return _format_plan(get(src), get(dst))
     out_fmt = for_output(dst, to_format)
-    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
-                          allow_expand=allow_expand)
-    with open_sources(src, from_format, options, allow_lossy) as (bundle, in_id, shown):
+    wopts = write_options(out_fmt, compression=compression, path=path, options=options)
+    read = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                       allow_expand=allow_expand)
+    with open_sources(src, from_format, read, allow_lossy) as (bundle, in_id, shown):
         result = Plan(shown, dst, in_id, out_fmt.id, path, allow_lossy=allow_lossy)
         try:
             fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
@@ -369,7 +366,7 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
             return result
         result.losses = [str(x) for x in losses]
         result.notes = [str(n) for n in fitted.notes]
-        result.steps = steps_for(fitted, out_fmt, path == "generic", layout, compression)
+        result.steps = steps_for(fitted, out_fmt, wopts)
     if os.path.lexists(dst) and result.error is None:
         if overwrite:
             result.notes.append(f"{dst} exists and will be replaced (--force)")
@@ -401,17 +398,17 @@ def _format_plan(a: Format, b: Format) -> Plan:
 
 def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
          cast=None, allow_lossy: bool = False, overwrite: bool = True,
-         compression: str | None = None, layout: str | None = None) -> Report:
+         compression: str | None = None, options=None) -> Report:
     """Write a Bundle or a mapping of names to arrays/Tensors/Tables to ``dst``."""
     t0 = time.perf_counter()
     dst = os.fspath(dst)
     fmt = for_output(dst, format)
     fmt.check_available()
+    wopts = write_options(fmt, compression=compression, options=options)
     bundle = data if isinstance(data, Bundle) else Bundle(data)
     if metadata is not None:
         bundle.metadata = {str(k): str(v) for k, v in metadata.items()}
     fitted, warnings = fit(bundle, fmt, casts=cast, allow_lossy=allow_lossy)
-    size = write(fitted, dst, fmt, overwrite=overwrite, compression=compression,
-                 layout=layout)
+    size = write(fitted, dst, fmt, wopts, overwrite=overwrite)
     return Report(bundle.path, dst, bundle.format, fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings)

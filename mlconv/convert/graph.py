@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import UnsupportedError
-from ..formats.base import Format
+from ..formats.base import Format, WriteOptions
 from ..model import Bundle, Table, Tensor
 
 COST = {"zero-copy": 1, "streamed": 2, "in-memory": 3}  # relative cost per byte moved
@@ -77,9 +76,10 @@ class Plan:
                 "notes": list(self.notes)}
 
 
-def _tensor_method(t: Tensor, fmt: Format, generic: bool, layout: str | None) -> tuple[str, str]:
-    from ..formats.arrow_layouts import EntrySource
-    from ..sources import ArraySource, CastSource, FileSource, StreamSource
+def _general(t: Tensor, generic: bool, raw_payload: bool) -> tuple[str, str]:
+    """How a tensor travels judged from its source: verbatim bytes go by kernel copy when
+    the writer places payloads verbatim; held entries go whole; the rest in chunks."""
+    from ..sources import CastSource, FileSource
 
     src = t.source
     notes = []
@@ -88,37 +88,26 @@ def _tensor_method(t: Tensor, fmt: Format, generic: bool, layout: str | None) ->
         src = src.inner
     if isinstance(src, FileSource) and not src.verbatim:
         notes.append("Fortran order -> C order" if src.fortran else "byte swap to little-endian")
-    if isinstance(src, StreamSource):
-        notes.append("inflate zip member")
-    if t.itemsize is None or isinstance(src, (EntrySource, ArraySource)):
+    if src.how:
+        notes.append(src.how)
+    if t.itemsize is None or src.held:
         return "in-memory", "; ".join(notes + ["whole entry held"])
-    if fmt.id in ("parquet", "arrow") and layout == "entries":
-        return "in-memory", "; ".join(notes + ["one row holds the whole tensor"])
-    if not generic and fmt.caps.raw_payload and t.span is not None:
+    if not generic and raw_payload and t.span is not None:
         return "zero-copy", "kernel copy (copy_file_range)"
     if generic and t.span is not None:
         notes.append("generic path: bytes through memory")
     return "streamed", "; ".join(notes) or "bounded chunks"
 
 
-def steps_for(bundle: Bundle, fmt: Format, generic: bool = False,
-              layout: str | None = None, compression: str | None = None) -> list[Step]:
-    if fmt.id in ("parquet", "arrow") and bundle.values() and not any(
-            isinstance(e, Table) for e in bundle.values()):
-        from ..formats.arrow_layouts import choose
-
-        try:
-            layout = choose(bundle, layout)
-        except UnsupportedError:
-            pass  # the write itself reports an impossible layout
+def steps_for(bundle: Bundle, fmt: Format, options: WriteOptions) -> list[Step]:
+    """One step per entry of a fitted bundle: how ``fmt``'s writer will move it."""
     steps = []
     for name, entry in bundle.items():
         if isinstance(entry, Table):
             steps.append(Step(name, "table", "streamed", None,
                               f"{entry.num_rows} rows in record batches"))
             continue
-        method, note = _tensor_method(entry, fmt, generic, layout)
-        if fmt.id == "hdf5" and compression not in (None, "none") and method == "zero-copy":
-            method, note = "streamed", f"{compression} chunks"
+        general = _general(entry, not options.kernel_copy, fmt.caps.raw_payload)
+        method, note = fmt.travel(bundle, name, entry, options, general)
         steps.append(Step(name, "tensor", method, entry.nbytes, note))
     return steps

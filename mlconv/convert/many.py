@@ -59,11 +59,9 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
                       from_format: str | None = None, select=(), exclude=(), cast=None,
                       allow_lossy: bool = False, overwrite: bool = False,
                       compression: str | None = None, allow_external: bool = False,
-                      layout: str | None = None, row_group_size: int | None = None,
-                      path: str = "fast", template: str | None = None,
-                      external_data: bool = False, pad: float | None = None,
-                      max_memory: int = MAX_MEMORY,
-                      allow_expand: bool = False) -> Iterator[FileResult]:
+                      path: str = "fast", pad: float | None = None,
+                      max_memory: int = MAX_MEMORY, allow_expand: bool = False,
+                      options=None) -> Iterator[FileResult]:
     """Convert each of ``sources`` into ``dst_dir``, ``jobs`` at a time; yields a FileResult
     per file, in the order given, as soon as it (and those before it) are done. One bad file
     never stops the others."""
@@ -73,10 +71,9 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
     tasks = plan_outputs(sources, dst_dir, fmt.extensions[0])
     options = dict(to_format=fmt.id, from_format=from_format, select=select,
                    exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=overwrite,
-                   compression=compression, allow_external=allow_external, layout=layout,
-                   row_group_size=row_group_size, path=path, template=template,
-                   external_data=external_data, pad=pad, max_memory=max_memory,
-                   allow_expand=allow_expand)
+                   compression=compression, allow_external=allow_external, path=path,
+                   pad=pad, max_memory=max_memory, allow_expand=allow_expand,
+                   options=options)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
     if jobs == 1:
         for src, dst in tasks:

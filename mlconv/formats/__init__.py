@@ -41,6 +41,67 @@ def all_formats() -> list[Format]:
     return [get(m) for m in IDS]
 
 
+def write_option_fields() -> dict:
+    """Every registered format's write options by name: {name: (field, [format ids])}.
+    One name declared by several formats (``layout``) is one option."""
+    import dataclasses
+
+    out: dict = {}
+    for fmt in all_formats():
+        if fmt.write_options is not None:
+            for f in dataclasses.fields(fmt.write_options):
+                out.setdefault(f.name, (f, []))[1].append(fmt.id)
+    return out
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def make_write_options(fmt: Format, given=None):
+    """``fmt``'s write-options instance from a mapping (or the instance itself); an option
+    the format does not declare, or a value of the wrong kind, is an OptionError."""
+    import dataclasses
+
+    if given is not None and not isinstance(given, dict):
+        if fmt.write_options is None or not isinstance(given, fmt.write_options):
+            raise OptionError(f"options of type {type(given).__name__} do not apply to "
+                              f"{fmt.id} output")
+        given = dataclasses.asdict(given)
+    declared = {f.name: f for f in dataclasses.fields(fmt.write_options)} \
+        if fmt.write_options is not None else {}
+    values = {}
+    for name, value in (given or {}).items():
+        f = declared.get(name)
+        if f is None:
+            if value in (None, False):
+                continue  # an option left at its default, for another format
+            owners = write_option_fields().get(name, (None, []))[1]
+            where = f"applies to {', '.join(owners)} output only" if owners else \
+                "is not an option of any format"
+            raise OptionError(f"{flag(name)} {where}")
+        values[name] = _checked(f, value)
+    return fmt.write_options(**values) if fmt.write_options is not None else None
+
+
+def _checked(f, value):
+    meta = f.metadata
+    if value is None:
+        return value
+    if meta.get("choices") and value not in meta["choices"]:
+        raise OptionError(f"{flag(f.name)} must be {' or '.join(meta['choices'])}, "
+                          f"not {value!r}")
+    if meta.get("minimum") is not None and (isinstance(value, bool) or not
+                                            isinstance(value, int) or value < meta["minimum"]):
+        raise OptionError(f"{flag(f.name)} must be a whole number from {meta['minimum']}, "
+                          f"not {value!r}")
+    if meta.get("file"):
+        value = os.fspath(value)
+        if not os.path.isfile(value):
+            raise OptionError(f"{flag(f.name)}: no such file", value)
+    return value
+
+
 def by_extension(path: str) -> Format | None:
     name = os.path.basename(os.fspath(path)).lower()
     best = None
@@ -125,4 +186,6 @@ __all__ = [
     "detect",
     "for_output",
     "get",
+    "make_write_options",
+    "write_option_fields",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
@@ -305,7 +306,15 @@ class _Source:
         self.reader = None  # arrays handed out keep the map alive; it unmaps when they go
 
 
+@dataclass(frozen=True)
+class ArrowOptions:
+    layout: str | None = layouts.layout_option()
+
+
 class Arrow(Format):
+    def travel(self, bundle, name, entry, options, general):
+        return layouts.travel(bundle, entry, options.own.layout, general)
+
     def sniff(self, head: bytes, size: int) -> bool:
         return head.startswith(FILE_MAGIC)
 
@@ -324,7 +333,7 @@ class Arrow(Format):
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow as pa
 
-        table = layouts.table_for_writing(bundle, options.layout, path)
+        table = layouts.table_for_writing(bundle, options.own.layout, path)
         schema = layouts.with_metadata(table.schema, bundle, table)
         comp = options.compression or self.caps.compressions[0]
         opts = pa.ipc.IpcWriteOptions(compression=None if comp == "none" else comp)
@@ -343,6 +352,7 @@ class Arrow(Format):
 
 
 FORMAT = Arrow(
+    write_options=ArrowOptions,
     id="arrow",
     description="Apache Arrow IPC file/stream and Feather v2 (memory-mapped, zero-copy)",
     extensions=(".arrow", ".feather", ".arrows", ".ipc"),

@@ -32,6 +32,30 @@ FSL_MAX = (1 << 31) - 1  # values in one row of an Arrow fixed-size list
 BATCH_BYTES = 16 << 20  # rows per batch are chosen to keep a batch near this size
 
 
+def layout_option():
+    """The ``layout`` write option Parquet and Arrow IPC both declare."""
+    from .base import option
+
+    return option("Tensors into Parquet/Arrow: one row per sample (rows) or per tensor "
+                  "(entries); default rows when every tensor shares its first axis.",
+                  choices=("rows", "entries"))
+
+
+def travel(bundle: Bundle, entry, layout: str | None, general):
+    """In the entries layout one row holds a whole tensor: it is built in memory."""
+    if isinstance(entry, Table) or any(isinstance(e, Table) for e in bundle.values()):
+        return general
+    try:
+        layout = choose(bundle, layout)
+    except UnsupportedError:
+        return general  # the write itself reports an impossible layout
+    if layout == "entries" and general[0] != "in-memory":
+        notes = [] if general[0] == "zero-copy" or general[1] == "bounded chunks" \
+            else [general[1]]
+        return "in-memory", "; ".join(notes + ["one row holds the whole tensor"])
+    return general
+
+
 def _pa():
     import pyarrow as pa
 
@@ -282,6 +306,8 @@ def decode(table: Table, name: str, path, entries_reader=None) -> Bundle | None:
 
 class EntrySource(Source):
     """The payload of one entries-layout row, read when asked for."""
+
+    held = True
 
     def __init__(self, reader, row: int, dtype: DType, shape, path, entry):
         super().__init__(dtype, shape)

@@ -53,15 +53,21 @@ def parse_size(text) -> int:
     return value
 
 
+def option(help: str, *, default=None, metavar: str | None = None, choices: tuple = (),
+           minimum: int | None = None, file: bool = False):
+    """A field of a format's write-options dataclass; the CLI turns each into ``--name``
+    (flags for bool fields), so a new option is one line in its format's module."""
+    return field(default=default, metadata={"help": help, "metavar": metavar,
+                                            "choices": choices, "minimum": minimum,
+                                            "file": file})
+
+
 @dataclass(frozen=True)
 class WriteOptions:
     compression: str | None = None  # None: the format's default
-    layout: str | None = None       # tensors as a table: "rows", "entries" or None (auto)
-    row_group_size: int | None = None
     kernel_copy: bool = True        # False forces the generic path (bytes through memory)
-    template: str | None = None     # ONNX: replace the initializers of this model
-    external_data: bool = False     # ONNX: payloads in a side file even under 2 GiB
     progress: Callable[[int], None] | None = None  # called with bytes written as they go
+    own: object = None              # the target format's write-options dataclass instance
 
     def sink(self, fd: int):
         """A fileio.Sink on ``fd`` that reports progress and honours ``kernel_copy``."""
@@ -107,6 +113,7 @@ class Format:
     can_read: bool = True
     can_write: bool = True
     magic: tuple[bytes, ...] = field(default=())
+    write_options: type | None = None  # a dataclass of ``option`` fields, or None
 
     def sniff(self, head: bytes, size: int) -> bool:
         """True when the first bytes look like this format. Never raises."""
@@ -121,6 +128,14 @@ class Format:
 
     def read(self, path: str, options: ReadOptions):
         raise NotImplementedError
+
+    def travel(self, bundle, name: str, entry, options: WriteOptions,
+               general: tuple[str, str]) -> tuple[str, str]:
+        """(method, why): how this writer moves ``entry``. ``general`` is the planner's
+        answer from the source side (zero-copy when the payload lies verbatim and
+        ``caps.raw_payload``, else streamed or in-memory); a format refines it, e.g.
+        ("in-memory", "one row holds the whole tensor")."""
+        return general
 
     isolate_env = "MLCONV_ISOLATE"  # set to 0 in a child so it does not isolate again
 

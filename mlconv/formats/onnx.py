@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from dataclasses import dataclass
 
 from .. import dtypes as D
 from ..dtypes import DType
 from ..errors import FormatError, MlconvError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Table, Tensor
 from ..sources import ArraySource, FileMap, FileSource, unpack4
-from .base import ALIGN, Capabilities, Format, stem_name
+from .base import ALIGN, Capabilities, Format, option, stem_name
 
 EXTERNAL_LIMIT = (2 << 30) - (16 << 20)  # protobuf's 2 GiB cap, with room for the graph
 LFS = b"version https://git-lfs"
@@ -201,6 +202,14 @@ def read_model(path: str):
     return model
 
 
+@dataclass(frozen=True)
+class OnnxOptions:
+    template: str | None = option("ONNX output: replace the initializers of this model.",
+                                  metavar="MODEL.onnx", file=True)
+    external_data: bool = option("ONNX output: tensor bytes in a side file (automatic over "
+                                 "2 GiB).", default=False)
+
+
 class Onnx(Format):
     def read(self, path: str, options) -> Bundle:
         reader = _Reader(path)
@@ -266,8 +275,8 @@ class Onnx(Format):
                 raise UnsupportedError("ONNX holds tensors, not tables", path, name)
             tensors.append((name, entry))
         total = sum(t.nbytes or 0 for _, t in tensors)
-        external = options.external_data or total > EXTERNAL_LIMIT
-        template = options.template
+        external = options.own.external_data or total > EXTERNAL_LIMIT
+        template = options.own.template
         if template is None and bundle.format == self.id:
             template = bundle.encoding.get("onnx.model")  # onnx -> onnx keeps its graph
         if template:
@@ -448,6 +457,7 @@ def _fill_template(template: str, tensors: dict, path):
 
 
 FORMAT = Onnx(
+    write_options=OnnxOptions,
     id="onnx",
     description="ONNX models (initializers, external data) and TensorProto .pb files",
     extensions=(".onnx", ".pb"),

@@ -8,6 +8,7 @@ Bundle in the rows/entries layout. Thrift sizes are capped; encrypted files are 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
@@ -15,7 +16,7 @@ from ..fileio import prefetch
 from ..model import Bundle, Table
 from ..sources import check_memory
 from . import arrow_layouts as layouts
-from .base import Capabilities, Format, stem_name
+from .base import Capabilities, Format, option, stem_name
 
 MAGIC = b"PAR1"
 THRIFT_LIMIT = 64 << 20  # bytes of footer strings/containers we agree to decode
@@ -155,7 +156,17 @@ def plain_table(pf, path: str, name: str, rows: int) -> Table:
     return table
 
 
+@dataclass(frozen=True)
+class ParquetOptions:
+    layout: str | None = layouts.layout_option()
+    row_group_size: int | None = option("Rows per Parquet row group.", metavar="ROWS",
+                                        minimum=1)
+
+
 class Parquet(Format):
+    def travel(self, bundle, name, entry, options, general):
+        return layouts.travel(bundle, entry, options.own.layout, general)
+
     def read(self, path: str, options) -> Bundle:
         pf = _open(path)
         name = stem_name(path)
@@ -239,12 +250,12 @@ class Parquet(Format):
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow.parquet as pq
 
-        table = layouts.table_for_writing(bundle, options.layout, path)
+        table = layouts.table_for_writing(bundle, options.own.layout, path)
         schema = layouts.with_metadata(table.schema, bundle, table)
         import pyarrow as pa
 
         comp = options.compression or self.caps.compressions[0]
-        rows = options.row_group_size or 1 << 20
+        rows = options.own.row_group_size or 1 << 20
         try:
             with pq.ParquetWriter(library_path(f), schema, compression=comp) as writer:
                 pending, count, size = [], 0, 0
@@ -267,6 +278,7 @@ class Parquet(Format):
 
 
 FORMAT = Parquet(
+    write_options=ParquetOptions,
     id="parquet",
     description="Apache Parquet (pyarrow): tables; tensors in rows/entries layout",
     extensions=(".parquet", ".pq"),

@@ -77,7 +77,7 @@ def _seed_parquet(layout):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "s.parquet")
             mlconv.save({"a": np.arange(8, dtype=np.float32).reshape(4, 2),
-                         "b": np.arange(4, dtype=np.int16)}, path, layout=layout)
+                         "b": np.arange(4, dtype=np.int16)}, path, options={"layout": layout})
             with open(path, "rb") as f:
                 return f.read()
     return make

@@ -29,6 +29,12 @@ class Hdf5(Format):
 
     isolate_env = guard.ENV
 
+    def travel(self, bundle, name, entry, options, general):
+        comp = options.compression
+        if comp not in (None, "none") and general[0] == "zero-copy":
+            return "streamed", f"{comp} chunks"
+        return general
+
     def isolate(self) -> str | None:
         return guard.LIBRARY if guard.enabled(None) else None
 
