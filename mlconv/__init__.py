@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os as _os
 
-__version__ = "0.1.0"
-
 from .convert import Plan, Report, convert, plan, save
 from .dataset import Dataset, dataset
 from .describe import inspect
@@ -28,6 +26,7 @@ from .formats.base import MAX_MEMORY as _MAX_MEMORY
 from .formats.base import ReadOptions as _ReadOptions
 from .model import Bundle, Table, Tensor
 from .validate import validate
+from .version import __version__
 
 
 def load(path, format: str | None = None, *, allow_external: bool = False,

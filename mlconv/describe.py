@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from . import __version__
 from .formats import detect
 from .formats.base import MAX_MEMORY, ReadOptions
 from .model import Bundle, Table
+from .version import __version__
 
 
 def entry_manifest(name: str, entry) -> dict:

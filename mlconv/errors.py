@@ -119,19 +119,35 @@ class SourceNotFoundError(MlconvError, FileNotFoundError):
 
 
 class Loss(str):
-    """A loss accepted with ``allow_lossy``: reads as its one line (``what (file:entry)``);
-    ``what`` is the same for alike losses, so they can be counted together."""
+    """Something of the source the target will not hold, decided once by the planner.
+
+    Reads as its warning line (``what (file:entry)``); ``what`` is the same for alike
+    losses, so they can be counted together. ``kind`` ("dtype", "metadata", "attrs",
+    "column", "entry", ...) and ``way_out`` (the options that avoid it) are data for
+    callers; ``refusal`` is the error the run stops with unless losses are allowed
+    (None: a note that never stops a run, such as a filled null or a graph left behind).
+    """
 
     def __new__(cls, what: str, path: str | os.PathLike | None = None,
-                entry: str | None = None):
+                entry: str | None = None, kind: str = "other", way_out: str | None = None,
+                refusal: str | None = None):
         line = MlconvError(what, path, entry).render()
         self = super().__new__(cls, line)
-        self.what, self.entry = what, entry
+        self.what, self.entry, self.kind, self.way_out = what, entry, kind, way_out
+        self.refusal = refusal
         self.path = os.fspath(path) if path is not None else None
         return self
 
     def render(self, cli: bool = False) -> str:
         return MlconvError(self.what, self.path, self.entry).render(cli)
+
+    def error(self) -> LossyConversionError:
+        """The error a run that does not allow losses stops with."""
+        return LossyConversionError(self.refusal or self.what, self.path, self.entry)
+
+    def __reduce__(self):  # many-file reports cross processes
+        return (Loss, (self.what, self.path, self.entry, self.kind, self.way_out,
+                       self.refusal))
 
 
 def as_loss(item) -> Loss:

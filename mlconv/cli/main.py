@@ -14,14 +14,28 @@ import traceback
 import click
 
 from ..errors import MlconvError, OptionError, as_loss, one_line
-from ..formats import IDS
 from . import show
 
-FORMAT_IDS = click.Choice(list(IDS), case_sensitive=False)
+
+class _FormatIds(click.Choice):
+    """The registered format ids, plugins included, looked up when first needed."""
+
+    def __init__(self):
+        super().__init__([], case_sensitive=False)
+
+    def __getattribute__(self, name):
+        if name == "choices":
+            from ..formats import ids
+
+            return list(ids())
+        return super().__getattribute__(name)
 
 
-def say(text: str, err: bool = False) -> None:
-    click.echo(text, err=err)
+FORMAT_IDS = _FormatIds()
+
+
+def say(text: str, err: bool = False, nl: bool = True) -> None:
+    click.echo(text, err=err, nl=nl)
 
 
 def fail_line(text: str) -> str:
@@ -391,12 +405,14 @@ def _bar(enabled: bool, unit: str, total=None) -> _Bar | None:
 @click.argument("paths", nargs=-1, required=True, metavar="SRC... DST")
 @_convert_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--graph", "as_graph", is_flag=True,
+              help="Print the route through the format graph as Graphviz DOT.")
 @_limit_options
 @_debug_option
 @click.pass_context
 def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
-         compression, allow_external, path, force, as_json, max_memory, allow_expand,
-         debug, **own):
+         compression, allow_external, path, force, as_json, as_graph, max_memory,
+         allow_expand, debug, **own):
     """Show how SRC would become DST: each entry zero-copy, streamed or in-memory, the bytes
     moved, and any loss that would stop it. SRC and DST may also be two format ids."""
     from ..convert import plan as run_plan
@@ -412,7 +428,14 @@ def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
         allow_lossy=allow_lossy, compression=compression, allow_external=allow_external,
         path=path, overwrite=force, max_memory=max_memory,
         allow_expand=allow_expand, options=_own_options(own)))
-    say(json.dumps(result.as_dict(), indent=2) if as_json else show.plan_text(result.as_dict()))
+    if as_graph:
+        from ..convert.graph import edges, plan_dot
+        from ..formats import all_formats
+
+        say(plan_dot(result, edges(all_formats())), nl=False)
+    else:
+        say(json.dumps(result.as_dict(), indent=2) if as_json
+            else show.plan_text(result.as_dict()))
     ctx.exit(0 if result.ok else 1)
 
 
@@ -489,10 +512,18 @@ def _write_text(path: str, text: str) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
-def formats(as_json):
+@click.option("--graph", "as_graph", is_flag=True,
+              help="Print the conversion graph as Graphviz DOT (each edge's cost and losses).")
+def formats(as_json, as_graph):
     """List the formats mlconv reads and writes, with their capabilities."""
     import mlconv
 
+    if as_graph:
+        from ..convert.graph import edges, to_dot
+        from ..formats import all_formats
+
+        say(to_dot(edges(all_formats())), nl=False)
+        return
     rows = mlconv.formats()
     if as_json:
         say(json.dumps(rows, indent=2))

@@ -104,6 +104,10 @@ def plan_text(plan: dict) -> str:
     rows = [[s["entry"], s["kind"], s["method"], human_bytes(s["bytes"]), s["note"]]
             for s in plan["steps"]]
     lines = [head]
+    for edge in plan.get("route", []):
+        lines.append(f"route: {':'.join(edge['from'])} -> {':'.join(edge['to'])} "
+                     f"({edge['method']}, cost {edge['cost']}: the fewest losses, then the "
+                     "cheapest; --graph draws the choice)")
     if rows:
         lines += ["", table(rows, ["entry", "kind", "method", "bytes", "note"])]
     if plan["losses"] or plan.get("notes"):

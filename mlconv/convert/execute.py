@@ -24,10 +24,10 @@ from ..errors import (
     UnsupportedError,
     as_loss,
 )
-from ..formats import detect, for_output, get, make_write_options
+from ..formats import all_formats, detect, for_output, get, make_write_options
 from ..formats.base import MAX_MEMORY, Format, ReadOptions, WriteOptions
 from ..model import Bundle, Table, Tensor
-from .graph import Plan, Step, steps_for
+from .graph import Plan, Step, edges, route, start_node, steps_for
 from .select import kept, parse_casts, select_entries
 
 
@@ -59,150 +59,188 @@ def fit(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
         allow_lossy: bool = False, pad: float | None = None) -> tuple[Bundle, list[Loss]]:
     """A new Bundle holding only what ``fmt`` can hold, and the losses accepted on the way.
 
-    ``pad``: ragged (list) columns into tensor-only targets are padded with this value.
-    The new bundle's ``notes`` say what the source format keeps that no other format does
-    (an ONNX graph): left behind on purpose, never a refusal.
+    Without ``allow_lossy`` the first loss that refuses stops it (LossyConversionError
+    naming the entry and the way out). ``pad``: ragged (list) columns into tensor-only
+    targets are padded with this value. The new bundle's ``notes`` say what the source
+    format keeps that no other format does (an ONNX graph): never a refusal.
     """
-    casts = parse_casts(casts)
-    caps = fmt.caps
-    losses: list[Loss] = [as_loss(n) for n in bundle.notes]
-    src = bundle.path
+    fitted, losses = decide(bundle, fmt, select=select, exclude=exclude, casts=casts,
+                            fill=allow_lossy, pad=pad)
+    if not allow_lossy:
+        refused = next((x for x in losses if x.refusal), None)
+        if refused is not None:
+            raise refused.error()
+    _check_left(bundle, fitted, fmt, select, exclude)
+    return fitted, losses
 
-    def loss(what: str, entry: str | None, way_out: str = "--allow-lossy"):
-        """``what`` is lost: an error naming the way out, or a warning with allow_lossy."""
-        if not allow_lossy:
-            raise LossyConversionError(f"{what} would be lost; use {way_out}", src, entry)
-        losses.append(Loss(f"{what} dropped", src, entry))
 
-    out = Bundle(path=bundle.path, format=bundle.format)
-    out.encoding = dict(bundle.encoding)
+def decide(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
+           fill: bool = False, pad: float | None = None) -> tuple[Bundle, list[Loss]]:
+    """Every decision of a conversion, made once: the fitted bundle as if losses were
+    allowed, and each Loss (with the refusal it is without ``allow_lossy``). ``fill``:
+    nulls into null-less targets become NaN/0 as they stream (else reading them fails)."""
+    fitter = _Fitter(bundle, fmt, parse_casts(casts), fill, pad)
     names = select_entries(bundle, select, exclude)
     for name, reason in bundle.skipped.items():
         if kept(name, select, exclude):
-            loss(f"{reason}: the entry", name, "--exclude NAME or --allow-lossy")
-    for group, attrs in bundle.group_attrs.items():
-        if not attrs or not any(n == group or n.startswith(group + "/") for n in names) \
-                and group:
-            continue
-        if caps.attrs:
-            out.group_attrs[group] = dict(attrs)
-        else:
-            loss(f"{fmt.id} has no group attributes: {len(attrs)} attribute(s) of group "
-                 f"{group or '/'}", group or None)
+            fitter.lose(f"{reason}: the entry", name, "entry", "--exclude NAME or --allow-lossy")
+    fitter.group_attrs(names)
     for name in names:
-        entry = bundle[name]
+        fitter.entry(name, bundle[name], select, exclude)
+    fitter.metadata()
+    out = fitter.out
+    if bundle.format and bundle.format != fmt.id:
+        out.notes = [Loss(n, bundle.path, kind="left-behind")
+                     for n in get(bundle.format).left_behind(bundle)]
+    return out, [as_loss(x) for x in fitter.losses]
+
+
+class _Fitter:
+    """The decisions of ``decide``, one kind of thing per method."""
+
+    def __init__(self, bundle: Bundle, fmt: Format, casts, fill: bool, pad):
+        self.bundle, self.fmt, self.casts, self.fill, self.pad = bundle, fmt, casts, fill, pad
+        self.src = bundle.path
+        self.losses: list = [as_loss(n) for n in bundle.notes]
+        self.out = Bundle(path=bundle.path, format=bundle.format)
+        self.out.encoding = dict(bundle.encoding)
+
+    def lose(self, what: str, entry, kind: str, way_out: str = "--allow-lossy",
+             refusal: str | None = None) -> None:
+        self.losses.append(Loss(f"{what} dropped", self.src, entry, kind, way_out,
+                                refusal or f"{what} would be lost; use {way_out}"))
+
+    def group_attrs(self, names) -> None:
+        for group, attrs in self.bundle.group_attrs.items():
+            if not attrs or not any(n == group or n.startswith(group + "/")
+                                    for n in names) and group:
+                continue
+            if self.fmt.caps.attrs:
+                self.out.group_attrs[group] = dict(attrs)
+            else:
+                self.lose(f"{self.fmt.id} has no group attributes: {len(attrs)} attribute(s) "
+                          f"of group {group or '/'}", group or None, "attrs")
+
+    def entry(self, name: str, entry, select, exclude) -> None:
+        caps = self.fmt.caps
         if isinstance(entry, Table) and not caps.tables:
-            # a tensor-only target: each numeric column becomes a tensor "table/column"
-            bad: list[str] = []
-            columns = column_tensors.table_tensors(entry, name, src, fill=allow_lossy,
-                                            warnings=losses, bad=bad, pad=pad)
-            for why in bad:
-                loss(f"{why} ({fmt.id} holds only numeric tensors)", name,
-                     "--exclude NAME or --allow-lossy")
-            for cname, column in columns.items():
-                if kept(cname, select, exclude):
-                    column = _fit_tensor(column, cname, fmt, casts, allow_lossy, losses, src)
-                    if column is not None:
-                        out[cname] = column
-            continue
+            self.columns_as_tensors(name, entry, select, exclude)
+            return
         if isinstance(entry, Table):
-            entry = _fit_columns(entry, name, fmt, exclude, loss)
-            if entry is None:
-                continue
-            if not caps.nulls and allow_lossy:
-                entry = column_tensors.filled(entry, losses, src, name)
+            entry = _fit_columns(entry, name, self.fmt, exclude, self.lose)
+            if entry is not None and not caps.nulls and self.fill:
+                entry = column_tensors.filled(entry, self.losses, self.src, name)
         else:
-            entry = _fit_tensor(entry, name, fmt, casts, allow_lossy, losses, src)
-            if entry is None:
-                continue
+            entry = self.tensor(entry, name)
+        if entry is None:
+            return
         if entry.attrs and not caps.attrs:
-            loss(f"{fmt.id} has no per-entry attributes: {len(entry.attrs)} attribute(s)",
-                 name)
-        out[name] = entry
-    if bundle.metadata:
-        if caps.metadata:
-            out.metadata = dict(bundle.metadata)
-        else:
-            keys = ", ".join(sorted(bundle.metadata)[:5])
-            loss(f"{fmt.id} has no file metadata: {len(bundle.metadata)} key(s) ({keys})",
-                 None)
+            self.lose(f"{self.fmt.id} has no per-entry attributes: {len(entry.attrs)} "
+                      "attribute(s)", name, "attrs")
+        self.out[name] = entry
+
+    def columns_as_tensors(self, name: str, table: Table, select, exclude) -> None:
+        """A tensor-only target: each numeric column becomes a tensor "table/column"."""
+        bad: list[str] = []
+        columns = column_tensors.table_tensors(table, name, self.src, fill=self.fill,
+                                               warnings=self.losses, bad=bad, pad=self.pad)
+        for why in bad:
+            self.lose(f"{why} ({self.fmt.id} holds only numeric tensors)", name, "column",
+                      "--exclude NAME or --allow-lossy")
+        for cname, column in columns.items():
+            if kept(cname, select, exclude):
+                column = self.tensor(column, cname)
+                if column is not None:
+                    self.out[cname] = column
+
+    def tensor(self, t: Tensor, name: str) -> Tensor | None:
+        """``t`` cast as asked, then in a dtype the target holds (or None: dropped)."""
+        if D.FLOAT128_ATTR in t.attrs:
+            t = self.extended(t, name)
+            if t is None:
+                return None
+        if t.itemsize is None:  # variable-width text: its width is known once read
+            read = Tensor.from_numpy(t.numpy(), t.attrs)
+            read.encoding = t.encoding  # the same format may use it (HDF5 widths)
+            t = read
+        if t.dtype in self.casts:
+            t = t.cast(self.casts[t.dtype])
+        held = self.fmt.caps.dtypes
+        if t.dtype in held:
+            return t
+        fb = D.fallback(t.dtype, held)
+        way = f"--cast {t.dtype.value}={fb[0].value} or --allow-lossy" if fb else \
+            "--exclude NAME or --allow-lossy"
+        refusal = f"{self.fmt.id} cannot hold dtype {t.dtype.value}; use {way}"
+        if fb is None:
+            self.losses.append(Loss(f"{self.fmt.id} cannot hold dtype {t.dtype.value}; entry "
+                                    "dropped", self.src, name, "dtype", way, refusal))
+            return None
+        to, exact = fb
+        how = "values exact" if exact else "values rounded"
+        self.losses.append(Loss(f"{t.dtype.value} stored as {to.value} ({how})", self.src,
+                                name, "dtype", way, refusal))
+        return t.cast(to)
+
+    def extended(self, t: Tensor, name: str) -> Tensor | None:
+        """Extended-precision floats (raw bytes): decoded by ``--cast float128=...``, else
+        a loss; never written as something that reads back as other values."""
+        import numpy as np
+
+        to = self.casts.get(D.FLOAT128)
+        if to is None:
+            way = "--cast float128=float64, --exclude NAME or --allow-lossy"
+            self.losses.append(Loss(
+                "float128 values (extended precision) dropped", self.src, name, "dtype", way,
+                f"float128 values (extended precision, held as raw bytes) would be lost; "
+                f"use {way}"))
+            return None
+        layout = t.attrs[D.FLOAT128_ATTR]
+        values = D.decode_extended(np.asarray(t.numpy()).view(np.uint8), layout)
+        attrs = {k: v for k, v in t.attrs.items() if k != D.FLOAT128_ATTR}
+        return Tensor.from_numpy(values.reshape(t.shape).astype(to.numpy()), attrs)
+
+    def metadata(self) -> None:
+        meta = self.bundle.metadata
+        if not meta:
+            return
+        if self.fmt.caps.metadata:
+            self.out.metadata = dict(meta)
+            return
+        keys = ", ".join(sorted(meta)[:5])
+        self.lose(f"{self.fmt.id} has no file metadata: {len(meta)} key(s) ({keys})", None,
+                  "metadata")
+
+
+def _check_left(bundle: Bundle, out: Bundle, fmt: Format, select, exclude) -> None:
+    """What is left must be something ``fmt`` can write: not too many entries, not none."""
+    caps, src = fmt.caps, bundle.path
     if caps.max_entries is not None and len(out) > caps.max_entries:
         names = ", ".join(list(out)[:5]) + (", ..." if len(out) > 5 else "")
         raise UnsupportedError(
             f"{fmt.id} holds {'one entry' if caps.max_entries == 1 else caps.max_entries}; "
             f"the source has {len(out)} ({names}); use --select NAME", src)
+    names = select_entries(bundle, select, exclude)
     dropped = [n for n in bundle.skipped if kept(n, select, exclude)] + \
         [n for n in names if n not in out and not any(k.startswith(n + "/") for k in out)]
     if not out and (len(bundle) or dropped):
         shown = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
         why = f"dropped {shown}" if dropped else "every entry was excluded"
         raise UnsupportedError(f"nothing left to write as {fmt.id} ({why})", src)
-    if bundle.format and bundle.format != fmt.id:
-        out.notes = [Loss(n, src) for n in get(bundle.format).left_behind(bundle)]
-    return out, losses
 
 
-def _extended(t: Tensor, name, casts, allow_lossy, losses, src) -> Tensor | None:
-    """Extended-precision floats (raw bytes): decoded by ``--cast float128=...``, else a
-    loss; never written as something that reads back as other values."""
-    import numpy as np
-
-    to = casts.get(D.FLOAT128)
-    if to is None:
-        if not allow_lossy:
-            raise LossyConversionError(
-                "float128 values (extended precision, held as raw bytes) would be lost; use "
-                "--cast float128=float64, --exclude NAME or --allow-lossy", src, name)
-        losses.append(Loss("float128 values (extended precision) dropped", src, name))
-        return None
-    layout = t.attrs[D.FLOAT128_ATTR]
-    values = D.decode_extended(np.asarray(t.numpy()).view(np.uint8), layout)
-    attrs = {k: v for k, v in t.attrs.items() if k != D.FLOAT128_ATTR}
-    return Tensor.from_numpy(values.reshape(t.shape).astype(to.numpy()), attrs)
-
-
-def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table | None:
+def _fit_columns(table: Table, name: str, fmt: Format, exclude, lose) -> Table | None:
     """``table`` without its excluded columns (``--exclude TABLE/COLUMN``) and those ``fmt``
     cannot hold (each a loss); None when no column is left."""
     drop = {c for c, _ in table.columns if not kept(f"{name}/{c}", (), exclude)}
     for column, why in fmt.unheld_columns(table.project(
             [c for c, _ in table.columns if c not in drop]) if drop else table):
-        loss(why, f"{name}/{column}", f"--exclude {name}/{column} or --allow-lossy")
+        lose(why, f"{name}/{column}", "column", f"--exclude {name}/{column} or --allow-lossy")
         drop.add(column)
     if not drop:
         return table
     keep = [c for c, _ in table.columns if c not in drop]
     return table.project(keep) if keep else None
-
-
-def _fit_tensor(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor | None:
-    """``t`` cast as asked, then in a dtype ``fmt`` holds (or None: dropped, with a loss)."""
-    if D.FLOAT128_ATTR in t.attrs:
-        t = _extended(t, name, casts, allow_lossy, losses, src)
-        if t is None:
-            return None
-    if t.itemsize is None:  # variable-width text: its width is known once read
-        read = Tensor.from_numpy(t.numpy(), t.attrs)
-        read.encoding = t.encoding  # the same format may use it (HDF5 widths)
-        t = read
-    if t.dtype in casts:
-        t = t.cast(casts[t.dtype])
-    if t.dtype in fmt.caps.dtypes:
-        return t
-    fb = D.fallback(t.dtype, fmt.caps.dtypes)
-    if not allow_lossy:
-        way = f"--cast {t.dtype.value}={fb[0].value} or --allow-lossy" if fb else \
-            "--exclude NAME or --allow-lossy"
-        raise LossyConversionError(f"{fmt.id} cannot hold dtype {t.dtype.value}; use {way}",
-                                   src, name)
-    if fb is None:
-        losses.append(Loss(f"{fmt.id} cannot hold dtype {t.dtype.value}; entry dropped", src,
-                           name))
-        return None
-    to, exact = fb
-    how = "values exact" if exact else "values rounded"
-    losses.append(Loss(f"{t.dtype.value} stored as {to.value} ({how})", src, name))
-    return t.cast(to)
 
 
 def write_options(fmt: Format, *, compression: str | None = None, path: str = "fast",
@@ -341,12 +379,12 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     describes the edge between the formats: how tensors travel at best and what the target
     cannot hold.
     """
-    from ..formats import IDS
+    from ..formats import ids
 
     if isinstance(src, (str, os.PathLike)):
         src = os.fspath(src)
     dst = os.fspath(dst)
-    if isinstance(src, str) and src in IDS and dst in IDS and not os.path.exists(src):
+    if isinstance(src, str) and src in ids() and dst in ids() and not os.path.exists(src):
         return _format_plan(get(src), get(dst))
     out_fmt = for_output(dst, to_format)
     wopts = write_options(out_fmt, compression=compression, path=path, options=options)
@@ -355,18 +393,22 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     with open_sources(src, from_format, read, allow_lossy) as (bundle, in_id, shown):
         result = Plan(shown, dst, in_id, out_fmt.id, path, allow_lossy=allow_lossy)
         try:
-            fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                allow_lossy=allow_lossy, pad=pad)
+            fitted, losses = decide(bundle, out_fmt, select=select, exclude=exclude,
+                                    casts=cast, fill=allow_lossy, pad=pad)
+            refused = next((x for x in losses if x.refusal), None)
+            if refused is not None and not allow_lossy:
+                result.error = refused.error().render(cli=True)
+            else:
+                _check_left(bundle, fitted, out_fmt, select, exclude)
         except MlconvError as e:
             result.error = e.render(cli=True)
-        try:
-            fitted, losses = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
-                                 allow_lossy=True, pad=pad)
-        except MlconvError:
             return result
         result.losses = [str(x) for x in losses]
         result.notes = [str(n) for n in fitted.notes]
         result.steps = steps_for(fitted, out_fmt, wopts)
+        if bundle.format:
+            result.route = route(edges(all_formats()), start_node(get(bundle.format), bundle),
+                                 out_fmt.id)
     if os.path.lexists(dst) and result.error is None:
         if overwrite:
             result.notes.append(f"{dst} exists and will be replaced (--force)")
@@ -379,6 +421,7 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
 def _format_plan(a: Format, b: Format) -> Plan:
     """The edge between two formats, independent of any file."""
     result = Plan(a.id, b.id, a.id, b.id)
+    result.route = route(edges(all_formats()), start_node(a, None), b.id)
     if a.caps.tensors and b.caps.tensors:
         method = "zero-copy" if a.caps.zero_copy and b.caps.raw_payload else "streamed"
         result.steps.append(Step("tensors", "tensor", method, None,

@@ -1,4 +1,6 @@
-"""The conversion graph: formats are nodes; every reader -> writer pair is an edge.
+"""The conversion graph: nodes are (format, representation) — Parquet rows, Parquet
+entries, an HDF5 compound table... — and every reader -> writer pair of compatible
+representations is an edge carrying a cost and the losses on the way.
 
 An edge moves each entry one of three ways, cheapest first:
 
@@ -11,14 +13,16 @@ An edge moves each entry one of three ways, cheapest first:
   from an in-memory array, variable-width text).
 
 Every pair of formats has a direct edge through the interchange model, so the cheapest path
-is always that one edge (a detour through a third format only adds a write and a read); what
-the planner decides is how each entry travels on it, for the actual file, and what is lost on
-the way. ``--path generic`` forces every payload through memory (the reference the fast path
-must equal byte for byte).
+is the direct edge (a detour adds a write and a read, and can only add losses): ``route``
+searches the graph for the fewest losses, then the lowest cost, so ``plan`` can show why a
+route was taken (``mlconv plan --graph`` draws it). Per file, the planner then decides how each
+entry travels on it and what is lost on the way. ``--path generic`` forces every payload
+through memory (the reference the fast path must equal byte for byte).
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from ..formats.base import Format, WriteOptions
@@ -52,6 +56,7 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # left behind on purpose (an ONNX graph)
+    route: list = field(default_factory=list)  # the graph's edges taken (Edge)
     allow_lossy: bool = False
     error: str | None = None  # what stops it (a refused loss, an impossible layout, ...)
 
@@ -73,7 +78,7 @@ class Plan:
                 "allow_lossy": self.allow_lossy,
                 "error": self.error, "bytes": self.nbytes, "cost": self.cost,
                 "steps": [s.as_dict() for s in self.steps], "losses": list(self.losses),
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "route": [e.as_dict() for e in self.route]}
 
 
 def _general(t: Tensor, generic: bool, raw_payload: bool) -> tuple[str, str]:
@@ -111,3 +116,130 @@ def steps_for(bundle: Bundle, fmt: Format, options: WriteOptions) -> list[Step]:
         method, note = fmt.travel(bundle, name, entry, options, general)
         steps.append(Step(name, "tensor", method, entry.nbytes, note))
     return steps
+
+
+# --- the format graph -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Edge:
+    """Reading one representation and writing another: how payloads move, what is lost."""
+
+    src: tuple[str, str]  # (format id, representation)
+    dst: tuple[str, str]
+    method: str
+    losses: tuple[str, ...] = ()
+
+    @property
+    def cost(self) -> int:
+        return COST[self.method] + 1  # + 1: every hop writes and reads a file
+
+    def as_dict(self) -> dict:
+        return {"from": list(self.src), "to": list(self.dst), "method": self.method,
+                "cost": self.cost, "losses": list(self.losses)}
+
+
+def _edge(a: Format, ra: tuple, b: Format, rb: tuple) -> Edge | None:
+    """The edge from representation ``ra`` of ``a`` to ``rb`` of ``b``, if one exists."""
+    ka, kb = ra[1], rb[1]
+    losses = []
+    if ka == "table" and kb != "table":
+        if kb != "tensors":
+            return None
+        losses.append(f"{b.id} holds no tables: numeric columns become tensors, the rest "
+                      "is lost")
+    elif ka == "blocks" and kb != "blocks":
+        if kb != "tensors":
+            return None
+        losses.append("quantized blocks: dequantized only with --cast TYPE=float32")
+    elif ka != kb:
+        return None
+    missing = sorted(d.value for d in a.caps.dtypes - b.caps.dtypes)
+    if missing and ka == kb != "table":
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                          else "")
+        losses.append(f"dtypes {shown} (--cast or --allow-lossy)")
+    for cap, what in (("metadata", "file metadata"), ("attrs", "attributes"),
+                      ("nulls", "nulls")):
+        if getattr(a.caps, cap) and not getattr(b.caps, cap):
+            losses.append(what)
+    if "whole" in rb[2:] or kb == "table" or ka == "table":
+        method = "in-memory" if "whole" in rb[2:] else "streamed"
+    else:
+        method = "zero-copy" if a.caps.zero_copy and b.caps.raw_payload else "streamed"
+    return Edge((a.id, ra[0]), (b.id, rb[0]), method, tuple(losses))
+
+
+def edges(formats: list[Format]) -> list[Edge]:
+    """Every edge among ``formats`` (readers to writers)."""
+    out = []
+    for a in formats:
+        for b in formats:
+            if not (a.can_read and b.can_write):
+                continue
+            for ra in a.representations:
+                for rb in b.representations:
+                    edge = _edge(a, ra, b, rb)
+                    if edge is not None:
+                        out.append(edge)
+    return out
+
+
+def route(graph: list[Edge], start: tuple[str, str], target: str) -> list[Edge]:
+    """The path from node ``start`` to any node of format ``target``: fewest losses, then
+    lowest cost (Dijkstra on that pair). Empty when the target cannot be reached."""
+    best = {start: (0, 0)}
+    queue = [(0, 0, start, [])]
+    while queue:
+        lost, cost, node, path = heapq.heappop(queue)
+        if node[0] == target and path:
+            return path
+        if (lost, cost) > best.get(node, (lost, cost)):
+            continue
+        for e in graph:
+            if e.src != node:
+                continue
+            key = (lost + len(e.losses), cost + e.cost)
+            if key < best.get(e.dst, (1 << 30, 0)):
+                best[e.dst] = key
+                heapq.heappush(queue, (*key, e.dst, path + [e]))
+    return []
+
+
+def start_node(fmt: Format, bundle: Bundle | None) -> tuple[str, str]:
+    """The node a file starts from: its table representation when it holds a table."""
+    kinds = {"table" if isinstance(e, Table) else "tensors" for e in (bundle or {}).values()}
+    for name, kind, *_ in fmt.representations:
+        if kind in kinds:
+            return fmt.id, name
+    return fmt.id, fmt.representations[0][0]
+
+
+def _q(text: str) -> str:
+    """A DOT string; a newline in ``text`` becomes DOT's centred line break."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def plan_dot(plan: Plan, graph: list[Edge]) -> str:
+    """A plan's choice drawn: every edge out of its starting node, the route taken bold."""
+    if not plan.route:
+        return to_dot([])
+    start = plan.route[0].src
+    return to_dot([e for e in graph if e.src == start or e in plan.route], plan.route)
+
+
+def to_dot(graph: list[Edge], chosen=()) -> str:
+    """The graph in Graphviz DOT: each edge labelled with its method, cost and losses; the
+    edges in ``chosen`` drawn bold red, lossy ones dashed."""
+    chosen = set(chosen)
+    lines = ["digraph mlconv {", "  rankdir=LR;", "  node [shape=box, fontname=Helvetica];",
+             "  edge [fontname=Helvetica, fontsize=9];"]
+    for fid, rep in dict.fromkeys([e.src for e in graph] + [e.dst for e in graph]):
+        lines.append(f"  {_q(fid + ':' + rep)} [label={_q(fid + chr(10) + rep)}];")
+    for e in graph:
+        label = "\n- ".join([f"{e.method} ({e.cost})", *e.losses])
+        style = ", color=red, penwidth=3" if e in chosen else \
+            (", style=dashed" if e.losses else "")
+        lines.append(f"  {_q(':'.join(e.src))} -> {_q(':'.join(e.dst))} "
+                     f"[label={_q(label)}{style}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,7 +1,9 @@
 """The format registry: which formats exist, how files are detected, capability lookup.
 
-Adding a format is one module in this package that defines ``FORMAT`` plus one line in
-``IDS``. Format modules import their heavy libraries only inside read/write.
+Adding a format is one module (or package) here that defines ``FORMAT`` plus one line in
+``IDS``. A third party adds one without changing mlconv: a Python entry point in the
+``mlconv.formats`` group whose value is a Format (or a module defining ``FORMAT``).
+Format modules import their heavy libraries only inside read/write.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from ..errors import FormatError, OptionError, SourceNotFoundError
+from ..errors import FormatError, OptionError, SourceNotFoundError, UnsupportedError
 from .base import Capabilities, Format, ReadOptions, WriteOptions
 
 IDS = (
@@ -24,21 +26,59 @@ IDS = (
 
 _SNIFF_BYTES = 64
 
+ENTRY_POINTS = "mlconv.formats"
+
 _cache: dict[str, Format] = {}
+_plugins: dict | None = None
+
+
+def _entry_points() -> dict:
+    """Formats other packages register (read once per process); a built-in id wins."""
+    global _plugins
+    if _plugins is None:
+        from importlib.metadata import entry_points
+
+        _plugins = {}
+        for ep in entry_points(group=ENTRY_POINTS):
+            fid = ep.name.lower()
+            if fid not in IDS:
+                _plugins.setdefault(fid, ep)
+    return _plugins
+
+
+def ids() -> tuple[str, ...]:
+    """Every registered format id: mlconv's own, then those of plugins."""
+    return IDS + tuple(sorted(_entry_points()))
 
 
 def get(format_id: str) -> Format:
     """The Format registered under ``format_id`` (lowercase id, e.g. 'safetensors')."""
     fid = (format_id or "").lower().lstrip(".")
     if fid not in _cache:
-        if fid not in IDS:
-            raise OptionError(f"unknown format {format_id!r}; known: {', '.join(IDS)}")
-        _cache[fid] = importlib.import_module(f"{__name__}.{fid}").FORMAT
+        if fid in IDS:
+            _cache[fid] = importlib.import_module(f"{__name__}.{fid}").FORMAT
+        elif fid in _entry_points():
+            _cache[fid] = _load_plugin(fid, _entry_points()[fid])
+        else:
+            raise OptionError(f"unknown format {format_id!r}; known: {', '.join(ids())}")
     return _cache[fid]
 
 
+def _load_plugin(fid: str, ep) -> Format:
+    try:
+        obj = ep.load()
+    except Exception as e:  # noqa: BLE001 - another package's bug, named as such
+        raise UnsupportedError(f"the format plugin {ep.value!r} failed to load: "
+                               f"{type(e).__name__}: {e}") from None
+    fmt = getattr(obj, "FORMAT", obj)
+    if not isinstance(fmt, Format) or fmt.id != fid:
+        raise UnsupportedError(f"the format plugin {ep.value!r} is not a Format with id "
+                               f"{fid!r}")
+    return fmt
+
+
 def all_formats() -> list[Format]:
-    return [get(m) for m in IDS]
+    return [get(m) for m in ids()]
 
 
 def write_option_fields() -> dict:
@@ -186,6 +226,7 @@ __all__ = [
     "detect",
     "for_output",
     "get",
+    "ids",
     "make_write_options",
     "write_option_fields",
 ]

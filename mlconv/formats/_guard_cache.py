@@ -34,7 +34,7 @@ def _identity(st: os.stat_result, allow_external: bool) -> str:
 def _key(st: os.stat_result, allow_external: bool) -> str:
     import h5py
 
-    from .. import __version__
+    from ..version import __version__
 
     return (f"{_identity(st, allow_external)} mlconv={__version__} "
             f"hdf5={h5py.version.hdf5_version}")

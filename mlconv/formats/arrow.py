@@ -352,6 +352,7 @@ class Arrow(Format):
 
 
 FORMAT = Arrow(
+    representations=(("rows", "tensors"), ("entries", "tensors", "whole"), ("table", "table")),
     write_options=ArrowOptions,
     id="arrow",
     description="Apache Arrow IPC file/stream and Feather v2 (memory-mapped, zero-copy)",

@@ -114,6 +114,10 @@ class Format:
     can_write: bool = True
     magic: tuple[bytes, ...] = field(default=())
     write_options: type | None = None  # a dataclass of ``option`` fields, or None
+    # how the format holds entries: the nodes of the conversion graph. Each is (name,
+    # kind) with kind "tensors", "table" or "blocks" (raw quantized blocks), plus "whole"
+    # when its writer builds each entry whole in memory (Parquet's entries layout)
+    representations: tuple[tuple[str, str], ...] = (("tensors", "tensors"),)
 
     def sniff(self, head: bytes, size: int) -> bool:
         """True when the first bytes look like this format. Never raises."""

@@ -352,6 +352,7 @@ class Npy(Format):
 
 
 FORMAT = Npy(
+    representations=(("array", "tensors"), ("structured", "table")),
     id="npy",
     description="NumPy array file",
     extensions=(".npy",),

@@ -287,6 +287,7 @@ def _check_name(name: str, path) -> None:
 
 
 FORMAT = Npz(
+    representations=(("members", "tensors"),),
     id="npz",
     description="NumPy zip of arrays (np.savez)",
     extensions=(".npz",),

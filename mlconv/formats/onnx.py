@@ -457,6 +457,7 @@ def _fill_template(template: str, tensors: dict, path):
 
 
 FORMAT = Onnx(
+    representations=(("initializers", "tensors"),),
     write_options=OnnxOptions,
     id="onnx",
     description="ONNX models (initializers, external data) and TensorProto .pb files",

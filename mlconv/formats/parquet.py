@@ -278,6 +278,7 @@ class Parquet(Format):
 
 
 FORMAT = Parquet(
+    representations=(("rows", "tensors"), ("entries", "tensors", "whole"), ("table", "table")),
     write_options=ParquetOptions,
     id="parquet",
     description="Apache Parquet (pyarrow): tables; tensors in rows/entries layout",

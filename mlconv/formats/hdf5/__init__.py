@@ -67,6 +67,7 @@ class Hdf5(Format):
 
 
 FORMAT = Hdf5(
+    representations=(("datasets", "tensors"), ("compound", "table")),
     id="hdf5",
     description="HDF5 (h5py): groups, datasets, attributes, compound tables, pandas files",
     extensions=(".h5", ".hdf5", ".he5", ".hdf"),
