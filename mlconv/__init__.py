@@ -13,37 +13,17 @@
 
 from __future__ import annotations
 
-import os as _os
-
 from .convert import Plan, Report, convert, plan, save
 from .dataset import Dataset, dataset
 from .describe import inspect
 from .dtypes import DType
 from .errors import MlconvError
 from .formats import all_formats as _all_formats
-from .formats import detect as _detect
 from .formats.base import MAX_MEMORY as _MAX_MEMORY
-from .formats.base import ReadOptions as _ReadOptions
 from .model import Bundle, Table, Tensor
+from .opening import load
 from .validate import validate
 from .version import __version__
-
-
-def load(path, format: str | None = None, *, allow_external: bool = False,
-         trusted: bool = False, max_memory: int = _MAX_MEMORY,
-         allow_expand: bool = False) -> Bundle:
-    """Read ``path`` lazily: headers now, tensor data (memory maps) when asked for.
-
-    ``allow_external``: follow HDF5 external links into files of the same folder.
-    ``trusted``: skip the child-process crash guard for HDF5 (saves ~0.2 s per file).
-    ``max_memory``: bytes one decoded buffer (chunk, batch, zip member) may take.
-    ``allow_expand``: read never-written HDF5 data as its fill values, whatever the size.
-    """
-    path = _os.fspath(path)
-    fmt = _detect(path, format)
-    fmt.check_available()
-    return fmt.read(path, _ReadOptions(allow_external=allow_external, trusted=trusted,
-                                       max_memory=max_memory, allow_expand=allow_expand))
 
 
 def open(path, format: str | None = None, *, allow_external: bool = False,  # noqa: A001

@@ -234,7 +234,7 @@ def _expand(paths) -> list[str]:
 
 
 def _load(path: str, format, trusted: bool):
-    from . import load
+    from .opening import load
 
     return load(path, format, trusted=trusted)
 

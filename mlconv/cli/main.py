@@ -223,6 +223,7 @@ def _convert_options(f):
 def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
             compression, allow_external, path, force, pad, dry_run, progress, jobs, as_json,
             verbose, quiet, max_memory, allow_expand, debug, **own):
+    # long: one command's modes (folder, stdio, dry run, one file) read best side by side
     """Convert SRC to DST (format from DST's extension or --to).
 
     \b

@@ -113,6 +113,7 @@ def choose(bundle: Bundle, layout: str | None) -> str:
 
 
 def tensor_table(bundle: Bundle, layout: str | None) -> Table:
+    # long: both layouts' schemas and batch builders share the bundle's closures
     """A Table holding every tensor of ``bundle`` in the chosen layout."""
     pa = _pa()
     if not len(bundle):  # a 0-row entries table would pass for a file of tensors

@@ -171,6 +171,7 @@ class Npz(Format):
         return bundle
 
     def _member(self, fh, info, name, fmap, size, path, options, spans):
+        # long: one zip member's checks (method, sizes, ratio, offsets) in file order
         if info.flag_bits & 0x1:
             raise UnsupportedError("encrypted zip member", path, name)
         if info.compress_type not in _METHODS:

@@ -164,6 +164,7 @@ def _plain(values, dtype, tz, nan_rep, encoding, name, path, entry):
 
 
 def _frame_table(g, group: str, path: str):
+    # long: PyTables' table layout is decoded in one pass over its attributes
     import pyarrow as pa
 
     try:
@@ -276,6 +277,7 @@ def _categories(g, vc: str, path, group, encoding):
 # --- format="fixed" --------------------------------------------------------------------
 
 def _frame_fixed(g, group: str, path: str):
+    # long: PyTables' fixed layout is decoded in one pass over its blocks
     import numpy as np
     import pyarrow as pa
 

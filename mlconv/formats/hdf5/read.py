@@ -488,6 +488,7 @@ class _Reader:
             self.walk(obj, name + "/", fmap, os.path.getsize(dest), depth + 1)
 
     def follow(self, link, depth: int):
+        # long: each hop of an external link is checked in place (folder, depth, target)
         """(object, file) an external link names, resolved one link at a time: libhdf5
         would follow any further external link on the way (an absolute path, say), so
         every hop is checked here like the first."""
@@ -540,6 +541,7 @@ class _Reader:
         return obj, dest
 
     def dataset(self, ds, name: str, fmap, size: int):
+        # long: a dataset's cases (text, enum, dtype tag, virtual, chunked) in libhdf5's order
         h5py = _h5py()
         try:  # before anything touches the dataspace: see _virtual_shape
             dcpl = ds.id.get_create_plist()
@@ -699,6 +701,7 @@ class _Reader:
         return Tensor(src, read_attrs(ds, self.path, name, self.bundle.notes), {})
 
     def table(self, ds, name: str, attrs: dict):
+        # long: compound fields become Arrow columns next to the batch reader that uses them
         from .. import records as tables
 
         raw = attrs.pop(SCHEMA_ATTR, None)

@@ -25,6 +25,7 @@ _NOOP = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
 
 
 def loads(data: bytes, what: str = "pickled attribute"):
+    # long: the pickle opcode interpreter is one loop over one opcode table
     """The plain value pickled in ``data``; UnsafeInputError for anything else."""
     stack: list = []
     memo: dict = {}
