@@ -17,16 +17,36 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _VALUED = {"cast", "select", "exclude", "from", "to", "layout", "compression", "template",
            "row-group-size", "max-memory", "pad", "schema"}
 _RENAMED = {"force": "overwrite", "from": "from_format", "to": "to_format"}
+# keywords of convert()/plan()/validate() themselves; any other flag is one of a format's
+# own write options, which the API takes as ``options={...}``
+_KEYWORDS = {"cast", "select", "exclude", "from", "to", "compression", "max-memory", "pad",
+             "schema", "force", "allow-lossy", "allow-external", "allow-expand", "dry-run",
+             "deep", "quick", "trusted", "jobs"}
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,()]+))?")
+
+
+_WORDS = {"does", "must", "applies", "expects", "needs", "is", "takes", "only", "and", "or",
+          "to", "with", "writes", "cannot", "has"}
+
+
+def _api_name(name: str) -> str:
+    key = _RENAMED.get(name, name.replace("-", "_"))
+    return key if name in _KEYWORDS else f"options[{key!r}]"
 
 
 def _api_words(text: str) -> str:
     def sub(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
+        if value in _WORDS:  # "--template does not match": the flag is the subject
+            return f"{_api_name(name)} {value}"
         if name in ("from", "to") and (value is None or value.isupper()):
             return f"the {'from_format/format' if name == 'from' else 'to_format/format'} " \
                 "argument"
         key = _RENAMED.get(name, name.replace("-", "_"))
+        if name not in _KEYWORDS:  # a format's own option
+            shown = repr(value) if name in _VALUED and value and not value.isupper() else \
+                "..." if name in _VALUED else "True"
+            return f"options={{{key!r}: {shown}}}"
         if name not in _VALUED:
             return f"{key}=True" + (f" {value}" if value else "")
         if value is None:

@@ -240,7 +240,7 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
     *srcs, dst = paths
     options = dict(from_format=from_format, select=select, exclude=exclude, cast=cast,
                    allow_lossy=allow_lossy, compression=compression,
-                   allow_external=allow_external, path=path, overwrite=force,
+                   allow_external=allow_external, kernel_copy=path == "fast", overwrite=force,
                    pad=pad, max_memory=max_memory, allow_expand=allow_expand,
                    options=_own_options(own))
     verbosity = -1 if quiet else (1 if verbose else 0)
@@ -427,7 +427,7 @@ def plan(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
         expand(srcs) if many else srcs[0], dst, from_format=from_format,
         to_format=to_format, select=select, exclude=exclude, cast=cast,
         allow_lossy=allow_lossy, compression=compression, allow_external=allow_external,
-        path=path, overwrite=force, max_memory=max_memory,
+        kernel_copy=path == "fast", overwrite=force, max_memory=max_memory,
         allow_expand=allow_expand, options=_own_options(own)))
     if as_graph:
         from ..convert.graph import edges, plan_dot

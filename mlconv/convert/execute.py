@@ -243,16 +243,14 @@ def _fit_columns(table: Table, name: str, fmt: Format, exclude, lose) -> Table |
     return table.project(keep) if keep else None
 
 
-def write_options(fmt: Format, *, compression: str | None = None, path: str = "fast",
+def write_options(fmt: Format, *, compression: str | None = None, kernel_copy: bool = True,
                   progress=None, options=None) -> WriteOptions:
     """The checked options of one write: the shared ones, and ``options`` (a mapping, or
     the target format's own dataclass) checked against what ``fmt`` declares."""
     if compression is not None and compression not in fmt.caps.compressions:
         raise OptionError(f"{fmt.id} supports --compression "
                           f"{'|'.join(fmt.caps.compressions)}, not {compression!r}")
-    if path not in ("fast", "generic"):
-        raise OptionError(f"--path must be fast or generic, not {path!r}")
-    return WriteOptions(compression=compression, kernel_copy=path == "fast",
+    return WriteOptions(compression=compression, kernel_copy=kernel_copy,
                         progress=progress, own=make_write_options(fmt, options))
 
 
@@ -269,7 +267,7 @@ def write(bundle: Bundle, dst, fmt: Format, options: WriteOptions, *,
 def convert(src, dst, *, from_format: str | None = None, to_format: str | None = None,
             select=(), exclude=(), cast=None, allow_lossy: bool = False,
             overwrite: bool = False, compression: str | None = None,
-            allow_external: bool = False, path: str = "fast", progress=None,
+            allow_external: bool = False, kernel_copy: bool = True, progress=None,
             dry_run: bool = False, pad: float | None = None,
             max_memory: int = MAX_MEMORY, allow_expand: bool = False, options=None):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
@@ -282,19 +280,21 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     names; an npy file's entry is its file stem). Returns a Report, or with ``dry_run`` the
     Plan, writing nothing. ``progress`` is called with the bytes written as they go; when it
     has a ``total`` attribute, that is set to the expected sum first.
-    ``max_memory`` caps one decoded buffer; ``allow_expand`` writes never-written data.
+    ``max_memory`` caps one decoded buffer; ``allow_expand`` writes never-written data;
+    ``kernel_copy=False`` moves every byte through memory (the CLI's ``--path generic``).
     """
     if dry_run:
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
-                    compression=compression, allow_external=allow_external, path=path,
+                    compression=compression, allow_external=allow_external, kernel_copy=kernel_copy,
                     overwrite=overwrite, pad=pad, max_memory=max_memory,
                     allow_expand=allow_expand, options=options)
     t0 = time.perf_counter()
     dst = os.fspath(dst)
     out_fmt = for_output(dst, to_format)
     out_fmt.check_available()
-    wopts = write_options(out_fmt, compression=compression, path=path, progress=progress,
+    wopts = write_options(out_fmt, compression=compression, kernel_copy=kernel_copy,
+                          progress=progress,
                           options=options)
     if not overwrite and os.path.lexists(dst):
         raise OutputExistsError("output exists; use --force to replace it", dst)
@@ -369,7 +369,7 @@ def total_bytes(bundle: Bundle) -> int | None:
 def plan(src, dst, *, from_format: str | None = None, to_format: str | None = None,
          select=(), exclude=(), cast=None, allow_lossy: bool = False,
          compression: str | None = None, allow_external: bool = False,
-         path: str = "fast", overwrite: bool = False,
+         kernel_copy: bool = True, overwrite: bool = False,
          pad: float | None = None, max_memory: int = MAX_MEMORY,
          allow_expand: bool = False, options=None) -> Plan:
     """How ``convert`` would run for these files, step by step; nothing is written.
@@ -387,11 +387,13 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     if isinstance(src, str) and src in ids() and dst in ids() and not os.path.exists(src):
         return _format_plan(get(src), get(dst))
     out_fmt = for_output(dst, to_format)
-    wopts = write_options(out_fmt, compression=compression, path=path, options=options)
+    wopts = write_options(out_fmt, compression=compression, kernel_copy=kernel_copy,
+                          options=options)
     read = ReadOptions(allow_external=allow_external, max_memory=max_memory,
                        allow_expand=allow_expand)
     with open_sources(src, from_format, read, allow_lossy) as (bundle, in_id, shown):
-        result = Plan(shown, dst, in_id, out_fmt.id, path, allow_lossy=allow_lossy)
+        result = Plan(shown, dst, in_id, out_fmt.id, "fast" if kernel_copy else "generic",
+                      allow_lossy=allow_lossy)
         try:
             fitted, losses = decide(bundle, out_fmt, select=select, exclude=exclude,
                                     casts=cast, fill=allow_lossy, pad=pad)

@@ -59,7 +59,7 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
                       from_format: str | None = None, select=(), exclude=(), cast=None,
                       allow_lossy: bool = False, overwrite: bool = False,
                       compression: str | None = None, allow_external: bool = False,
-                      path: str = "fast", pad: float | None = None,
+                      kernel_copy: bool = True, pad: float | None = None,
                       max_memory: int = MAX_MEMORY, allow_expand: bool = False,
                       options=None) -> Iterator[FileResult]:
     """Convert each of ``sources`` into ``dst_dir``, ``jobs`` at a time; yields a FileResult
@@ -71,7 +71,7 @@ def iter_convert_many(sources, dst_dir, *, to_format: str, jobs: int | None = No
     tasks = plan_outputs(sources, dst_dir, fmt.extensions[0])
     options = dict(to_format=fmt.id, from_format=from_format, select=select,
                    exclude=exclude, cast=cast, allow_lossy=allow_lossy, overwrite=overwrite,
-                   compression=compression, allow_external=allow_external, path=path,
+                   compression=compression, allow_external=allow_external, kernel_copy=kernel_copy,
                    pad=pad, max_memory=max_memory, allow_expand=allow_expand,
                    options=options)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))

