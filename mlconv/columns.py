@@ -11,7 +11,7 @@ from . import dtypes as D
 from .dtypes import DType
 from .errors import FormatError, LossyConversionError, UnsupportedError
 from .fileio import CHUNK
-from .model import Table, Tensor
+from .model import Table, TableSource, Tensor
 from .sources import Source, array_chunks, element_dtype, gather_rows
 
 WIDTH_KEY = b"mlconv.width"  # bytes per element of a text tensor column
@@ -148,23 +148,33 @@ class ColumnSource(Source):
             yield from array_chunks(block, self.dtype, size)
 
 
-def filled(table: Table, warnings: list, path, entry) -> Table:
-    """``table`` with nulls replaced (NaN, 0, False, empty text) for targets without nulls;
-    missing times stay null (writers store them as NaT). Each fill adds a warning."""
-    pa = _pa()
+class _Filled(TableSource):
+    """Another table's batches with nulls replaced, each fill a warning."""
 
-    def batches(rows: int, columns=None):
-        for batch in table.batches(rows, columns):
+    def __init__(self, table: Table, warnings: list, path, entry):
+        self.table, self.warnings, self.path, self.entry = table, warnings, path, entry
+        self.num_rows = table.num_rows
+
+    def schema(self):
+        return self.table.schema
+
+    def batches(self, rows: int, columns=None):
+        pa = _pa()
+        for batch in self.table.batches(rows, columns):
             cols = []
             for field, col in zip(batch.schema, batch.columns, strict=True):
                 if col.null_count and not _temporal(field.type):
-                    warnings.append(f"{col.null_count} null(s) in column {field.name!r} "
-                                    f"stored as NaN/0/empty ({path}:{entry})")
+                    self.warnings.append(f"{col.null_count} null(s) in column {field.name!r} "
+                                         f"stored as NaN/0/empty ({self.path}:{self.entry})")
                     col = col.fill_null(_fill_value(col.type))
                 cols.append(col)
             yield pa.RecordBatch.from_arrays(cols, schema=batch.schema)
 
-    return Table(table.columns, table.num_rows, batches, lambda: table.schema, table.attrs,
+
+def filled(table: Table, warnings: list, path, entry) -> Table:
+    """``table`` with nulls replaced (NaN, 0, False, empty text) for targets without nulls;
+    missing times stay null (writers store them as NaT). Each fill adds a warning."""
+    return Table(table.columns, _Filled(table, warnings, path, entry), table.attrs,
                  table.encoding)
 
 

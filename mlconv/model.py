@@ -168,53 +168,85 @@ class Tensor:
         return f"Tensor({self.dtype.value}, shape={self.shape})"
 
 
+class TableSource:
+    """Lazy data of one table: what every table reader implements, as ``Source`` is for
+    tensors. ``schema()`` is the pyarrow Schema; ``batches(rows, columns)`` yields record
+    batches of at most ``rows`` rows and may read only ``columns``; readers with random
+    access (Parquet row groups, Arrow IPC batches) set ``piece_rows`` and ``piece``."""
+
+    num_rows: int | None = None
+    piece_rows: list[int] | None = None  # rows of each piece, when pieces are readable
+
+    def schema(self):
+        raise NotImplementedError
+
+    def batches(self, rows: int, columns: list[str] | None = None) -> Iterator:
+        raise NotImplementedError
+
+    def piece(self, k: int, columns: list[str]):
+        """The k-th piece (a pyarrow Table or RecordBatch) of only ``columns``."""
+        raise NotImplementedError
+
+
+class Projected(TableSource):
+    """Only some columns of another table source; the others are never read."""
+
+    def __init__(self, inner: TableSource, names: list[str]):
+        self.inner, self.names = inner, names
+        self.num_rows, self.piece_rows = inner.num_rows, inner.piece_rows
+
+    def schema(self):
+        return _project_schema(self.inner.schema(), self.names)
+
+    def batches(self, rows: int, columns=None):
+        wanted = self.names if columns is None else columns
+        for batch in self.inner.batches(rows, wanted):
+            yield batch.select(wanted)
+
+    def piece(self, k: int, columns):
+        return self.inner.piece(k, columns)
+
+
 class Table:
-    """A schema plus a stream of record batches.
+    """A schema plus a stream of record batches, read through a ``TableSource``.
 
     ``columns`` is a cheap description ``[(name, type name)]`` for inspection without pyarrow;
-    ``batches(n)`` yields ``pyarrow.RecordBatch`` objects of at most ``n`` rows. The
-    ``batches`` callable takes ``(rows, columns)`` and may read only those columns.
+    ``batches(n)`` yields ``pyarrow.RecordBatch`` objects of at most ``n`` rows.
     """
 
     kind = "table"
-    # random access for readers that have it: (rows of each piece, read(k, columns) -> the
-    # k-th piece as a pyarrow Table or RecordBatch): Parquet row groups, Arrow IPC batches
-    pieces = None
 
-    def __init__(self, columns: list[tuple[str, str]], num_rows: int | None,
-                 batches: Callable[..., Iterator], schema: Callable[[], object],
+    def __init__(self, columns: list[tuple[str, str]], source: TableSource,
                  attrs: dict | None = None, encoding: dict | None = None):
         self.columns = list(columns)
-        self.num_rows = num_rows
-        self._batches = batches
-        self._schema = schema
+        self.source = source
+        self.num_rows = source.num_rows
         self.attrs = dict(attrs or {})
         self.encoding = dict(encoding or {})
 
     @property
     def schema(self):
         """The ``pyarrow.Schema`` of the table."""
-        return self._schema()
+        return self.source.schema()
+
+    @property
+    def pieces(self):
+        """(rows of each piece, read(k, columns)) where the reader has random access."""
+        if self.source.piece_rows is None:
+            return None
+        return self.source.piece_rows, self.source.piece
 
     def batches(self, rows: int = 65536, columns: list[str] | None = None) -> Iterator:
         """Record batches of at most ``rows`` rows, of only ``columns`` when given."""
-        for batch in self._batches(rows, columns):
+        for batch in self.source.batches(rows, columns):
             yield batch.select(columns) if columns is not None else batch
 
     def project(self, keep: list[str]) -> Table:
         """This table with only the columns ``keep``, in its own order; the others are never
         read. On-disk details (``encoding``) describe the whole table, so they go."""
         names = [c for c, _ in self.columns if c in keep]
-
-        def batches(rows: int, columns=None):
-            wanted = names if columns is None else columns
-            for batch in self._batches(rows, wanted):
-                yield batch.select(wanted)
-
-        out = Table([c for c in self.columns if c[0] in names], self.num_rows, batches,
-                    lambda: _project_schema(self._schema(), names), self.attrs)
-        out.pieces = self.pieces
-        return out
+        return Table([c for c in self.columns if c[0] in names],
+                     Projected(self.source, names), self.attrs)
 
     def __repr__(self) -> str:
         return f"Table({len(self.columns)} columns, rows={self.num_rows})"

@@ -108,7 +108,7 @@ def test_fast_and_generic_paths_write_identical_files(files, src_key, dst_name):
     outs = []
     for path in ("fast", "generic"):
         dst = d / f"{path}-{dst_name}"
-        mlconv.convert(src, dst, path=path, select=select, allow_lossy=True)
+        mlconv.convert(src, dst, kernel_copy=path == "fast", select=select, allow_lossy=True)
         outs.append(dst.read_bytes() if not dst_name.endswith(".h5") else h5py.File(dst))
     if dst_name.endswith(".h5"):
         a, b = outs

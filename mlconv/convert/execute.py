@@ -92,7 +92,9 @@ def decide(bundle: Bundle, fmt: Format, *, select=(), exclude=(), casts=None,
     if bundle.format and bundle.format != fmt.id:
         out.notes = [Loss(n, bundle.path, kind="left-behind")
                      for n in get(bundle.format).left_behind(bundle)]
-    return out, [as_loss(x) for x in fitter.losses]
+    # the same list: nulls filled while the write streams add their warnings to it
+    fitter.losses[:] = [as_loss(x) for x in fitter.losses]
+    return out, fitter.losses
 
 
 class _Fitter:
@@ -394,23 +396,8 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     with open_sources(src, from_format, read, allow_lossy) as (bundle, in_id, shown):
         result = Plan(shown, dst, in_id, out_fmt.id, "fast" if kernel_copy else "generic",
                       allow_lossy=allow_lossy)
-        try:
-            fitted, losses = decide(bundle, out_fmt, select=select, exclude=exclude,
-                                    casts=cast, fill=allow_lossy, pad=pad)
-            refused = next((x for x in losses if x.refusal), None)
-            if refused is not None and not allow_lossy:
-                result.error = refused.error().render(cli=True)
-            else:
-                _check_left(bundle, fitted, out_fmt, select, exclude)
-        except MlconvError as e:
-            result.error = e.render(cli=True)
-            return result
-        result.losses = [str(x) for x in losses]
-        result.notes = [str(n) for n in fitted.notes]
-        result.steps = steps_for(fitted, out_fmt, wopts)
-        if bundle.format:
-            result.route = route(edges(all_formats()), start_node(get(bundle.format), bundle),
-                                 out_fmt.id)
+        _plan_bundle(result, bundle, out_fmt, wopts, select=select, exclude=exclude,
+                     cast=cast, allow_lossy=allow_lossy, pad=pad)
     if os.path.lexists(dst) and result.error is None:
         if overwrite:
             result.notes.append(f"{dst} exists and will be replaced (--force)")
@@ -418,6 +405,28 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
             result.error = OutputExistsError("output exists; use --force to replace it",
                                                  dst).render(cli=True)
     return result
+
+
+def _plan_bundle(result: Plan, bundle: Bundle, out_fmt: Format, wopts: WriteOptions, *,
+                 select, exclude, cast, allow_lossy: bool, pad) -> None:
+    """Fill ``result`` with the decisions for one opened source: losses, steps, route."""
+    try:
+        fitted, losses = decide(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
+                                fill=allow_lossy, pad=pad)
+        refused = next((x for x in losses if x.refusal), None)
+        if refused is not None and not allow_lossy:
+            result.error = refused.error().render(cli=True)
+        else:
+            _check_left(bundle, fitted, out_fmt, select, exclude)
+    except MlconvError as e:
+        result.error = e.render(cli=True)
+        return
+    result.losses = [str(x) for x in losses]
+    result.notes = [str(n) for n in fitted.notes]
+    result.steps = steps_for(fitted, out_fmt, wopts)
+    if bundle.format:
+        result.route = route(edges(all_formats()), start_node(get(bundle.format), bundle),
+                             out_fmt.id)
 
 
 def _format_plan(a: Format, b: Format) -> Plan:

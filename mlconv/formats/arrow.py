@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
-from ..model import Bundle, Table
+from ..model import Bundle, Table, TableSource
 from ..sources import check_memory
 from . import arrow_layouts as layouts
 from .base import MAX_MEMORY, Capabilities, Format, stem_name
@@ -144,7 +144,7 @@ def _why(e) -> str:
     return text
 
 
-class _Source:
+class _Source(TableSource):
     """Opens the IPC data behind a memory map: random access for files, a pass for streams."""
 
     def __init__(self, path: str, limit: int | None = MAX_MEMORY):
@@ -178,7 +178,7 @@ class _Source:
             except layouts.arrow_errors() as e:
                 raise FormatError(f"not a readable Arrow IPC file or stream: {_why(e)}",
                                   path) from None
-        self.schema = self.reader.schema
+        self.arrow_schema = self.reader.schema
         self.sizes = self._sizes()
         self.starts = [0]
         for rows, _ in self.sizes:
@@ -282,6 +282,9 @@ class _Source:
         _validate(batch, self.path)
         return batch
 
+    def schema(self):
+        return self.arrow_schema
+
     def count_rows(self) -> int:
         return self.starts[-1]
 
@@ -321,11 +324,11 @@ class Arrow(Format):
     def read(self, path: str, options) -> Bundle:
         src = _Source(path, options.max_memory)
         name = stem_name(path)
-        schema = src.schema
-        cols = layouts.schema_columns(schema, path)
-        table = Table(cols, src.count_rows(), src.batches, lambda: schema)
+        cols = layouts.schema_columns(src.arrow_schema, path)
+        src.num_rows = src.count_rows()
         if not src.stream:
-            table.pieces = ([rows for rows, _ in src.sizes], src.piece)  # from metadata
+            src.piece_rows = [rows for rows, _ in src.sizes]  # from metadata
+        table = Table(cols, src)
         bundle = layouts.read_bundle(table, name, path, self.id, src.row)
         bundle.on_close(src.close)
         return bundle

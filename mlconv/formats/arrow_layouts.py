@@ -20,7 +20,7 @@ from ..columns import WIDTH_KEY, table_tensors
 from ..dtypes import DType
 from ..errors import FormatError, LossyConversionError, MlconvError, UnsupportedError
 from ..fileio import CHUNK
-from ..model import Bundle, Table, Tensor
+from ..model import Bundle, Table, TableSource, Tensor
 from ..sources import Source, element_dtype
 
 LAYOUT_KEY = b"mlconv.layout"
@@ -112,8 +112,72 @@ def choose(bundle: Bundle, layout: str | None) -> str:
     return layout or ("rows" if rows_ok else "entries")
 
 
+class _EntriesSource(TableSource):
+    """One row per tensor: name, dtype, shape and the payload (a whole tensor per row)."""
+
+    def __init__(self, bundle: Bundle, schema):
+        self.bundle, self._schema, self.num_rows = bundle, schema, len(bundle)
+
+    def schema(self):
+        return self._schema
+
+    def batches(self, rows: int, columns=None):
+        pa = _pa()
+        for name, t in self.bundle.items():
+            data = b"".join(bytes(c) for c in t.chunks())
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([name]), pa.array([t.dtype.value]),
+                 pa.array([list(t.shape)], pa.list_(pa.int64())),
+                 pa.array([data], pa.large_binary())], schema=self._schema)
+
+
+class _RowsSource(TableSource):
+    """One row per sample: each tensor a column, streamed in blocks of rows."""
+
+    def __init__(self, bundle: Bundle, schema):
+        self.bundle, self._schema = bundle, schema
+        self.num_rows = next(iter(bundle.values())).shape[0]
+        self.row_bytes = max(1, sum(t.nbytes // max(1, t.shape[0]) for t in bundle.values()))
+
+    def schema(self):
+        return self._schema
+
+    def batches(self, rows: int, columns=None):
+        pa = _pa()
+        tensors = list(self.bundle.values())
+        step = max(1, min(rows, BATCH_BYTES // self.row_bytes))
+        blocks = [t.blocks(step) for t in tensors]
+        for _ in range(0, self.num_rows, step):
+            cols = [to_column(next(it), t.dtype) for it, t in zip(blocks, tensors, strict=True)]
+            yield pa.RecordBatch.from_arrays(cols, schema=self._schema)
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, default=str).encode()
+
+
+def _rows_field(name: str, t: Tensor, path):
+    """The column of one tensor in the rows layout (its per-row shape, dtype tag, attrs)."""
+    pa = _pa()
+    typ, fmeta = D.arrow_storage(t.dtype)
+    if len(t.shape) > 1:
+        per_row = 1
+        for d in t.shape[1:]:
+            per_row *= d
+        if per_row > FSL_MAX:
+            raise UnsupportedError(
+                f"a row of shape {list(t.shape[1:])} holds {per_row} values; Arrow's "
+                f"fixed-size lists hold at most {FSL_MAX}; use --layout entries", path, name)
+        typ = pa.fixed_shape_tensor(typ, list(t.shape[1:]))
+    if t.dtype.bits is None:  # text columns are variable: keep numpy's fixed width
+        fmeta = {WIDTH_KEY: str(t.itemsize).encode()}
+    if t.attrs:
+        fmeta = dict(fmeta or {})
+        fmeta[ATTRS_KEY] = _json(t.attrs)
+    return pa.field(name, typ, metadata=fmeta)
+
+
 def tensor_table(bundle: Bundle, layout: str | None) -> Table:
-    # long: both layouts' schemas and batch builders share the bundle's closures
     """A Table holding every tensor of ``bundle`` in the chosen layout."""
     pa = _pa()
     if not len(bundle):  # a 0-row entries table would pass for a file of tensors
@@ -125,54 +189,16 @@ def tensor_table(bundle: Bundle, layout: str | None) -> Table:
     if layout == "entries":
         attrs = {n: t.attrs for n, t in bundle.items() if t.attrs}
         if attrs:
-            meta[ATTRS_KEY] = json.dumps(attrs, ensure_ascii=False, default=str).encode()
+            meta[ATTRS_KEY] = _json(attrs)
         schema = pa.schema([pa.field("name", pa.string()), pa.field("dtype", pa.string()),
                             pa.field("shape", pa.list_(pa.int64())),
                             pa.field("bytes", pa.large_binary())], metadata=meta)
-
-        def entry_batches(rows: int, columns=None):
-            for name, t in bundle.items():
-                data = b"".join(bytes(c) for c in t.chunks())
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array([name]), pa.array([t.dtype.value]),
-                     pa.array([list(t.shape)], pa.list_(pa.int64())),
-                     pa.array([data], pa.large_binary())], schema=schema)
-
-        return Table([(f.name, str(f.type)) for f in schema], len(bundle), entry_batches,
-                     lambda: schema)
-
-    fields = []
-    for name, t in bundle.items():
-        typ, fmeta = D.arrow_storage(t.dtype)
-        if len(t.shape) > 1:
-            per_row = 1
-            for d in t.shape[1:]:
-                per_row *= d
-            if per_row > FSL_MAX:
-                raise UnsupportedError(
-                    f"a row of shape {list(t.shape[1:])} holds {per_row} values; Arrow's "
-                    f"fixed-size lists hold at most {FSL_MAX}; use --layout entries",
-                    bundle.path, name)
-            typ = pa.fixed_shape_tensor(typ, list(t.shape[1:]))
-        if t.dtype.bits is None:  # text columns are variable: keep numpy's fixed width
-            fmeta = {WIDTH_KEY: str(t.itemsize).encode()}
-        if t.attrs:
-            fmeta = dict(fmeta or {})
-            fmeta[ATTRS_KEY] = json.dumps(t.attrs, ensure_ascii=False, default=str).encode()
-        fields.append(pa.field(name, typ, metadata=fmeta))
-    schema = pa.schema(fields, metadata=meta)
-    n = next(iter(bundle.values())).shape[0]
-    row_bytes = max(1, sum(t.nbytes // max(1, t.shape[0]) for t in bundle.values()))
-
-    def row_batches(rows: int, columns=None):
-        step = max(1, min(rows, BATCH_BYTES // row_bytes))
-        blocks = [t.blocks(step) for t in bundle.values()]
-        for _ in range(0, n, step):
-            cols = [to_column(next(it), t.dtype) for it, t in zip(blocks, bundle.values(),
-                                                                   strict=True)]
-            yield pa.RecordBatch.from_arrays(cols, schema=schema)
-
-    return Table([(f.name, str(f.type)) for f in schema], n, row_batches, lambda: schema)
+        source: TableSource = _EntriesSource(bundle, schema)
+    else:
+        schema = pa.schema([_rows_field(n, t, bundle.path) for n, t in bundle.items()],
+                           metadata=meta)
+        source = _RowsSource(bundle, schema)
+    return Table([(f.name, str(f.type)) for f in schema], source)
 
 
 def extra_metadata(bundle: Bundle, table: Table | None = None) -> dict[bytes, bytes]:

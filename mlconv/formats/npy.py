@@ -14,7 +14,7 @@ import tokenize
 
 from .. import dtypes as D
 from ..errors import FormatError, LossyConversionError, UnsafeInputError, UnsupportedError
-from ..model import Bundle, Table, Tensor
+from ..model import Bundle, Table, TableSource, Tensor
 from ..sources import FileMap, FileSource
 from .base import ALIGN, Capabilities, Format, stem_name
 
@@ -213,15 +213,15 @@ def make_header(descr, shape, fortran: bool = False, align: int = ALIGN) -> byte
 
 # --- tables (structured arrays) ------------------------------------------------------------
 
-def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table:
-    """A Table over a 1-D structured array; ``get_array()`` returns it (memory-mapped)."""
-    if len(h.shape) != 1:
-        raise UnsupportedError(f"structured array of shape {h.shape} (only 1-D reads as a "
-                               "table)", path, entry)
-    columns = [(name, dt.value) for name, dt, _, _ in h.fields]
-    cache: dict = {}  # schema, fields by name and the array, built once (10,000 fields)
+class StructuredSource(TableSource):
+    """A 1-D structured array (memory-mapped when asked for) as record batches."""
 
-    def schema():
+    def __init__(self, h: Header, get_array, path, entry):
+        self.h, self.get_array, self.path, self.entry = h, get_array, path, entry
+        self.num_rows = h.shape[0]
+        self._schema = self._fields = self._array = None  # built once (10,000 fields)
+
+    def schema(self):
         import pyarrow as pa
 
         from .records import arrow_type
@@ -230,29 +230,36 @@ def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table
             return D.to_arrow(dt) if dt.kind not in ("datetime", "timedelta") else \
                 arrow_type(dt.numpy())
 
-        if "schema" not in cache:
-            cache["schema"] = pa.schema([pa.field(name, typ(dt))
-                                         for name, dt, _, _ in h.fields])
-            cache["fields"] = {f.name: f for f in cache["schema"]}
-        return cache["schema"]
+        if self._schema is None:
+            self._schema = pa.schema([pa.field(name, typ(dt))
+                                      for name, dt, _, _ in self.h.fields])
+            self._fields = {f.name: f for f in self._schema}
+        return self._schema
 
-    def batches(rows: int, columns=None):
+    def batches(self, rows: int, columns=None):
         import pyarrow as pa
 
         from .records import to_arrow
 
-        if "array" not in cache:
-            cache["array"] = get_array()
-        arr = cache["array"]
-        sch = schema()
+        if self._array is None:
+            self._array = self.get_array()
+        sch = self.schema()
         if columns is not None:  # only the columns asked for: O(1) work per column read
-            sch = pa.schema([cache["fields"][c] for c in columns])
-        for i in range(0, h.shape[0], rows):
-            block = arr[i:i + rows]
-            cols = [to_arrow(block[f.name], f.type, f.name, path, entry) for f in sch]
+            sch = pa.schema([self._fields[c] for c in columns])
+        for i in range(0, self.h.shape[0], rows):
+            block = self._array[i:i + rows]
+            cols = [to_arrow(block[f.name], f.type, f.name, self.path, self.entry)
+                    for f in sch]
             yield pa.RecordBatch.from_arrays(cols, schema=sch)
 
-    return Table(columns, h.shape[0], batches, schema, encoding=encoding)
+
+def structured_table(h: Header, get_array, encoding: dict, path, entry) -> Table:
+    """A Table over a 1-D structured array; ``get_array()`` returns it (memory-mapped)."""
+    if len(h.shape) != 1:
+        raise UnsupportedError(f"structured array of shape {h.shape} (only 1-D reads as a "
+                               "table)", path, entry)
+    columns = [(name, dt.value) for name, dt, _, _ in h.fields]
+    return Table(columns, StructuredSource(h, get_array, path, entry), encoding=encoding)
 
 
 def _field_descr(field) -> str | None:

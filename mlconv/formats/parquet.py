@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
-from ..model import Bundle, Table
+from ..model import Bundle, Table, TableSource
 from ..sources import check_memory
 from . import arrow_layouts as layouts
 from .base import Capabilities, Format, option, stem_name
@@ -124,36 +124,46 @@ def _column_metadata_crash(path: str) -> str | None:
     return None
 
 
-def plain_table(pf, path: str, name: str, rows: int) -> Table:
-    schema = pf.schema_arrow
-    declared = rows
+class ParquetSource(TableSource):
+    """A Parquet file's row groups as record batches, or one row group at a time."""
 
-    def batches(rows: int, columns=None):
+    def __init__(self, pf, path: str, name: str, rows: int):
+        self.pf, self.path, self.name = pf, path, name
+        self.num_rows = rows  # the row groups' (checked) sum
+        meta = pf.metadata
+        self.piece_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def schema(self):
+        return self.pf.schema_arrow
+
+    def batches(self, rows: int, columns=None):
         seen = 0
         try:
-            for batch in pf.iter_batches(batch_size=rows, columns=columns):
+            for batch in self.pf.iter_batches(batch_size=rows, columns=columns):
                 seen += batch.num_rows
                 yield batch
         except layouts.arrow_errors() as e:
-            raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
-        if seen != declared:  # pyarrow skips pages of unknown type: rows would vanish
-            raise FormatError(f"the row groups declare {declared} rows but their pages hold "
-                              f"{seen} (a page of unknown type?)", path, name)
+            raise FormatError(f"corrupt data: {layouts.one_line(e)}", self.path,
+                              self.name) from None
+        if seen != self.num_rows:  # pyarrow skips pages of unknown type: rows would vanish
+            raise FormatError(f"the row groups declare {self.num_rows} rows but their pages "
+                              f"hold {seen} (a page of unknown type?)", self.path, self.name)
 
-    def row_group(k: int, columns):
+    def piece(self, k: int, columns):
         import pyarrow as pa
 
+        schema = self.schema()
         try:  # in batches: read_row_group decodes tensor columns in ~15x their size of RAM
-            parts = list(pf.iter_batches(8192, row_groups=[k], columns=columns))
+            parts = list(self.pf.iter_batches(8192, row_groups=[k], columns=columns))
             return pa.Table.from_batches(parts, pa.schema([schema.field(c) for c in columns]))
         except layouts.arrow_errors() as e:
-            raise FormatError(f"corrupt data: {layouts.one_line(e)}", path, name) from None
+            raise FormatError(f"corrupt data: {layouts.one_line(e)}", self.path,
+                              self.name) from None
 
-    cols = layouts.schema_columns(schema, path)
-    table = Table(cols, rows, batches, lambda: schema)  # the row groups' (checked) sum
-    meta = pf.metadata
-    table.pieces = ([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], row_group)
-    return table
+
+def plain_table(pf, path: str, name: str, rows: int) -> Table:
+    return Table(layouts.schema_columns(pf.schema_arrow, path),
+                 ParquetSource(pf, path, name, rows))
 
 
 @dataclass(frozen=True)

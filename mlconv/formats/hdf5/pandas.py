@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from ...errors import FormatError, UnsafeInputError, UnsupportedError
-from ...model import Bundle, Table
+from ...model import Bundle, Table, TableSource
 from . import safepickle
 from .read import H5_ERRORS, local
 
@@ -165,7 +165,6 @@ def _plain(values, dtype, tz, nan_rep, encoding, name, path, entry):
 
 def _frame_table(g, group: str, path: str):
     # long: PyTables' table layout is decoded in one pass over its attributes
-    import pyarrow as pa
 
     try:
         ds = local(g, "table", path, group)
@@ -232,27 +231,11 @@ def _frame_table(g, group: str, path: str):
     ordered = [index] + [columns[n] for n in names]
     if len({c.name for c in ordered}) != len(ordered):
         index.name = "index" if index.name != "index" else "level_0"
-    n = ds.shape[0] if ds.shape else 0
-
-    def schema():
-        return pa.schema([pa.field(c.name, c.arrow_type(encoding)) for c in ordered],
-                         metadata={"mlconv.pandas_index": index.name})
-
-    def batches(rows: int, columns=None):
-        sch = schema()
-        step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0]) if ds.chunks else rows
-        for i in range(0, n, step):
-            try:
-                block = ds[i:i + step]
-            except H5_ERRORS as e:
-                raise FormatError(f"cannot read pandas rows: {e}", path, group) from None
-            arrays = [c.convert(block, encoding, path, group) for c in ordered]
-            yield pa.RecordBatch.from_arrays(arrays, schema=sch)
-
+    source = _FrameTableSource(ds, ordered, index.name, encoding, path, group)
     from ...dtypes import arrow_type_name as type_name
 
     described = [(c.name, type_name(c.arrow_type(encoding))) for c in ordered]
-    return Table(described, n, batches, schema, encoding={"pandas_type": "frame_table"})
+    return Table(described, source, encoding={"pandas_type": "frame_table"})
 
 
 def _categories(g, vc: str, path, group, encoding):
@@ -278,7 +261,6 @@ def _categories(g, vc: str, path, group, encoding):
 
 def _frame_fixed(g, group: str, path: str):
     # long: PyTables' fixed layout is decoded in one pass over its blocks
-    import numpy as np
     import pyarrow as pa
 
     try:
@@ -312,27 +294,74 @@ def _frame_fixed(g, group: str, path: str):
     if sorted(where) != sorted(names):
         return None
     index_name = index_name if isinstance(index_name, str) else "index"
-    n = axis1.shape[0]
     fields = [pa.field(index_name, pa.from_numpy_dtype(axis1.dtype.newbyteorder("=")))]
     fields += [pa.field(c, pa.from_numpy_dtype(where[c][0].dtype.newbyteorder("=")))
                for c in names]
     sch = pa.schema(fields, metadata={"mlconv.pandas_index": index_name})
 
-    def batches(rows: int, columns=None):
-        for i in range(0, n, rows):
+    from ...dtypes import arrow_type_name as type_name
+
+    return Table([(f.name, type_name(f.type)) for f in fields],
+                 _FrameFixedSource(axis1, names, where, sch, path, group),
+                 encoding={"pandas_type": "frame"})
+
+
+class _FrameTableSource(TableSource):
+    """A PyTables "table" layout's rows, each column decoded as pandas stored it."""
+
+    def __init__(self, ds, ordered, index_name, encoding, path, group):
+        self.ds, self.ordered, self.index_name = ds, ordered, index_name
+        self.encoding, self.path, self.group = encoding, path, group
+        self.num_rows = ds.shape[0] if ds.shape else 0
+
+    def schema(self):
+        import pyarrow as pa
+
+        return pa.schema([pa.field(c.name, c.arrow_type(self.encoding)) for c in self.ordered],
+                         metadata={"mlconv.pandas_index": self.index_name})
+
+    def batches(self, rows: int, columns=None):
+        import pyarrow as pa
+
+        ds, sch = self.ds, self.schema()
+        step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0]) if ds.chunks else rows
+        for i in range(0, self.num_rows, step):
             try:
-                arrays = [pa.array(np.asarray(axis1[i:i + rows]))]
+                block = ds[i:i + step]
+            except H5_ERRORS as e:
+                raise FormatError(f"cannot read pandas rows: {e}", self.path, self.group) \
+                    from None
+            arrays = [c.convert(block, self.encoding, self.path, self.group)
+                      for c in self.ordered]
+            yield pa.RecordBatch.from_arrays(arrays, schema=sch)
+
+
+class _FrameFixedSource(TableSource):
+    """A PyTables "fixed" frame: the index axis plus columns gathered from value blocks."""
+
+    def __init__(self, axis1, names, where, schema, path, group):
+        self.axis1, self.names, self.where, self._schema = axis1, names, where, schema
+        self.path, self.group = path, group
+        self.num_rows = axis1.shape[0]
+
+    def schema(self):
+        return self._schema
+
+    def batches(self, rows: int, columns=None):
+        import numpy as np
+        import pyarrow as pa
+
+        for i in range(0, self.num_rows, rows):
+            try:
+                arrays = [pa.array(np.asarray(self.axis1[i:i + rows]))]
                 cache = {}
-                for c in names:
-                    vals, j = where[c]
+                for c in self.names:
+                    vals, j = self.where[c]
                     if id(vals) not in cache:
                         cache[id(vals)] = vals[i:i + rows]
                     arrays.append(pa.array(np.ascontiguousarray(cache[id(vals)][:, j])))
             except H5_ERRORS as e:
-                raise FormatError(f"cannot read pandas frame: {e}", path, group) from None
-            yield pa.RecordBatch.from_arrays(arrays, schema=sch)
+                raise FormatError(f"cannot read pandas frame: {e}", self.path, self.group) \
+                    from None
+            yield pa.RecordBatch.from_arrays(arrays, schema=self._schema)
 
-    from ...dtypes import arrow_type_name as type_name
-
-    return Table([(f.name, type_name(f.type)) for f in fields], n, batches, lambda: sch,
-                 encoding={"pandas_type": "frame"})

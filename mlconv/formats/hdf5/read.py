@@ -24,7 +24,7 @@ from ...errors import (
     UnsupportedError,
 )
 from ...fileio import CHUNK
-from ...model import Bundle, Table, Tensor
+from ...model import Bundle, Table, TableSource, Tensor
 from ...sources import FileMap, FileSource, Source, array_chunks, check_memory, gather_rows
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -637,30 +637,12 @@ class _Reader:
             return None
         column = name.rsplit("/", 1)[-1]
         typ = _pa().list_(tables.arrow_type(base))
-        n = shape[0] if shape else 1
-        path, why = self.path, _why_unreadable(ds, None)
-
-        def schema():
-            return _pa().schema([_pa().field(column, typ)])
-
-        def batches(rows: int, columns=None):
-            import numpy as np
-
-            if why:
-                raise why[0](why[1], path, name)
-            for i in range(0, n, rows):
-                try:
-                    block = ds[i:i + rows] if shape else np.array([ds[()], None],
-                                                                   dtype=object)[:1]
-                except H5_ERRORS as e:
-                    raise FormatError(f"cannot read sequences: {e}", path, name) from None
-                col = tables.to_arrow(np.asarray(block, dtype=object), typ, column, path, name)
-                yield _pa().RecordBatch.from_arrays([col], schema=schema())
-
+        source = _RaggedSource(ds, column, typ, shape, self.path, name,
+                               _why_unreadable(ds, None))
         attrs[RAGGED_ATTR] = True if shape else "scalar"  # written back as a vlen dataset
         from ...dtypes import arrow_type_name as type_name
 
-        return Table([(column, type_name(typ))], n, batches, schema, attrs)
+        return Table([(column, type_name(typ))], source, attrs)
 
     def extended(self, ds, name: str, attrs: dict, fmap, size: int, why: str):
         """Extended/quad floats h5py cannot read: a contiguous dataset's raw bytes, with the
@@ -701,12 +683,8 @@ class _Reader:
         return Tensor(src, read_attrs(ds, self.path, name, self.bundle.notes), {})
 
     def table(self, ds, name: str, attrs: dict):
-        # long: compound fields become Arrow columns next to the batch reader that uses them
-        from .. import records as tables
-
         raw = attrs.pop(SCHEMA_ATTR, None)
         try:
-            n = ds.shape[0] if ds.shape else 1
             fields = _table_fields(ds.dtype)
             schema = _own_schema(raw) if raw else None
             columns = [(f, t) for f, t, _ in fields]
@@ -718,56 +696,13 @@ class _Reader:
         if len(ds.shape) > 1:
             self.bundle.skipped[name] = f"compound dataset of shape {ds.shape} (only 1-D)"
             return None
-        why = _why_unreadable(ds, None, self.options.allow_expand)
-        path = self.path
-
-        def arrow_schema():
-            import pyarrow as pa
-
-            return schema or pa.schema([pa.field(f, t) for f, t, _ in fields])
-
-        def batches(rows: int, columns=None):
-            import pyarrow as pa
-
-            if why:
-                raise why[0](why[1], path, name)
-            sch = arrow_schema()
-            wanted = fields if columns is None else [f for f in fields if f[0] in columns]
-            if columns is not None:
-                sch = pa.schema([sch.field(f[0]) for f in wanted], metadata=sch.metadata)
-            step = rows
-            if ds.chunks:
-                step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0])
-            for i in range(0, n, step):
-                try:
-                    view = ds.fields([f[0] for f in wanted]) if columns is not None else ds
-                    block = view[i:i + step] if ds.shape else view[()].reshape(1)
-                except H5_ERRORS as e:
-                    raise FormatError(f"cannot read table rows: {e}", path, name) from None
-                if len(wanted) == 1 and block.dtype.names is None:
-                    import numpy as np
-
-                    single = np.empty(len(block), dtype=[(wanted[0][0], block.dtype)])
-                    single[wanted[0][0]] = block
-                    block = single
-                cols = []
-                for (field, typ, _), target in zip(wanted, sch, strict=True):
-                    arr = tables.to_arrow(block[field], typ, field, path, name)
-                    if _nat_type(target.type) and pa.types.is_int64(arr.type):
-                        arr = pa.array(block[field], mask=block[field] == -(1 << 63))
-                    if arr.type != target.type:
-                        try:
-                            arr = arr.cast(target.type)
-                        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                            raise FormatError(f"column {field!r}: {e}", path, name) from None
-                    cols.append(arr)
-                yield pa.RecordBatch.from_arrays(cols, schema=sch)
-
+        source = _CompoundSource(ds, fields, schema, self.path, name,
+                                 _why_unreadable(ds, None, self.options.allow_expand))
         from ...dtypes import arrow_type_name as type_name
 
         described = [(f, type_name(t)) for f, t in columns] if schema is None else \
             [(f.name, type_name(f.type)) for f in schema]
-        return Table(described, n, batches, arrow_schema, attrs)
+        return Table(described, source, attrs)
 
 
 def _table_fields(np_dtype):
@@ -805,3 +740,93 @@ def _nat_type(t) -> bool:
     import pyarrow as pa
 
     return pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t)
+
+
+class _RaggedSource(TableSource):
+    """A dataset of vlen sequences as one list column."""
+
+    def __init__(self, ds, column: str, typ, shape, path, name, why):
+        self.ds, self.column, self.typ, self.shape = ds, column, typ, shape
+        self.path, self.name, self.why = path, name, why
+        self.num_rows = shape[0] if shape else 1
+
+    def schema(self):
+        return _pa().schema([_pa().field(self.column, self.typ)])
+
+    def batches(self, rows: int, columns=None):
+        import numpy as np
+
+        from .. import records
+
+        if self.why:
+            raise self.why[0](self.why[1], self.path, self.name)
+        for i in range(0, self.num_rows, rows):
+            try:
+                block = self.ds[i:i + rows] if self.shape else \
+                    np.array([self.ds[()], None], dtype=object)[:1]
+            except H5_ERRORS as e:
+                raise FormatError(f"cannot read sequences: {e}", self.path, self.name) \
+                    from None
+            col = records.to_arrow(np.asarray(block, dtype=object), self.typ, self.column,
+                                   self.path, self.name)
+            yield _pa().RecordBatch.from_arrays([col], schema=self.schema())
+
+
+class _CompoundSource(TableSource):
+    """A 1-D compound dataset as record batches, chunk-aligned, of only the fields asked."""
+
+    def __init__(self, ds, fields, schema, path, name, why):
+        self.ds, self.fields, self._schema = ds, fields, schema
+        self.path, self.name, self.why = path, name, why
+        self.num_rows = ds.shape[0] if ds.shape else 1
+
+    def schema(self):
+        import pyarrow as pa
+
+        return self._schema or pa.schema([pa.field(f, t) for f, t, _ in self.fields])
+
+    def batches(self, rows: int, columns=None):
+        import pyarrow as pa
+
+        if self.why:
+            raise self.why[0](self.why[1], self.path, self.name)
+        sch = self.schema()
+        wanted = self.fields if columns is None else [f for f in self.fields if f[0] in columns]
+        if columns is not None:
+            sch = pa.schema([sch.field(f[0]) for f in wanted], metadata=sch.metadata)
+        ds, step = self.ds, rows
+        if ds.chunks:
+            step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0])
+        for i in range(0, self.num_rows, step):
+            try:
+                view = ds.fields([f[0] for f in wanted]) if columns is not None else ds
+                block = view[i:i + step] if ds.shape else view[()].reshape(1)
+            except H5_ERRORS as e:
+                raise FormatError(f"cannot read table rows: {e}", self.path, self.name) \
+                    from None
+            yield pa.RecordBatch.from_arrays(self._columns(block, wanted, sch), schema=sch)
+
+    def _columns(self, block, wanted, sch) -> list:
+        import numpy as np
+        import pyarrow as pa
+
+        from .. import records
+
+        if len(wanted) == 1 and block.dtype.names is None:
+            single = np.empty(len(block), dtype=[(wanted[0][0], block.dtype)])
+            single[wanted[0][0]] = block
+            block = single
+        cols = []
+        for (field, typ, _), target in zip(wanted, sch, strict=True):
+            arr = records.to_arrow(block[field], typ, field, self.path, self.name)
+            if _nat_type(target.type) and pa.types.is_int64(arr.type):
+                arr = pa.array(block[field], mask=block[field] == -(1 << 63))
+            if arr.type != target.type:
+                try:
+                    arr = arr.cast(target.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise FormatError(f"column {field!r}: {e}", self.path, self.name) \
+                        from None
+            cols.append(arr)
+        return cols
+
