@@ -15,10 +15,14 @@ import time
 import numpy as np
 import pytest
 
+from mlconv.dtypes import DType
+from mlconv.formats import all_formats
+
 pytestmark = pytest.mark.slow
 
 ROWS, COLS = 819_200, 64          # float32: 200 MiB
-TARGETS = ["npy", "npz", "safetensors", "h5", "parquet", "arrow", "onnx"]
+TARGETS = [f.extensions[0].lstrip(".") for f in all_formats()  # every tensor writer
+           if f.can_write and f.caps.tensors and DType.float32 in f.caps.dtypes]
 SEED = int(os.environ.get("MLCONV_FAULT_SEED", "0")) or random.randrange(1 << 30)
 
 

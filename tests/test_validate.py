@@ -12,13 +12,14 @@ from click.testing import CliRunner
 
 import mlconv
 from mlconv.cli import cli
+from mlconv.formats import ids
 from mlconv.formats.hdf5 import guard as _hdf5_guard
 from mlconv.schemas import load as load_schema
 
 from .conftest import CORPUS, FIXTURES, corpus_files, corpus_params
 from .helpers import st_write
 
-FORMATS = ("npy", "safetensors", "hdf5", "parquet", "arrow")
+FORMATS = ids()  # the registry: a new format's corpus files are validated too
 GOOD = [r for r in corpus_files(*FORMATS) if r["expect"] == "read"]
 BAD = [r for r in corpus_files(*FORMATS) if r["expect"] == "reject"]
 
