@@ -37,7 +37,7 @@ def _api_name(name: str) -> str:
 def _api_words(text: str) -> str:
     def sub(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
-        if value in _WORDS:  # "--template does not match": the flag is the subject
+        if value in _WORDS and name in _VALUED:  # "--template does not match": the subject
             return f"{_api_name(name)} {value}"
         if name in ("from", "to") and (value is None or value.isupper()):
             return f"the {'from_format/format' if name == 'from' else 'to_format/format'} " \

@@ -203,3 +203,16 @@ def test_losses_are_data():
     assert meta.way_out == "--allow-lossy" and meta.refusal.endswith("use --allow-lossy")
     with pytest.raises(mlconv.MlconvError, match="has no file metadata"):
         fit(b, get("npz"))
+
+
+def test_library_words_name_format_options_as_options():
+    from mlconv.errors import MlconvError
+
+    def words(text):
+        return MlconvError(text).render()
+
+    assert words("use --layout entries") == "use options={'layout': 'entries'}"
+    assert words("use --external-data") == "use options={'external_data': True}"
+    assert words("--template does not match") == "options['template'] does not match"
+    assert words("output exists; use --force to replace it") == \
+        "output exists; use overwrite=True to replace it"

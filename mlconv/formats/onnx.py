@@ -102,6 +102,9 @@ class _Reader:
                 raise FormatError(f"string_data holds {len(t.string_data)} values for "
                                   f"{list(shape)}", self.path, name)
             raw = list(t.string_data)
+            if any(p.key == D.DTYPE_TAG and p.value == DType.bytes.value
+                   for p in t.metadata_props):  # bytes written by mlconv stay bytes
+                return Tensor.from_numpy(np.array(raw, dtype=bytes).reshape(shape))
             try:
                 return Tensor.from_numpy(np.array([v.decode("utf-8") for v in raw],
                                                   dtype=str).reshape(shape))
@@ -383,6 +386,8 @@ def _new_initializer(name: str, t: Tensor):
 
 def _fill_inline(proto, t: Tensor) -> None:
     if t.dtype in (DType.string, DType.bytes):
+        if t.dtype is DType.bytes:  # ONNX has one STRING type: the shared tag keeps bytes
+            proto.metadata_props.add(key=D.DTYPE_TAG, value=DType.bytes.value)
         values = t.numpy().reshape(-1).tolist()
         proto.string_data.extend(v.encode("utf-8") if isinstance(v, str) else v
                                  for v in values)
