@@ -216,3 +216,36 @@ def test_library_words_name_format_options_as_options():
     assert words("--template does not match") == "options['template'] does not match"
     assert words("output exists; use --force to replace it") == \
         "output exists; use overwrite=True to replace it"
+
+
+def test_format_options_come_from_the_registry(tmp_path):
+    """Each format's write-options dataclass is its CLI flags and its API options; one
+    given to a format that does not declare it is a usage error naming those that do."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from mlconv.cli import cli
+    from mlconv.errors import OptionError
+    from mlconv.formats import all_formats, flag
+
+    help_text = CliRunner().invoke(cli, ["convert", "--help"]).output
+    for fmt in all_formats():
+        for f in dataclasses.fields(fmt.write_options) if fmt.write_options else ():
+            assert flag(f.name) in help_text
+    np.save(tmp_path / "a.npy", np.arange(4.0))
+    res = CliRunner().invoke(cli, [str(tmp_path / "a.npy"), str(tmp_path / "b.npz"),
+                                   "--layout", "rows"], catch_exceptions=False)
+    assert res.exit_code == 2
+    assert res.output.strip() == "mlconv: error: --layout applies to parquet, arrow output only"
+    with pytest.raises(OptionError, match="must be rows or entries"):
+        mlconv.convert(tmp_path / "a.npy", tmp_path / "c.parquet",
+                       options={"layout": "diagonal"})
+    from mlconv.formats import get
+
+    typed = get("parquet").write_options(row_group_size=2)
+    mlconv.convert(tmp_path / "a.npy", tmp_path / "d.parquet", options=typed)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "d.parquet").metadata.num_row_groups == 2
+    assert not (tmp_path / "b.npz").exists() and not (tmp_path / "c.parquet").exists()
