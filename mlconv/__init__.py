@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import os as _os
+import weakref as _weakref
 
 __version__ = "0.1.0"
 
@@ -40,11 +40,26 @@ def load(path, format: str | None = None, *, allow_external: bool = False,
     ``max_memory``: bytes one decoded buffer (chunk, batch, zip member) may take.
     ``allow_expand``: read never-written HDF5 data as its fill values, whatever the size.
     """
-    path = _os.fspath(path)
-    fmt = _detect(path, format)
-    fmt.check_available()
-    return fmt.read(path, _ReadOptions(allow_external=allow_external, trusted=trusted,
-                                       max_memory=max_memory, allow_expand=allow_expand))
+    from . import storage
+
+    local, cleanup = storage.stage(path)  # a URL or file object: a local copy for the bundle
+    try:
+        fmt = _detect(local, format)
+        fmt.check_available()
+        bundle = fmt.read(local, _ReadOptions(allow_external=allow_external, trusted=trusted,
+                                              max_memory=max_memory, allow_expand=allow_expand))
+    except MlconvError as e:
+        storage.rename(e, {local: storage.shown(path)})
+        cleanup()
+        raise
+    except BaseException:
+        cleanup()
+        raise
+    if local != storage.shown(path):
+        bundle.path = storage.shown(path)  # for messages; the readers keep the copy's path
+        bundle.on_close(cleanup)
+        _weakref.finalize(bundle, cleanup)
+    return bundle
 
 
 def open(path, format: str | None = None, *, allow_external: bool = False,  # noqa: A001

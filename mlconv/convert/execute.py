@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .. import columns as column_tensors
 from .. import dtypes as D
+from .. import storage
 from ..atomic import atomic_output
 from ..errors import (
     Loss,
@@ -256,8 +257,19 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
                     compression=compression, allow_external=allow_external, layout=layout,
                     path=path, overwrite=overwrite, pad=pad, max_memory=max_memory,
                     allow_expand=allow_expand)
+    if storage.any_remote(src, dst, template):  # local copies in, upload on success
+        with storage.staged(template) as (tpl, _, _n), \
+                storage.staged(src, dst, overwrite=overwrite) as (lsrc, ldst, names):
+            report = convert(lsrc, ldst, from_format=from_format, to_format=to_format,
+                             select=select, exclude=exclude, cast=cast,
+                             allow_lossy=allow_lossy, overwrite=overwrite,
+                             compression=compression, allow_external=allow_external,
+                             layout=layout, row_group_size=row_group_size, path=path,
+                             progress=progress, template=tpl, external_data=external_data,
+                             pad=pad, max_memory=max_memory, allow_expand=allow_expand)
+        return storage.renamed_report(report, names)
     t0 = time.perf_counter()
-    dst = os.fspath(dst)
+    dst = storage.local(dst)
     out_fmt = for_output(dst, to_format)
     out_fmt.check_available()
     if not overwrite and os.path.lexists(dst):
@@ -281,7 +293,7 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
     """Yield (bundle, format id, name for reports) for one file, or for a list of files
     merged into one bundle (kept open together, closed together)."""
     if isinstance(src, (str, os.PathLike)) or len(src) == 1:
-        one = os.fspath(src if isinstance(src, (str, os.PathLike)) else src[0])
+        one = storage.local(src if isinstance(src, (str, os.PathLike)) else src[0])
         fmt = detect(one, from_format)
         fmt.check_available()
         with fmt.read(one, options) as bundle:
@@ -291,7 +303,7 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
         merged = Bundle(path=None, format=None)
         owner: dict[str, str] = {}
         ids = []
-        for item in map(os.fspath, src):
+        for item in map(storage.local, src):
             fmt = detect(item, from_format)
             fmt.check_available()
             ids.append(fmt.id)
@@ -347,6 +359,15 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     """
     from ..formats import IDS
 
+    if storage.any_remote(src):
+        with storage.staged(src) as (lsrc, _, names):
+            result = plan(lsrc, dst, from_format=from_format, to_format=to_format,
+                          select=select, exclude=exclude, cast=cast, allow_lossy=allow_lossy,
+                          compression=compression, allow_external=allow_external,
+                          layout=layout, path=path, overwrite=overwrite, pad=pad,
+                          max_memory=max_memory, allow_expand=allow_expand)
+        result.src = names.get(result.src, result.src)
+        return result
     if isinstance(src, (str, os.PathLike)):
         src = os.fspath(src)
     dst = os.fspath(dst)
@@ -403,8 +424,14 @@ def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
          cast=None, allow_lossy: bool = False, overwrite: bool = True,
          compression: str | None = None, layout: str | None = None) -> Report:
     """Write a Bundle or a mapping of names to arrays/Tensors/Tables to ``dst``."""
+    if storage.is_remote(dst):
+        with storage.staged(None, dst, overwrite=overwrite) as (_, ldst, names):
+            report = save(data, ldst, format=format, metadata=metadata, cast=cast,
+                          allow_lossy=allow_lossy, overwrite=overwrite,
+                          compression=compression, layout=layout)
+        return storage.renamed_report(report, names)
     t0 = time.perf_counter()
-    dst = os.fspath(dst)
+    dst = storage.local(dst)
     fmt = for_output(dst, format)
     fmt.check_available()
     bundle = data if isinstance(data, Bundle) else Bundle(data)

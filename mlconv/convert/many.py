@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .. import storage
 from ..errors import MlconvError, OptionError
 from ..formats.base import MAX_MEMORY
 from .execute import Report, convert
@@ -39,13 +40,14 @@ class FileResult:
 
 def plan_outputs(sources, dst_dir, ext: str) -> list[tuple[str, str]]:
     """(src, dst) pairs, ``<dst_dir>/<stem><ext>``; refused when two would collide."""
-    dst_dir = os.fspath(dst_dir)
-    if not os.path.isdir(dst_dir):
+    remote = storage.is_url(dst_dir) and storage.is_remote(dst_dir)
+    dst_dir = dst_dir if remote else storage.local(dst_dir)
+    if not remote and not os.path.isdir(dst_dir):
         raise MlconvError("the output folder does not exist", dst_dir)
     tasks = []
     for src in map(os.fspath, sources):
-        stem = os.path.splitext(os.path.basename(src))[0]
-        tasks.append((src, os.path.join(dst_dir, stem + ext)))
+        stem = os.path.splitext(os.path.basename(src.rstrip("/")))[0]
+        tasks.append((src, storage.join(dst_dir, stem + ext)))
     seen: dict[str, str] = {}
     for src, dst in tasks:
         if dst in seen:

@@ -1,0 +1,432 @@
+"""Where files live: local paths as they are; fsspec URLs and open file objects staged.
+
+Readers and writers work on local files (memory maps, h5py, pyarrow, ``copy_file_range``).
+A remote input (``s3://``, ``gs://``, ``az://``, ``memory://``, ``http(s)://`` or an open
+binary file object) is *staged* into a private temp folder under its own base name:
+
+- for ``inspect`` (``headers=True``) as a sparse file of the object's full size holding only
+  the byte ranges the format's headers live in (safetensors and npy headers, the Parquet
+  footer, the Arrow IPC footer and batch metadata), fetched with ranged reads; formats whose
+  headers are spread through the file (HDF5, ONNX, npz, Arrow streams) are fetched whole;
+- otherwise whole, in large ranges fetched concurrently.
+
+HDF5 is thus always read from a local copy, so the crash guard checks that copy as usual.
+A remote output is written to a local temp file and uploaded only once the writer succeeded
+(one PUT, or a multipart upload completed at its end): a failed run leaves nothing at DST.
+
+fsspec is imported only when a URL or a file object is given; ``file://`` URLs are plain
+local paths. Error messages name the URL, never the temp copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import struct
+import tempfile
+
+from .errors import (
+    Loss,
+    MissingDependencyError,
+    MlconvError,
+    OutputExistsError,
+    SourceNotFoundError,
+)
+
+RANGE = 16 << 20      # bytes per ranged request of a whole-object fetch
+WORKERS = 4           # ranged requests in flight at once
+HEAD = 64 << 10       # first guess at a header's extent: one request usually covers it
+MAX_HEADER = 256 << 20  # never fetch more than this for headers: fetch the whole object
+STATS = {"requests": 0, "bytes": 0}  # ranged reads made by this process (tests, benchmarks)
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_EXTRA = "pip install 'mlconv[remote]'"
+
+
+def is_url(p) -> bool:
+    return isinstance(p, str) and bool(_URL.match(p))
+
+
+def is_fileobj(p) -> bool:
+    return hasattr(p, "read") and not isinstance(p, (str, bytes, os.PathLike))
+
+
+def is_remote(p) -> bool:
+    """True for what must be staged: a URL other than ``file://``, or a file object."""
+    return is_fileobj(p) or (is_url(p) and not p.lower().startswith("file://"))
+
+
+def any_remote(*items) -> bool:
+    """True when any path (or any path of a list) is remote."""
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            if any(is_remote(x) for x in item):
+                return True
+        elif item is not None and is_remote(item):
+            return True
+    return False
+
+
+def local(p) -> str:
+    """A local path argument as a str: ``file://`` URLs become paths."""
+    if isinstance(p, str) and p.lower().startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        u = urlparse(p)
+        return unquote(u.path) if u.netloc in ("", "localhost") else unquote(p[7:])
+    return os.fspath(p)
+
+
+def shown(p) -> str:
+    """The name of ``p`` in messages and reports."""
+    if is_fileobj(p):
+        name = getattr(p, "name", None)
+        return name if isinstance(name, str) else "<file object>"
+    return local(p) if not is_url(p) or p.lower().startswith("file://") else p
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for ``url``; MissingDependencyError naming the
+    extra when fsspec or the protocol's package is missing."""
+    try:
+        import fsspec.core
+    except ImportError:
+        raise MissingDependencyError(f"URLs need fsspec: {_EXTRA}", url) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise MissingDependencyError(f"{url.split(':', 1)[0]}:// URLs need a package fsspec "
+                                     f"names ({str(e).splitlines()[0][:200]}): {_EXTRA}",
+                                     url) from None
+    except ValueError as e:
+        if "Protocol not known" in str(e):
+            raise MlconvError(f"unknown URL scheme {url.split(':', 1)[0]!r}", url) from None
+        raise _failed("cannot open", url, e) from None
+
+
+def _failed(what: str, url: str, e: BaseException) -> MlconvError:
+    """A store's error as one line: missing objects as SourceNotFoundError."""
+    if isinstance(e, MlconvError):
+        return e
+    if isinstance(e, FileNotFoundError):
+        return SourceNotFoundError("no such file (or bucket)", url)
+    if isinstance(e, PermissionError):
+        return MlconvError(f"{what}: access denied ({_first_line(e)})", url)
+    return MlconvError(f"{what}: {type(e).__name__}: {_first_line(e)}", url)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[-1] if isinstance(e, OSError) and e.args else e) or type(e).__name__
+    return text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+
+
+class _Object:
+    """A readable remote object or file object: ``size`` and ranged ``read``."""
+
+    def __init__(self, p):
+        self.name = shown(p)
+        if is_fileobj(p):
+            self.fs = None
+            self.f = p
+            try:
+                self.size = p.seek(0, os.SEEK_END)
+            except (OSError, AttributeError, ValueError):
+                self.size = None  # a pipe: read from where it is, once
+            return
+        self.fs, self.path = filesystem(p)
+        try:
+            info = self.fs.info(self.path)
+        except Exception as e:  # noqa: BLE001 - any store error is one line naming the URL
+            raise _failed("cannot read", p, e) from None
+        if info.get("type") == "directory":
+            raise SourceNotFoundError("is a directory, not a file", p)
+        self.size = info.get("size")
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.fs is None:
+            self.f.seek(start)
+            data = self.f.read(end - start)
+        else:
+            try:
+                data = self.fs.cat_file(self.path, start=start, end=end)
+            except Exception as e:  # noqa: BLE001
+                raise _failed("cannot read", self.name, e) from None
+        STATS["requests"] += 1
+        STATS["bytes"] += len(data)
+        if len(data) != end - start:
+            raise MlconvError(f"object shrank while reading: {end - start} bytes asked at "
+                              f"{start}, {len(data)} read", self.name)
+        return data
+
+
+def _fetch_all(obj: _Object, fd: int) -> None:
+    if obj.size is None:  # an unseekable file object: copy it as it comes
+        while True:
+            data = obj.f.read(RANGE)
+            if not data:
+                return
+            os.write(fd, data)
+    ranges = [(i, min(i + RANGE, obj.size)) for i in range(0, obj.size, RANGE)]
+    _fetch(obj, fd, ranges)
+
+
+def _fetch(obj: _Object, fd: int, ranges) -> None:
+    """Copy ``ranges`` of ``obj`` to the same offsets of ``fd``, several at once."""
+    def one(r):
+        os.pwrite(fd, obj.read(*r), r[0])
+
+    ranges = [r for r in ranges if r[1] > r[0]]
+    if obj.fs is None or len(ranges) < 2:
+        for r in ranges:
+            one(r)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, ranges))
+
+
+class _Sparse:
+    """The temp copy being filled: which ranges hold the object's bytes so far."""
+
+    def __init__(self, obj: _Object, fd: int):
+        self.obj, self.fd = obj, fd
+        self.have: list[tuple[int, int]] = []
+
+    def get(self, start: int, end: int) -> bytes:
+        start, end = max(0, start), min(self.obj.size, end)
+        if end <= start:
+            return b""
+        if end - start > MAX_HEADER or sum(b - a for a, b in self.have) > MAX_HEADER:
+            raise _TooBig
+        missing = [(start, end)]
+        for a, b in self.have:
+            missing = [piece for s, e in missing for piece in
+                       ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
+        _fetch(self.obj, self.fd, missing)
+        self.have.extend(missing)
+        return os.pread(self.fd, end - start, start)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _header_ranges(s: _Sparse, name: str) -> bool:
+    """Fetch what a reader of ``name``'s format needs for headers; False: fetch it all."""
+    size = s.obj.size
+    head = s.get(0, min(size, HEAD))
+    if head.startswith(b"PAR1") and size >= 12 and s.get(size - 4, size) == b"PAR1":
+        n = struct.unpack("<I", s.get(size - 8, size - 4))[0]
+        if n + 12 > size:
+            return False  # the reader says what is wrong
+        s.get(size - 8 - n, size)
+        return not _entries_layout(s, size, n)
+    if head.startswith(b"\x93NUMPY") and len(head) >= 12:
+        n = struct.unpack("<H", head[8:10])[0] if head[6] == 1 else \
+            struct.unpack("<I", head[8:12])[0]
+        s.get(0, 12 + n)
+        return True
+    if head.startswith(b"ARROW1") and size >= 16 and s.get(size - 6, size) == b"ARROW1":
+        n = struct.unpack("<i", s.get(size - 10, size - 6))[0]
+        if not 0 < n <= size - 18:
+            return False
+        s.get(size - 10 - n, size)
+        _arrow_blocks(s, size, n)
+        return True
+    if len(head) >= 8 and head[8:9] == b"{":  # safetensors: u64 header length, JSON
+        n = struct.unpack("<Q", head[:8])[0]
+        if n + 8 > size:
+            return False
+        s.get(0, 8 + n)
+        return True
+    return False
+
+
+def _entries_layout(s: _Sparse, size: int, n: int) -> bool:
+    """True when the Parquet footer says "entries" layout: its reader reads the small
+    name/dtype/shape columns too, so the whole object is fetched."""
+    footer = os.pread(s.fd, n, size - 8 - n)
+    return b"mlconv.layout" in footer and b"entries" in footer
+
+
+def _arrow_blocks(s: _Sparse, size: int, n: int) -> None:
+    """Fetch each record batch's metadata and each dictionary batch named in the IPC
+    footer (already fetched): what the Arrow reader touches to count rows."""
+    import mmap
+
+    from .formats.arrow import _file_blocks, _root
+
+    with mmap.mmap(s.fd, 0, access=mmap.ACCESS_READ) as mm:
+        blocks = _file_blocks(mm)
+        footer = _root(bytes(mm[size - 10 - n:size - 10]))
+        dictionaries = [struct.unpack_from("<qi4xq", footer.buf, at)
+                        for at in footer.vector(2, 24)]
+    for offset, meta in blocks:
+        s.get(offset, offset + meta)
+    for offset, meta, body in dictionaries:
+        s.get(offset, offset + meta + body)
+
+
+@contextlib.contextmanager
+def _temp_folder():
+    folder = tempfile.mkdtemp(prefix="mlconv-remote-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _base(p) -> str:
+    name = shown(p).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    name = re.sub(r"[\x00/\\]", "_", name)
+    return name if name not in ("", ".", "..") else "object"
+
+
+def stage(p, headers: bool = False):
+    """(local path, cleanup) for input ``p``; local paths come back as they are."""
+    if not is_remote(p):
+        return local(p), lambda: None
+    stack = contextlib.ExitStack()
+    try:
+        folder = stack.enter_context(_temp_folder())
+        obj = _Object(p)
+        path = os.path.join(folder, _base(p))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        stack.callback(os.close, fd)
+        partial = False
+        if headers and obj.size:
+            os.ftruncate(fd, obj.size)  # holes cost no disk and are never read
+            try:
+                partial = _header_ranges(_Sparse(obj, fd), _base(p))
+            except (_TooBig, struct.error, ValueError, IndexError):
+                partial = False
+        if not partial:
+            os.ftruncate(fd, 0)
+            _fetch_all(obj, fd)
+    except BaseException:
+        stack.close()
+        raise
+    return path, stack.close
+
+
+@contextlib.contextmanager
+def staged(inputs, output=None, *, overwrite: bool = False, headers: bool = False):
+    """Local stand-ins for ``inputs`` (a path or a list) and ``output``, yielded as
+    (inputs, output, names: temp path -> original name). The output is uploaded when the block ends without an error; errors
+    and reports name the originals, not the temp copies."""
+    names: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            one = not isinstance(inputs, (list, tuple))
+            out_in = []
+            for item in [inputs] if one else inputs:
+                if item is None:
+                    out_in.append(None)
+                    continue
+                path, cleanup = stage(item, headers)
+                stack.callback(cleanup)
+                names[path] = shown(item)
+                out_in.append(path)
+            dst = None
+            if output is not None:
+                dst = stack.enter_context(_output(output, overwrite))
+                names[dst] = shown(output)
+            yield (out_in[0] if one else out_in), dst, names
+        except MlconvError as e:
+            rename(e, names)
+            raise
+
+
+@contextlib.contextmanager
+def _output(dst, overwrite: bool):
+    if not is_remote(dst):
+        yield local(dst)
+        return
+    name = shown(dst)
+    fs = rpath = None
+    if not is_fileobj(dst):
+        fs, rpath = filesystem(dst)
+        try:
+            exists = fs.exists(rpath)
+        except Exception as e:  # noqa: BLE001
+            raise _failed("cannot write", name, e) from None
+        if exists and not overwrite:
+            raise OutputExistsError("output exists; use --force to replace it", name)
+    with _temp_folder() as folder:
+        path = os.path.join(folder, _base(dst))
+        yield path
+        # the writer succeeded: publish the file and any companions (ONNX external data)
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name != _base(dst)):
+            if not entry.is_file():
+                continue
+            if fs is None:
+                with open(entry.path, "rb") as f:
+                    shutil.copyfileobj(f, dst, RANGE)
+                continue
+            target = rpath if entry.name == _base(dst) else \
+                rpath.rsplit("/", 1)[0] + "/" + entry.name
+            upload(fs, entry.path, target, name)
+
+
+def upload(fs, path: str, target: str, name: str) -> None:
+    """Put local ``path`` at ``target``: one object, visible only once complete."""
+    try:
+        fs.put_file(path, target)
+    except Exception as e:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            if fs.exists(target) and fs.size(target) != os.path.getsize(path):
+                fs.rm_file(target)  # a store that publishes as it writes: never a cut file
+        raise _failed("cannot write", name, e) from None
+
+
+def rename(e: MlconvError, names: dict) -> None:
+    """Put the original names back into ``e`` where it names a temp copy."""
+    if e.path in names:
+        e.path = names[e.path]
+    for tmp, real in names.items():
+        if tmp in e.message:
+            e.message = e.message.replace(tmp, real)
+            e.args = (e.message,)
+
+
+def renamed_report(report, names: dict):
+    """``report`` (a convert Report) naming the originals."""
+    def fix(p):
+        return names.get(p, p)
+
+    report.src, report.dst = fix(report.src), fix(report.dst)
+    report.warnings = [Loss(w.what, fix(w.path), w.entry) for w in report.warnings]
+    report.notes = [Loss(w.what, fix(w.path), w.entry) for w in report.notes]
+    return report
+
+
+def read_bytes(p, limit: int = 64 << 20) -> bytes:
+    """A small whole file (an expectation file) from a path, URL or file object."""
+    if not is_remote(p):
+        with open(local(p), "rb") as f:
+            return f.read(limit + 1)
+    obj = _Object(p)
+    if obj.size is None:
+        return obj.f.read(limit + 1)
+    return obj.read(0, min(obj.size, limit + 1))
+
+
+def join(folder, name: str) -> str:
+    """``name`` inside ``folder`` (a local folder or a URL prefix)."""
+    folder = shown(folder) if is_url(folder) else os.fspath(folder)
+    if is_url(folder):
+        return folder.rstrip("/") + "/" + name
+    return os.path.join(folder, name)
+
+
+def glob(pattern: str) -> list[str]:
+    """URLs matching a URL ``pattern`` (sorted), with the scheme kept."""
+    fs, path = filesystem(pattern)
+    try:
+        hits = sorted(fs.glob(path))
+    except Exception as e:  # noqa: BLE001
+        raise _failed("cannot list", pattern, e) from None
+    return [fs.unstrip_protocol(h) for h in hits if not fs.isdir(h)]
