@@ -315,8 +315,8 @@ def stage(p, headers: bool = False):
 @contextlib.contextmanager
 def staged(inputs, output=None, *, overwrite: bool = False, headers: bool = False):
     """Local stand-ins for ``inputs`` (a path or a list) and ``output``, yielded as
-    (inputs, output, names: temp path -> original name). The output is uploaded when the block ends without an error; errors
-    and reports name the originals, not the temp copies."""
+    (inputs, output, names: temp path -> original name). The output is uploaded when the
+    block ends without an error; errors and reports name the originals, not the copies."""
     names: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         try:
@@ -412,6 +412,17 @@ def read_bytes(p, limit: int = 64 << 20) -> bytes:
     if obj.size is None:
         return obj.f.read(limit + 1)
     return obj.read(0, min(obj.size, limit + 1))
+
+
+def exists(p) -> bool:
+    """True when path or URL ``p`` names something."""
+    if not is_remote(p):
+        return os.path.lexists(local(p))
+    fs, path = filesystem(p)
+    try:
+        return fs.exists(path)
+    except Exception as e:  # noqa: BLE001
+        raise _failed("cannot read", p, e) from None
 
 
 def join(folder, name: str) -> str:
