@@ -43,12 +43,14 @@ def load(path, format: str | None = None, *, allow_external: bool = False,
     """
     from . import storage
 
-    local, cleanup = storage.stage(path)  # a URL or file object: a local copy for the bundle
+    # a URL or file object: a local copy for the bundle, tensors fetched when first used
+    local, cleanup, fetcher = storage.stage_lazy(path)
     try:
         fmt = _detect(local, format)
         fmt.check_available()
         bundle = fmt.read(local, _ReadOptions(allow_external=allow_external, trusted=trusted,
                                               max_memory=max_memory, allow_expand=allow_expand))
+        storage.lazy_bundle(bundle, fmt.id, local, fetcher)
     except MlconvError as e:
         storage.rename(e, {local: storage.shown(path)})
         cleanup()

@@ -192,22 +192,32 @@ class _Sparse:
     """The temp copy being filled: which ranges hold the object's bytes so far."""
 
     def __init__(self, obj: _Object, fd: int):
+        import threading
+
         self.obj, self.fd = obj, fd
         self.have: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
 
     def get(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` for a header parser (capped at MAX_HEADER in all)."""
         start, end = max(0, start), min(self.obj.size, end)
         if end <= start:
             return b""
         if end - start > MAX_HEADER or sum(b - a for a, b in self.have) > MAX_HEADER:
             raise _TooBig
-        missing = [(start, end)]
-        for a, b in self.have:
-            missing = [piece for s, e in missing for piece in
-                       ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
-        _fetch(self.obj, self.fd, missing)
-        self.have.extend(missing)
+        self.fill(start, end)
         return os.pread(self.fd, end - start, start)
+
+    def fill(self, start: int, end: int) -> None:
+        """Fetch what is missing of ``start:end`` (in RANGE pieces, several at once)."""
+        with self.lock:
+            missing = [(max(0, start), min(self.obj.size, end))]
+            for a, b in self.have:
+                missing = [piece for s, e in missing for piece in
+                           ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
+            pieces = [(i, min(i + RANGE, e)) for s, e in missing for i in range(s, e, RANGE)]
+            _fetch(self.obj, self.fd, pieces)
+            self.have.extend(missing)
 
 
 class _TooBig(Exception):
@@ -287,8 +297,37 @@ def _base(p) -> str:
 
 def stage(p, headers: bool = False):
     """(local path, cleanup) for input ``p``; local paths come back as they are."""
+    path, cleanup, _ = _stage(p, headers)
+    return path, cleanup
+
+
+def stage_lazy(p):
+    """(local path, cleanup, fetcher) for ``load``: the copy holds the headers only when
+    ``fetcher`` is not None; ``lazy_bundle`` then makes the read bundle fetch on use."""
+    return _stage(p, True)
+
+
+def lazy_bundle(bundle, fmt_id: str, path: str, fetcher) -> None:
+    """Tensors of a safetensors/npy copy holding headers only fetch their own bytes on first
+    use (a memory map of the copy then sees them); any other bundle gets the rest now."""
+    from .model import Tensor
+    from .sources import FileSource
+
+    if fetcher is None:
+        return
+    ok = fmt_id in ("safetensors", "npy") and all(
+        isinstance(e, Tensor) and isinstance(e.source, FileSource) and e.source.fmap.path == path
+        for e in bundle.values())
+    if not ok:
+        fetcher.fill(0, fetcher.obj.size)
+        return
+    for entry in bundle.values():
+        entry.source = _Fetching(entry.source, fetcher)
+
+
+def _stage(p, headers: bool):
     if not is_remote(p):
-        return local(p), lambda: None
+        return local(p), lambda: None, None
     stack = contextlib.ExitStack()
     try:
         folder = stack.enter_context(_temp_folder())
@@ -296,20 +335,51 @@ def stage(p, headers: bool = False):
         path = os.path.join(folder, _base(p))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         stack.callback(os.close, fd)
-        partial = False
+        partial = None
         if headers and obj.size:
             os.ftruncate(fd, obj.size)  # holes cost no disk and are never read
+            sparse = _Sparse(obj, fd)
             try:
-                partial = _header_ranges(_Sparse(obj, fd), _base(p))
+                partial = sparse if _header_ranges(sparse, _base(p)) else None
             except (_TooBig, struct.error, ValueError, IndexError):
-                partial = False
-        if not partial:
+                partial = None
+        if partial is None:
             os.ftruncate(fd, 0)
             _fetch_all(obj, fd)
     except BaseException:
         stack.close()
         raise
-    return path, stack.close
+    return path, stack.close, partial
+
+
+class _Fetching:
+    """A FileSource over a copy holding headers only: its range is fetched on first use.
+    No ``span``: a writer must not copy the file's bytes behind our back."""
+
+    span = None
+
+    def __init__(self, inner, fetcher: _Sparse):
+        self.inner, self.fetcher, self.done = inner, fetcher, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _ensure(self):
+        if not self.done:
+            self.fetcher.fill(self.inner.offset, self.inner.offset + self.inner.nbytes)
+            self.done = True
+
+    def array(self):
+        self._ensure()
+        return self.inner.array()
+
+    def chunks(self, size: int = RANGE):
+        self._ensure()
+        return self.inner.chunks(size)
+
+    def rows(self, index, cache=None):
+        self._ensure()
+        return self.inner.rows(index, cache)
 
 
 @contextlib.contextmanager

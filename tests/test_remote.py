@@ -338,3 +338,21 @@ def test_dataset_over_remote_shards(mem, tmp_path):
     assert len(ds) == 12
     assert [int(np.asarray(ds[i]["s0"] if isinstance(ds[i], dict) else ds[i]).reshape(-1)[0])
             for i in (0, 5, 11)] == [0, 5, 11]
+
+
+def test_load_fetches_tensors_when_asked(mem, tmp_path):
+    """``load`` of a remote safetensors file reads the header; each tensor's bytes come
+    when first used; writing the bundle elsewhere gives the exact values."""
+    fs, root = mem
+    big = np.arange(4_000_000, dtype=np.float32)
+    fs.pipe_file(f"{root}/m.safetensors", _safetensors({"big": big, "b": np.arange(3)}))
+    stats = _count()
+    with mlconv.open(f"memory://{root}/m.safetensors") as bundle:
+        assert stats["bytes"] <= storage.HEAD
+        assert bundle["b"].numpy().tolist() == [0, 1, 2]
+        assert stats["bytes"] <= storage.HEAD
+        mlconv.save(bundle, tmp_path / "out.safetensors")
+        assert stats["bytes"] < big.nbytes + 2 * storage.HEAD
+    from safetensors.numpy import load_file
+
+    assert np.array_equal(load_file(tmp_path / "out.safetensors")["big"], big)
