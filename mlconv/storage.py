@@ -113,7 +113,8 @@ def _failed(what: str, url: str, e: BaseException) -> MlconvError:
     if isinstance(e, FileNotFoundError):
         return SourceNotFoundError("no such file (or bucket)", url)
     if isinstance(e, PermissionError):
-        return MlconvError(f"{what}: access denied ({_first_line(e)})", url)
+        return MlconvError(f"{what}: access denied ({_first_line(e)}); check the "
+                           "credentials for this store", url)
     return MlconvError(f"{what}: {type(e).__name__}: {_first_line(e)}", url)
 
 
@@ -417,6 +418,11 @@ def _output(dst, overwrite: bool):
         return
     name = shown(dst)
     fs = rpath = None
+    if is_url(dst) and dst.lower().startswith(("http://", "https://")):
+        from .errors import OptionError
+
+        raise OptionError("http(s) URLs are read-only: write to a store (s3://, gs://...)",
+                          name)
     if not is_fileobj(dst):
         fs, rpath = filesystem(dst)
         try:
