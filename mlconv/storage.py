@@ -308,6 +308,14 @@ def stage_lazy(p):
     return _stage(p, True)
 
 
+_FETCHERS: dict[str, _Sparse] = {}  # copies staged with lazy=True that hold headers only
+
+
+def fetcher_for(path: str):
+    """The fetcher of a copy staged with ``lazy=True`` holding headers only, or None."""
+    return _FETCHERS.get(path)
+
+
 def lazy_bundle(bundle, fmt_id: str, path: str, fetcher) -> None:
     """Tensors of a safetensors/npy copy holding headers only fetch their own bytes on first
     use (a memory map of the copy then sees them); any other bundle gets the rest now."""
@@ -384,10 +392,13 @@ class _Fetching:
 
 
 @contextlib.contextmanager
-def staged(inputs, output=None, *, overwrite: bool = False, headers: bool = False):
+def staged(inputs, output=None, *, overwrite: bool = False, headers: bool = False,
+           lazy: bool = False):
     """Local stand-ins for ``inputs`` (a path or a list) and ``output``, yielded as
     (inputs, output, names: temp path -> original name). The output is uploaded when the
-    block ends without an error; errors and reports name the originals, not the copies."""
+    block ends without an error; errors and reports name the originals, not the copies.
+    ``lazy``: inputs hold headers only where they can; ``fetcher_for`` finds their fetcher
+    (``lazy_bundle`` then fetches tensors on use, or the rest of the file at once)."""
     names: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         try:
@@ -397,8 +408,11 @@ def staged(inputs, output=None, *, overwrite: bool = False, headers: bool = Fals
                 if item is None:
                     out_in.append(None)
                     continue
-                path, cleanup = stage(item, headers)
+                path, cleanup, fetcher = _stage(item, headers or lazy)
                 stack.callback(cleanup)
+                if lazy and fetcher is not None:
+                    _FETCHERS[path] = fetcher
+                    stack.callback(_FETCHERS.pop, path, None)
                 names[path] = shown(item)
                 out_in.append(path)
             dst = None

@@ -356,3 +356,19 @@ def test_load_fetches_tensors_when_asked(mem, tmp_path):
     from safetensors.numpy import load_file
 
     assert np.array_equal(load_file(tmp_path / "out.safetensors")["big"], big)
+
+
+def test_convert_select_fetches_only_what_it_writes(mem, tmp_path):
+    fs, root = mem
+    big = np.arange(4_000_000, dtype=np.float32)
+    small = np.arange(5, dtype=np.int16)
+    fs.pipe_file(f"{root}/m.safetensors", _safetensors({"big": big, "small": small}))
+    stats = _count()
+    mlconv.convert(f"memory://{root}/m.safetensors", tmp_path / "small.npy", select=["small"])
+    assert stats["bytes"] <= storage.HEAD + small.nbytes  # the header, then 10 bytes
+    assert np.load(tmp_path / "small.npy").tolist() == small.tolist()
+    stats = _count()
+    mlconv.convert(f"memory://{root}/m.safetensors", f"memory://{root}/all.safetensors")
+    with mlconv.open(f"memory://{root}/all.safetensors") as b:
+        assert np.array_equal(b["big"].numpy(), big)
+        assert b["small"].numpy().tolist() == small.tolist()

@@ -259,7 +259,7 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
                     allow_expand=allow_expand)
     if storage.any_remote(src, dst, template):  # local copies in, upload on success
         with storage.staged(template) as (tpl, _, _n), \
-                storage.staged(src, dst, overwrite=overwrite) as (lsrc, ldst, names):
+                storage.staged(src, dst, overwrite=overwrite, lazy=True) as (lsrc, ldst, names):
             report = convert(lsrc, ldst, from_format=from_format, to_format=to_format,
                              select=select, exclude=exclude, cast=cast,
                              allow_lossy=allow_lossy, overwrite=overwrite,
@@ -297,6 +297,7 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
         fmt = detect(one, from_format)
         fmt.check_available()
         with fmt.read(one, options) as bundle:
+            storage.lazy_bundle(bundle, fmt.id, one, storage.fetcher_for(one))  # remote
             yield bundle, fmt.id, one
         return
     with contextlib.ExitStack() as stack:
@@ -308,6 +309,7 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
             fmt.check_available()
             ids.append(fmt.id)
             part = stack.enter_context(fmt.read(item, options))
+            storage.lazy_bundle(part, fmt.id, item, storage.fetcher_for(item))
             _merge_into(merged, part, item, owner, allow_lossy)
         merged.format = ids[0] if len(set(ids)) == 1 else None
         yield merged, "+".join(dict.fromkeys(ids)), f"{len(src)} files"
