@@ -154,21 +154,39 @@ class _Object:
                 data = self.fs.cat_file(self.path, start=start, end=end)
             except Exception as e:  # noqa: BLE001
                 raise _failed("cannot read", self.name, e) from None
-        STATS["requests"] += 1
-        STATS["bytes"] += len(data)
+        _count(len(data))
+        if len(data) > end - start and len(data) == self.size:
+            data = data[start:end]  # a server that ignores ranges sent it all: still right
         if len(data) != end - start:
             raise MlconvError(f"object shrank while reading: {end - start} bytes asked at "
                               f"{start}, {len(data)} read", self.name)
         return data
 
 
+_STATS_LOCK = __import__("threading").Lock()
+
+
+def _count(n: int) -> None:
+    with _STATS_LOCK:
+        STATS["requests"] += 1
+        STATS["bytes"] += n
+
+
 def _fetch_all(obj: _Object, fd: int) -> None:
-    if obj.size is None:  # an unseekable file object: copy it as it comes
-        while True:
-            data = obj.f.read(RANGE)
-            if not data:
-                return
-            os.write(fd, data)
+    if obj.size is None:  # a pipe, or a server that says no size: copy it as it comes
+        with contextlib.ExitStack() as stack:
+            try:
+                f = obj.f if obj.fs is None else stack.enter_context(obj.fs.open(obj.path))
+                while True:
+                    data = f.read(RANGE)
+                    if not data:
+                        return
+                    _count(len(data))
+                    os.write(fd, data)
+            except (MlconvError, OSError) as e:
+                if isinstance(e, OSError) and obj.fs is None:
+                    raise
+                raise _failed("cannot read", obj.name, e) from None
     ranges = [(i, min(i + RANGE, obj.size)) for i in range(0, obj.size, RANGE)]
     _fetch(obj, fd, ranges)
 

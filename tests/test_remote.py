@@ -372,3 +372,30 @@ def test_convert_select_fetches_only_what_it_writes(mem, tmp_path):
     with mlconv.open(f"memory://{root}/all.safetensors") as b:
         assert np.array_equal(b["big"].numpy(), big)
         assert b["small"].numpy().tolist() == small.tolist()
+
+
+def test_http_read_only(tmp_path):
+    """http(s):// reads (a server that ignores Range requests still gives the right
+    bytes); writing there is refused as read-only."""
+    import functools
+    import http.server
+    import threading
+
+    pytest.importorskip("aiohttp")
+    (tmp_path / "m.safetensors").write_bytes(_safetensors({"w": np.arange(1000.0)}))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert mlconv.inspect(f"{base}/m.safetensors")["entries"][0]["shape"] == [1000]
+        with mlconv.open(f"{base}/m.safetensors") as b:
+            assert b["w"].numpy().tolist() == list(np.arange(1000.0))
+        with pytest.raises(SourceNotFoundError):
+            mlconv.inspect(f"{base}/none.npy")
+        with pytest.raises(MlconvError, match="read-only"):
+            mlconv.save({"w": np.arange(3)}, f"{base}/x.npy")
+    finally:
+        server.shutdown()
+        server.server_close()
