@@ -373,10 +373,46 @@ def _stage(p, headers: bool):
         if partial is None:
             os.ftruncate(fd, 0)
             _fetch_all(obj, fd)
+            if is_url(p) and path.lower().endswith(".onnx"):
+                _onnx_side_files(p, path, folder)
     except BaseException:
         stack.close()
         raise
     return path, stack.close, partial
+
+
+def _onnx_side_files(url: str, path: str, folder: str) -> None:
+    """Fetch the external-data files an ONNX model names, from beside it, into ``folder``
+    (plain relative names only; the reader checks every location again)."""
+    from .formats.onnx import read_model
+
+    try:
+        model = read_model(path)
+    except MlconvError:
+        return  # the reader says what is wrong
+    names = set()
+    for init in model.graph.initializer:
+        for e in init.external_data:
+            if e.key == "location":
+                names.add(e.value)
+    base = url.rsplit("/", 1)[0]
+    for name in sorted(names):
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith("/") or any(x in ("", ".", "..") for x in parts):
+            continue
+        target = os.path.join(folder, *parts)
+        if os.path.lexists(target):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            side = _Object(base + "/" + "/".join(parts))
+        except SourceNotFoundError:
+            continue  # the reader reports it missing
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _fetch_all(side, fd)
+        finally:
+            os.close(fd)
 
 
 class _Fetching:

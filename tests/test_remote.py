@@ -399,3 +399,27 @@ def test_http_read_only(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_template_and_onnx_external_data_remote(mem, tmp_path):
+    """--template from a URL; ONNX output with a side file uploads both, named alike."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    fs, root = mem
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph), tmp_path / "t.onnx")
+    fs.put_file(str(tmp_path / "t.onnx"), f"{root}/t.onnx")
+    (tmp_path / "w.safetensors").write_bytes(_safetensors({"w": w * 2}))
+    r = CliRunner().invoke(cli, [str(tmp_path / "w.safetensors"), f"memory://{root}/o.onnx",
+                                 "--template", f"memory://{root}/t.onnx", "--external-data"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    assert names[0] == "o.onnx" and len(names) == 3 and "t.onnx" in names  # + the side file
+    with mlconv.open(f"memory://{root}/o.onnx") as b:
+        assert np.array_equal(b["w"].numpy(), w * 2)
