@@ -97,9 +97,9 @@ def filesystem(url: str):
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as e:
-        raise MissingDependencyError(f"{url.split(':', 1)[0]}:// URLs need a package fsspec "
-                                     f"names ({str(e).splitlines()[0][:200]}): {_EXTRA}",
-                                     url) from None
+        raise MissingDependencyError(f"{url.split(':', 1)[0]}:// URLs need another package "
+                                     f"({str(e).splitlines()[0][:200]}); {_EXTRA} brings "
+                                     "fsspec and s3fs", url) from None
     except ValueError as e:
         if "Protocol not known" in str(e):
             raise MlconvError(f"unknown URL scheme {url.split(':', 1)[0]!r}", url) from None

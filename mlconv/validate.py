@@ -182,12 +182,15 @@ def expand(patterns) -> list[str]:
     it is reported as missing)."""
     import glob
 
-    out = []
     from . import storage
 
+    out = []
     for p in patterns:
         if storage.is_url(p) and any(c in p for c in "*?[") and not p.startswith("http"):
-            out.extend(storage.glob(p) or [p])
+            try:
+                out.extend(storage.glob(p) or [p])
+            except MlconvError:
+                out.append(p)  # reading it says what is wrong (a missing package, ...)
             continue
         hits = sorted(glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else []
         if hits:
