@@ -192,6 +192,8 @@ def test_interrupted_upload_leaves_nothing(s3, tmp_path, monkeypatch):
     """A multipart upload that fails half-way is aborted: no object at DST, one-line error."""
     fs, bucket = s3
     np.save(tmp_path / "x.npy", np.zeros(110 << 20, np.uint8))  # s3fs: multipart from 100 MiB
+    if not hasattr(s3fs.S3FileSystem, "_upload_file_part_concurrent"):
+        pytest.skip("this s3fs uploads parts another way")
     calls = []
     real = s3fs.S3FileSystem._upload_file_part_concurrent
 
