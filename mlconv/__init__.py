@@ -4,6 +4,7 @@
     with mlconv.open("data.npy") as b: ...        # same, closes its memory maps
     mlconv.save({"w": arr}, "out.npz", metadata={"k": "v"})
     mlconv.convert("in.safetensors", "out.npz", select=["enc/*"], overwrite=True)
+    mlconv.convert_many("in/*.h5", "out/", to="parquet", client="local:2")  # Dask optional
     mlconv.inspect("file.npz")                    # dict, schemas/manifest.schema.json
     mlconv.validate("file.npz", schema="e.json")  # Report: .ok, .problems
     mlconv.plan("in.h5", "out.safetensors")       # how convert would run, step by step
@@ -13,7 +14,7 @@
 
 from __future__ import annotations
 
-from .convert import Plan, Report, convert, plan, save
+from .convert import Plan, Report, convert, convert_many, plan, save
 from .dataset import Dataset, dataset
 from .describe import inspect
 from .dtypes import DType
@@ -41,7 +42,7 @@ def formats() -> list[dict]:
             for f in _all_formats()]
 
 
-__all__ = ["load", "open", "save", "convert", "plan", "inspect", "validate", "formats",
-           "dataset", "Dataset",
+__all__ = ["load", "open", "save", "convert", "convert_many", "plan", "inspect", "validate",
+           "formats", "dataset", "Dataset",
            "Bundle", "Tensor", "Table", "DType", "Plan", "Report", "MlconvError",
            "__version__"]

@@ -23,6 +23,7 @@ import bisect
 import glob
 import os
 
+from . import storage
 from .errors import FormatError, OptionError, SourceNotFoundError, UnsupportedError
 from .lru import ByteLRU
 from .sources import row_index
@@ -220,8 +221,14 @@ def _expand(paths) -> list[str]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files = []
     for item in items:
-        item = os.fspath(item)
-        if "://" not in item and glob.has_magic(item):
+        if not isinstance(item, str) or not storage.is_url(item):
+            item = os.fspath(item)
+        if storage.is_remote(item) and glob.has_magic(item) and not item.startswith("http"):
+            found = storage.glob(item)
+            if not found:
+                raise SourceNotFoundError("no file matches this pattern", item)
+            files.extend(found)
+        elif "://" not in item and glob.has_magic(item):
             found = sorted(glob.glob(item))
             if not found:
                 raise SourceNotFoundError("no file matches this pattern", item)

@@ -41,13 +41,17 @@ def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
 def inspect(path, format: str | None = None, *, allow_external: bool = False,
             max_memory: int = MAX_MEMORY, allow_expand: bool = False) -> dict:
     """The manifest of ``path`` (valid against schemas/manifest.schema.json)."""
-    path = os.fspath(path)
-    fmt = detect(path, format)
-    fmt.check_available()
+    from . import storage
+
     options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
                           allow_expand=allow_expand)
-    with fmt.read(path, options) as bundle:
-        return bundle_manifest(bundle, path, os.path.getsize(path))
+    with storage.staged(path, headers=True) as (local, _, _names):  # remote: headers fetched only
+        fmt = detect(local, format)
+        fmt.check_available()
+        with fmt.read(local, options) as bundle:
+            manifest = bundle_manifest(bundle, local, os.path.getsize(local))
+    manifest["path"] = storage.shown(path)
+    return manifest
 
 
 def _jsonable(value):

@@ -18,18 +18,21 @@ import functools
 import json
 import os
 
-from .errors import OptionError
+from .errors import MlconvError, OptionError
 
 
 def load(source) -> dict:
     """An expectation from a JSON file (or YAML when pyyaml is installed), checked against
     ``schemas/expectations.schema.json``."""
-    path = os.fspath(source)
+    from . import storage
+
+    path = storage.shown(source)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = storage.read_bytes(source).decode("utf-8")
     except OSError as e:
         raise OptionError(f"cannot read the expectation file: {e.strerror}", path) from None
+    except MlconvError as e:
+        raise OptionError(f"cannot read the expectation file: {e.message}", path) from None
     except UnicodeDecodeError:
         raise OptionError("the expectation file is not UTF-8 text", path) from None
     if path.lower().endswith((".yaml", ".yml")):

@@ -58,9 +58,13 @@ def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
     ``deep=False`` checks headers only. ``max_memory`` caps one decoded buffer;
     ``allow_expand`` reads never-written data.
     """
-    from . import expect
+    from . import expect, storage
 
-    path = os.fspath(path)
+    if storage.is_remote(path):
+        return _validate_remote(path, schema, deep=deep, format=format,
+                                allow_external=allow_external, max_memory=max_memory,
+                                allow_expand=allow_expand)
+    path = storage.local(path)
     expectation = expect.load(schema) if schema is not None and not isinstance(schema, dict) \
         else schema
     if expectation is not None:
@@ -77,6 +81,28 @@ def validate(path, schema=None, *, deep: bool = True, format: str | None = None,
     if fmt.isolate() is not None:  # a library that may crash on the file: check in a child
         return _in_child(path, fmt, expectation, deep, options)
     return _validate_here(path, fmt, expectation, deep, report, options)
+
+
+def _validate_remote(path, schema, **options) -> Report:
+    """``validate`` of a local copy of a URL or file object; the report names the original."""
+    from . import storage
+
+    name = storage.shown(path)
+    if schema is not None and not isinstance(schema, dict):
+        from . import expect
+
+        schema = expect.load(schema)  # a bad expectation is the caller's error, as locally
+    try:
+        with storage.staged(path) as (local, _, names):
+            report = validate(local, schema, **options)
+    except MlconvError as e:  # the object could not be fetched
+        report = Report(name)
+        report.problems.append(Problem(e.entry, e.message))
+        return report
+    report.path = name
+    for p in report.problems + report.warnings:
+        p.reason = p.reason.replace(local, name)
+    return report
 
 
 def _validate_here(path, fmt, expectation, deep, report, options) -> Report:
@@ -156,8 +182,16 @@ def expand(patterns) -> list[str]:
     it is reported as missing)."""
     import glob
 
+    from . import storage
+
     out = []
     for p in patterns:
+        if storage.is_url(p) and any(c in p for c in "*?[") and not p.startswith("http"):
+            try:
+                out.extend(storage.glob(p) or [p])
+            except MlconvError:
+                out.append(p)  # reading it says what is wrong (a missing package, ...)
+            continue
         hits = sorted(glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else []
         if hits:
             out.extend(h for h in hits if os.path.isfile(h))

@@ -21,7 +21,7 @@ FLOORS = {
     "mlconv.cli": 4, "mlconv.__main__": 4,
     "mlconv": 3,  # the package's __init__: the API
     "mlconv.convert": 2, "mlconv.validate": 2, "mlconv.describe": 2, "mlconv.expect": 2,
-    "mlconv.dataset": 2, "mlconv.opening": 2,
+    "mlconv.dataset": 2, "mlconv.opening": 2, "mlconv.storage": 2,
     "mlconv.formats": 1,
 }
 BOTTOM = 0  # errors, dtypes, model, sources, columns, fileio, atomic, lru, version, schemas

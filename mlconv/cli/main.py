@@ -214,6 +214,9 @@ def _convert_options(f):
               help="A progress bar (default: on a terminal only).")
 @click.option("--jobs", type=click.IntRange(min=1), metavar="N",
               help="Files converted at once into a folder (default: cores).")
+@click.option("--dask", metavar="ADDRESS",
+              help="Files into a folder on Dask: a scheduler (tcp://host:8786) or "
+              "local[:N] for a local cluster of N workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every loss, not one line per kind.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
@@ -221,8 +224,8 @@ def _convert_options(f):
 @_debug_option
 @click.pass_context
 def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
-            compression, allow_external, path, force, pad, dry_run, progress, jobs, as_json,
-            verbose, quiet, max_memory, allow_expand, debug, **own):
+            compression, allow_external, path, force, pad, dry_run, progress, jobs, dask,
+            as_json, verbose, quiet, max_memory, allow_expand, debug, **own):
     # long: one command's modes (folder, stdio, dry run, one file) read best side by side
     """Convert SRC to DST (format from DST's extension or --to).
 
@@ -246,6 +249,8 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
     verbosity = -1 if quiet else (1 if verbose else 0)
     show_bar = progress if progress is not None else sys.stderr.isatty()
     many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")
+    if dask is not None:
+        options["client"] = dask
     if dst.endswith(("/", os.sep)) or (os.path.isdir(dst) and dst != "-"):
         if not to_format:
             raise click.UsageError("converting into a folder needs --to FORMAT")
@@ -254,6 +259,8 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
         _convert_into_folder(ctx, debug, expand(srcs), dst, to_format, options, jobs,
                              show_bar, as_json, verbosity)
         return
+    if dask is not None:
+        raise click.UsageError("--dask converts many files into a folder (DST/)")
     sources = expand(srcs) if many else srcs[0]
     if "-" in srcs or dst == "-":
         from .stdio import convert_stdio

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .. import columns as column_tensors
 from .. import dtypes as D
+from .. import storage
 from ..atomic import atomic_output
 from ..errors import (
     Loss,
@@ -256,6 +257,24 @@ def write_options(fmt: Format, *, compression: str | None = None, kernel_copy: b
                         progress=progress, own=make_write_options(fmt, options))
 
 
+def _options_mapping(options) -> dict:
+    """A format's options as a mapping, from a mapping or the format's dataclass."""
+    import dataclasses
+
+    if options is None:
+        return {}
+    return dict(options) if isinstance(options, dict) else dataclasses.asdict(options)
+
+
+def _file_options(options) -> dict:
+    """The given format options that name a file (``file=True`` fields: ``--template``)."""
+    from ..formats import write_option_fields
+
+    fields = write_option_fields()
+    return {k: v for k, v in _options_mapping(options).items()
+            if v is not None and k in fields and fields[k][0].metadata.get("file")}
+
+
 def write(bundle: Bundle, dst, fmt: Format, options: WriteOptions, *,
           overwrite: bool = False) -> int:
     """Write a fitted bundle atomically; returns the size of the file written."""
@@ -288,11 +307,27 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
     if dry_run:
         return plan(src, dst, from_format=from_format, to_format=to_format, select=select,
                     exclude=exclude, cast=cast, allow_lossy=allow_lossy,
-                    compression=compression, allow_external=allow_external, kernel_copy=kernel_copy,
-                    overwrite=overwrite, pad=pad, max_memory=max_memory,
-                    allow_expand=allow_expand, options=options)
+                    compression=compression, allow_external=allow_external,
+                    kernel_copy=kernel_copy, overwrite=overwrite, pad=pad,
+                    max_memory=max_memory, allow_expand=allow_expand, options=options)
+    files = _file_options(options)
+    if storage.any_remote(src, dst, *files.values()):  # local copies in, upload on success
+        with contextlib.ExitStack() as stack:
+            given = _options_mapping(options)
+            for name, value in files.items():  # a --template MODEL given as a URL
+                given[name] = stack.enter_context(storage.staged(value))[0]
+            lsrc, ldst, names = stack.enter_context(
+                storage.staged(src, dst, overwrite=overwrite, lazy=True))
+            report = convert(lsrc, ldst, from_format=from_format, to_format=to_format,
+                             select=select, exclude=exclude, cast=cast,
+                             allow_lossy=allow_lossy, overwrite=overwrite,
+                             compression=compression, allow_external=allow_external,
+                             kernel_copy=kernel_copy, progress=progress, pad=pad,
+                             max_memory=max_memory, allow_expand=allow_expand,
+                             options=given)
+        return storage.renamed_report(report, names)
     t0 = time.perf_counter()
-    dst = os.fspath(dst)
+    dst = storage.local(dst)
     out_fmt = for_output(dst, to_format)
     out_fmt.check_available()
     wopts = write_options(out_fmt, compression=compression, kernel_copy=kernel_copy,
@@ -317,21 +352,23 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
     """Yield (bundle, format id, name for reports) for one file, or for a list of files
     merged into one bundle (kept open together, closed together)."""
     if isinstance(src, (str, os.PathLike)) or len(src) == 1:
-        one = os.fspath(src if isinstance(src, (str, os.PathLike)) else src[0])
+        one = storage.local(src if isinstance(src, (str, os.PathLike)) else src[0])
         fmt = detect(one, from_format)
         fmt.check_available()
         with fmt.read(one, options) as bundle:
+            storage.lazy_bundle(bundle, fmt.id, one, storage.fetcher_for(one))  # remote
             yield bundle, fmt.id, one
         return
     with contextlib.ExitStack() as stack:
         merged = Bundle(path=None, format=None)
         owner: dict[str, str] = {}
         ids = []
-        for item in map(os.fspath, src):
+        for item in map(storage.local, src):
             fmt = detect(item, from_format)
             fmt.check_available()
             ids.append(fmt.id)
             part = stack.enter_context(fmt.read(item, options))
+            storage.lazy_bundle(part, fmt.id, item, storage.fetcher_for(item))
             _merge_into(merged, part, item, owner, allow_lossy)
         merged.format = ids[0] if len(set(ids)) == 1 else None
         yield merged, "+".join(dict.fromkeys(ids)), f"{len(src)} files"
@@ -383,6 +420,15 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     """
     from ..formats import ids
 
+    if storage.any_remote(src):
+        with storage.staged(src) as (lsrc, _, names):
+            result = plan(lsrc, dst, from_format=from_format, to_format=to_format,
+                          select=select, exclude=exclude, cast=cast, allow_lossy=allow_lossy,
+                          compression=compression, allow_external=allow_external,
+                          kernel_copy=kernel_copy, overwrite=overwrite, pad=pad,
+                          max_memory=max_memory, allow_expand=allow_expand, options=options)
+        result.src = names.get(result.src, result.src)
+        return result
     if isinstance(src, (str, os.PathLike)):
         src = os.fspath(src)
     dst = os.fspath(dst)
@@ -454,8 +500,14 @@ def save(data, dst, *, format: str | None = None, metadata: dict | None = None,
          cast=None, allow_lossy: bool = False, overwrite: bool = True,
          compression: str | None = None, options=None) -> Report:
     """Write a Bundle or a mapping of names to arrays/Tensors/Tables to ``dst``."""
+    if storage.is_remote(dst):
+        with storage.staged(None, dst, overwrite=overwrite) as (_, ldst, names):
+            report = save(data, ldst, format=format, metadata=metadata, cast=cast,
+                          allow_lossy=allow_lossy, overwrite=overwrite,
+                          compression=compression, options=options)
+        return storage.renamed_report(report, names)
     t0 = time.perf_counter()
-    dst = os.fspath(dst)
+    dst = storage.local(dst)
     fmt = for_output(dst, format)
     fmt.check_available()
     wopts = write_options(fmt, compression=compression, options=options)

@@ -1,0 +1,587 @@
+"""Where files live: local paths as they are; fsspec URLs and open file objects staged.
+
+Readers and writers work on local files (memory maps, h5py, pyarrow, ``copy_file_range``).
+A remote input (``s3://``, ``gs://``, ``az://``, ``memory://``, ``http(s)://`` or an open
+binary file object) is *staged* into a private temp folder under its own base name:
+
+- for ``inspect`` (``headers=True``) as a sparse file of the object's full size holding only
+  the byte ranges the format's headers live in (safetensors and npy headers, the Parquet
+  footer, the Arrow IPC footer and batch metadata), fetched with ranged reads; formats whose
+  headers are spread through the file (HDF5, ONNX, npz, Arrow streams) are fetched whole;
+- otherwise whole, in large ranges fetched concurrently.
+
+HDF5 is thus always read from a local copy, so the crash guard checks that copy as usual.
+A remote output is written to a local temp file and uploaded only once the writer succeeded
+(one PUT, or a multipart upload completed at its end): a failed run leaves nothing at DST.
+
+fsspec is imported only when a URL or a file object is given; ``file://`` URLs are plain
+local paths. Error messages name the URL, never the temp copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import struct
+import tempfile
+
+from .errors import (
+    Loss,
+    MissingDependencyError,
+    MlconvError,
+    OutputExistsError,
+    SourceNotFoundError,
+)
+
+RANGE = 16 << 20      # bytes per ranged request of a whole-object fetch
+WORKERS = 4           # ranged requests in flight at once
+HEAD = 64 << 10       # first guess at a header's extent: one request usually covers it
+MAX_HEADER = 256 << 20  # never fetch more than this for headers: fetch the whole object
+STATS = {"requests": 0, "bytes": 0}  # ranged reads made by this process (tests, benchmarks)
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_EXTRA = "pip install 'mlconv[remote]'"
+
+
+def is_url(p) -> bool:
+    return isinstance(p, str) and bool(_URL.match(p))
+
+
+def is_fileobj(p) -> bool:
+    return hasattr(p, "read") and not isinstance(p, (str, bytes, os.PathLike))
+
+
+def is_remote(p) -> bool:
+    """True for what must be staged: a URL other than ``file://``, or a file object."""
+    return is_fileobj(p) or (is_url(p) and not p.lower().startswith("file://"))
+
+
+def any_remote(*items) -> bool:
+    """True when any path (or any path of a list) is remote."""
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            if any(is_remote(x) for x in item):
+                return True
+        elif item is not None and is_remote(item):
+            return True
+    return False
+
+
+def local(p) -> str:
+    """A local path argument as a str: ``file://`` URLs become paths."""
+    if isinstance(p, str) and p.lower().startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        u = urlparse(p)
+        return unquote(u.path) if u.netloc in ("", "localhost") else unquote(p[7:])
+    return os.fspath(p)
+
+
+def shown(p) -> str:
+    """The name of ``p`` in messages and reports."""
+    if is_fileobj(p):
+        name = getattr(p, "name", None)
+        return name if isinstance(name, str) else "<file object>"
+    return local(p) if not is_url(p) or p.lower().startswith("file://") else p
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for ``url``; MissingDependencyError naming the
+    extra when fsspec or the protocol's package is missing."""
+    try:
+        import fsspec.core
+    except ImportError:
+        raise MissingDependencyError(f"URLs need fsspec: {_EXTRA}", url) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise MissingDependencyError(f"{url.split(':', 1)[0]}:// URLs need another package "
+                                     f"({str(e).splitlines()[0][:200]}); {_EXTRA} brings "
+                                     "fsspec and s3fs", url) from None
+    except ValueError as e:
+        if "Protocol not known" in str(e):
+            raise MlconvError(f"unknown URL scheme {url.split(':', 1)[0]!r}", url) from None
+        raise _failed("cannot open", url, e) from None
+
+
+def _failed(what: str, url: str, e: BaseException) -> MlconvError:
+    """A store's error as one line: missing objects as SourceNotFoundError."""
+    if isinstance(e, MlconvError):
+        return e
+    if isinstance(e, FileNotFoundError):
+        return SourceNotFoundError("no such file (or bucket)", url)
+    if isinstance(e, PermissionError):
+        return MlconvError(f"{what}: access denied ({_first_line(e)}); check the "
+                           "credentials for this store", url)
+    return MlconvError(f"{what}: {type(e).__name__}: {_first_line(e)}", url)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[-1] if isinstance(e, OSError) and e.args else e) or type(e).__name__
+    return text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+
+
+class _Object:
+    """A readable remote object or file object: ``size`` and ranged ``read``."""
+
+    def __init__(self, p):
+        self.name = shown(p)
+        if is_fileobj(p):
+            self.fs = None
+            self.f = p
+            try:
+                self.size = p.seek(0, os.SEEK_END)
+            except (OSError, AttributeError, ValueError):
+                self.size = None  # a pipe: read from where it is, once
+            return
+        self.fs, self.path = filesystem(p)
+        try:
+            info = self.fs.info(self.path)
+        except Exception as e:  # noqa: BLE001 - any store error is one line naming the URL
+            raise _failed("cannot read", p, e) from None
+        if info.get("type") == "directory":
+            raise SourceNotFoundError("is a directory, not a file", p)
+        self.size = info.get("size")
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.fs is None:
+            self.f.seek(start)
+            data = self.f.read(end - start)
+        else:
+            try:
+                data = self.fs.cat_file(self.path, start=start, end=end)
+            except Exception as e:  # noqa: BLE001
+                raise _failed("cannot read", self.name, e) from None
+        _count(len(data))
+        if len(data) > end - start and len(data) == self.size:
+            data = data[start:end]  # a server that ignores ranges sent it all: still right
+        if len(data) != end - start:
+            raise MlconvError(f"object shrank while reading: {end - start} bytes asked at "
+                              f"{start}, {len(data)} read", self.name)
+        return data
+
+
+_STATS_LOCK = __import__("threading").Lock()
+
+
+def _count(n: int) -> None:
+    with _STATS_LOCK:
+        STATS["requests"] += 1
+        STATS["bytes"] += n
+
+
+def _fetch_all(obj: _Object, fd: int) -> None:
+    if obj.size is None:  # a pipe, or a server that says no size: copy it as it comes
+        with contextlib.ExitStack() as stack:
+            try:
+                f = obj.f if obj.fs is None else stack.enter_context(obj.fs.open(obj.path))
+                while True:
+                    data = f.read(RANGE)
+                    if not data:
+                        return
+                    _count(len(data))
+                    os.write(fd, data)
+            except (MlconvError, OSError) as e:
+                if isinstance(e, OSError) and obj.fs is None:
+                    raise
+                raise _failed("cannot read", obj.name, e) from None
+    ranges = [(i, min(i + RANGE, obj.size)) for i in range(0, obj.size, RANGE)]
+    _fetch(obj, fd, ranges)
+
+
+def _fetch(obj: _Object, fd: int, ranges) -> None:
+    """Copy ``ranges`` of ``obj`` to the same offsets of ``fd``, several at once."""
+    def one(r):
+        os.pwrite(fd, obj.read(*r), r[0])
+
+    ranges = [r for r in ranges if r[1] > r[0]]
+    if obj.fs is None or len(ranges) < 2:
+        for r in ranges:
+            one(r)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, ranges))
+
+
+class _Sparse:
+    """The temp copy being filled: which ranges hold the object's bytes so far."""
+
+    def __init__(self, obj: _Object, fd: int):
+        import threading
+
+        self.obj, self.fd = obj, fd
+        self.have: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def get(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` for a header parser (capped at MAX_HEADER in all)."""
+        start, end = max(0, start), min(self.obj.size, end)
+        if end <= start:
+            return b""
+        if end - start > MAX_HEADER or sum(b - a for a, b in self.have) > MAX_HEADER:
+            raise _TooBig
+        self.fill(start, end)
+        return os.pread(self.fd, end - start, start)
+
+    def fill(self, start: int, end: int) -> None:
+        """Fetch what is missing of ``start:end`` (in RANGE pieces, several at once)."""
+        with self.lock:
+            missing = [(max(0, start), min(self.obj.size, end))]
+            for a, b in self.have:
+                missing = [piece for s, e in missing for piece in
+                           ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
+            pieces = [(i, min(i + RANGE, e)) for s, e in missing for i in range(s, e, RANGE)]
+            _fetch(self.obj, self.fd, pieces)
+            self.have.extend(missing)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _header_ranges(s: _Sparse, name: str) -> bool:
+    """Fetch what a reader of ``name``'s format needs for headers; False: fetch it all."""
+    size = s.obj.size
+    head = s.get(0, min(size, HEAD))
+    if head.startswith(b"PAR1") and size >= 12 and s.get(size - 4, size) == b"PAR1":
+        n = struct.unpack("<I", s.get(size - 8, size - 4))[0]
+        if n + 12 > size:
+            return False  # the reader says what is wrong
+        s.get(size - 8 - n, size)
+        return not _entries_layout(s, size, n)
+    if head.startswith(b"\x93NUMPY") and len(head) >= 12:
+        n = struct.unpack("<H", head[8:10])[0] if head[6] == 1 else \
+            struct.unpack("<I", head[8:12])[0]
+        s.get(0, 12 + n)
+        return True
+    if head.startswith(b"ARROW1") and size >= 16 and s.get(size - 6, size) == b"ARROW1":
+        n = struct.unpack("<i", s.get(size - 10, size - 6))[0]
+        if not 0 < n <= size - 18:
+            return False
+        s.get(size - 10 - n, size)
+        _arrow_blocks(s, size, n)
+        return True
+    if len(head) >= 8 and head[8:9] == b"{":  # safetensors: u64 header length, JSON
+        n = struct.unpack("<Q", head[:8])[0]
+        if n + 8 > size:
+            return False
+        s.get(0, 8 + n)
+        return True
+    return False
+
+
+def _entries_layout(s: _Sparse, size: int, n: int) -> bool:
+    """True when the Parquet footer says "entries" layout: its reader reads the small
+    name/dtype/shape columns too, so the whole object is fetched."""
+    footer = os.pread(s.fd, n, size - 8 - n)
+    return b"mlconv.layout" in footer and b"entries" in footer
+
+
+def _arrow_blocks(s: _Sparse, size: int, n: int) -> None:
+    """Fetch each record batch's metadata and each dictionary batch named in the IPC
+    footer (already fetched): what the Arrow reader touches to count rows."""
+    import mmap
+
+    from .formats.arrow import _file_blocks, _root
+
+    with mmap.mmap(s.fd, 0, access=mmap.ACCESS_READ) as mm:
+        blocks = _file_blocks(mm)
+        footer = _root(bytes(mm[size - 10 - n:size - 10]))
+        dictionaries = [struct.unpack_from("<qi4xq", footer.buf, at)
+                        for at in footer.vector(2, 24)]
+    for offset, meta in blocks:
+        s.get(offset, offset + meta)
+    for offset, meta, body in dictionaries:
+        s.get(offset, offset + meta + body)
+
+
+@contextlib.contextmanager
+def _temp_folder():
+    folder = tempfile.mkdtemp(prefix="mlconv-remote-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _base(p) -> str:
+    name = shown(p).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    name = re.sub(r"[\x00/\\]", "_", name)
+    return name if name not in ("", ".", "..") else "object"
+
+
+def stage(p, headers: bool = False):
+    """(local path, cleanup) for input ``p``; local paths come back as they are."""
+    path, cleanup, _ = _stage(p, headers)
+    return path, cleanup
+
+
+def stage_lazy(p):
+    """(local path, cleanup, fetcher) for ``load``: the copy holds the headers only when
+    ``fetcher`` is not None; ``lazy_bundle`` then makes the read bundle fetch on use."""
+    return _stage(p, True)
+
+
+_FETCHERS: dict[str, _Sparse] = {}  # copies staged with lazy=True that hold headers only
+
+
+def fetcher_for(path: str):
+    """The fetcher of a copy staged with ``lazy=True`` holding headers only, or None."""
+    return _FETCHERS.get(path)
+
+
+def lazy_bundle(bundle, fmt_id: str, path: str, fetcher) -> None:
+    """Tensors of a safetensors/npy copy holding headers only fetch their own bytes on first
+    use (a memory map of the copy then sees them); any other bundle gets the rest now."""
+    from .model import Tensor
+    from .sources import FileSource
+
+    if fetcher is None:
+        return
+    ok = fmt_id in ("safetensors", "npy") and all(
+        isinstance(e, Tensor) and isinstance(e.source, FileSource) and e.source.fmap.path == path
+        for e in bundle.values())
+    if not ok:
+        fetcher.fill(0, fetcher.obj.size)
+        return
+    for entry in bundle.values():
+        entry.source = _Fetching(entry.source, fetcher)
+
+
+def _stage(p, headers: bool):
+    if not is_remote(p):
+        return local(p), lambda: None, None
+    stack = contextlib.ExitStack()
+    try:
+        folder = stack.enter_context(_temp_folder())
+        obj = _Object(p)
+        path = os.path.join(folder, _base(p))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        stack.callback(os.close, fd)
+        partial = None
+        if headers and obj.size:
+            os.ftruncate(fd, obj.size)  # holes cost no disk and are never read
+            sparse = _Sparse(obj, fd)
+            try:
+                partial = sparse if _header_ranges(sparse, _base(p)) else None
+            except (_TooBig, struct.error, ValueError, IndexError):
+                partial = None
+        if partial is None:
+            os.ftruncate(fd, 0)
+            _fetch_all(obj, fd)
+            if is_url(p) and path.lower().endswith(".onnx"):
+                _onnx_side_files(p, path, folder)
+    except BaseException:
+        stack.close()
+        raise
+    return path, stack.close, partial
+
+
+def _onnx_side_files(url: str, path: str, folder: str) -> None:
+    """Fetch the external-data files an ONNX model names, from beside it, into ``folder``
+    (plain relative names only; the reader checks every location again)."""
+    from .formats.onnx import read_model
+
+    try:
+        model = read_model(path)
+    except MlconvError:
+        return  # the reader says what is wrong
+    names = set()
+    for init in model.graph.initializer:
+        for e in init.external_data:
+            if e.key == "location":
+                names.add(e.value)
+    base = url.rsplit("/", 1)[0]
+    for name in sorted(names):
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith("/") or any(x in ("", ".", "..") for x in parts):
+            continue
+        target = os.path.join(folder, *parts)
+        if os.path.lexists(target):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            side = _Object(base + "/" + "/".join(parts))
+        except SourceNotFoundError:
+            continue  # the reader reports it missing
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _fetch_all(side, fd)
+        finally:
+            os.close(fd)
+
+
+class _Fetching:
+    """A FileSource over a copy holding headers only: its range is fetched on first use.
+    No ``span``: a writer must not copy the file's bytes behind our back."""
+
+    span = None
+
+    def __init__(self, inner, fetcher: _Sparse):
+        self.inner, self.fetcher, self.done = inner, fetcher, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _ensure(self):
+        if not self.done:
+            self.fetcher.fill(self.inner.offset, self.inner.offset + self.inner.nbytes)
+            self.done = True
+
+    def array(self):
+        self._ensure()
+        return self.inner.array()
+
+    def chunks(self, size: int = RANGE):
+        self._ensure()
+        return self.inner.chunks(size)
+
+    def rows(self, index, cache=None):
+        self._ensure()
+        return self.inner.rows(index, cache)
+
+
+@contextlib.contextmanager
+def staged(inputs, output=None, *, overwrite: bool = False, headers: bool = False,
+           lazy: bool = False):
+    """Local stand-ins for ``inputs`` (a path or a list) and ``output``, yielded as
+    (inputs, output, names: temp path -> original name). The output is uploaded when the
+    block ends without an error; errors and reports name the originals, not the copies.
+    ``lazy``: inputs hold headers only where they can; ``fetcher_for`` finds their fetcher
+    (``lazy_bundle`` then fetches tensors on use, or the rest of the file at once)."""
+    names: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            one = not isinstance(inputs, (list, tuple))
+            out_in = []
+            for item in [inputs] if one else inputs:
+                if item is None:
+                    out_in.append(None)
+                    continue
+                path, cleanup, fetcher = _stage(item, headers or lazy)
+                stack.callback(cleanup)
+                if lazy and fetcher is not None:
+                    _FETCHERS[path] = fetcher
+                    stack.callback(_FETCHERS.pop, path, None)
+                names[path] = shown(item)
+                out_in.append(path)
+            dst = None
+            if output is not None:
+                dst = stack.enter_context(_output(output, overwrite))
+                names[dst] = shown(output)
+            yield (out_in[0] if one else out_in), dst, names
+        except MlconvError as e:
+            rename(e, names)
+            raise
+
+
+@contextlib.contextmanager
+def _output(dst, overwrite: bool):
+    if not is_remote(dst):
+        yield local(dst)
+        return
+    name = shown(dst)
+    fs = rpath = None
+    if is_url(dst) and dst.lower().startswith(("http://", "https://")):
+        from .errors import OptionError
+
+        raise OptionError("http(s) URLs are read-only: write to a store (s3://, gs://...)",
+                          name)
+    if not is_fileobj(dst):
+        fs, rpath = filesystem(dst)
+        try:
+            exists = fs.exists(rpath)
+        except Exception as e:  # noqa: BLE001
+            raise _failed("cannot write", name, e) from None
+        if exists and not overwrite:
+            raise OutputExistsError("output exists; use --force to replace it", name)
+    with _temp_folder() as folder:
+        path = os.path.join(folder, _base(dst))
+        yield path
+        # the writer succeeded: publish the file and any companions (ONNX external data)
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name != _base(dst)):
+            if not entry.is_file():
+                continue
+            if fs is None:
+                with open(entry.path, "rb") as f:
+                    shutil.copyfileobj(f, dst, RANGE)
+                continue
+            target = rpath if entry.name == _base(dst) else \
+                rpath.rsplit("/", 1)[0] + "/" + entry.name
+            upload(fs, entry.path, target, name)
+
+
+def upload(fs, path: str, target: str, name: str) -> None:
+    """Put local ``path`` at ``target``: one object, visible only once complete."""
+    try:
+        fs.put_file(path, target)
+    except Exception as e:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            if fs.exists(target) and fs.size(target) != os.path.getsize(path):
+                fs.rm_file(target)  # a store that publishes as it writes: never a cut file
+        raise _failed("cannot write", name, e) from None
+
+
+def rename(e: MlconvError, names: dict) -> None:
+    """Put the original names back into ``e`` where it names a temp copy."""
+    if e.path in names:
+        e.path = names[e.path]
+    for tmp, real in names.items():
+        if tmp in e.message:
+            e.message = e.message.replace(tmp, real)
+            e.args = (e.message,)
+
+
+def renamed_report(report, names: dict):
+    """``report`` (a convert Report) naming the originals."""
+    def fix(p):
+        return names.get(p, p)
+
+    report.src, report.dst = fix(report.src), fix(report.dst)
+    report.warnings = [Loss(w.what, fix(w.path), w.entry) for w in report.warnings]
+    report.notes = [Loss(w.what, fix(w.path), w.entry) for w in report.notes]
+    return report
+
+
+def read_bytes(p, limit: int = 64 << 20) -> bytes:
+    """A small whole file (an expectation file) from a path, URL or file object."""
+    if not is_remote(p):
+        with open(local(p), "rb") as f:
+            return f.read(limit + 1)
+    obj = _Object(p)
+    if obj.size is None:
+        return obj.f.read(limit + 1)
+    return obj.read(0, min(obj.size, limit + 1))
+
+
+def exists(p) -> bool:
+    """True when path or URL ``p`` names something."""
+    if not is_remote(p):
+        return os.path.lexists(local(p))
+    fs, path = filesystem(p)
+    try:
+        return fs.exists(path)
+    except Exception as e:  # noqa: BLE001
+        raise _failed("cannot read", p, e) from None
+
+
+def join(folder, name: str) -> str:
+    """``name`` inside ``folder`` (a local folder or a URL prefix)."""
+    folder = shown(folder) if is_url(folder) else os.fspath(folder)
+    if is_url(folder):
+        return folder.rstrip("/") + "/" + name
+    return os.path.join(folder, name)
+
+
+def glob(pattern: str) -> list[str]:
+    """URLs matching a URL ``pattern`` (sorted), with the scheme kept."""
+    fs, path = filesystem(pattern)
+    try:
+        hits = sorted(fs.glob(path))
+    except Exception as e:  # noqa: BLE001
+        raise _failed("cannot list", pattern, e) from None
+    return [fs.unstrip_protocol(h) for h in hits if not fs.isdir(h)]

@@ -1,0 +1,138 @@
+"""Many-file conversions on Dask (issue 15): a LocalCluster of 2 worker processes on
+loopback gives the same outputs as the local run, a poison file fails alone, and a worker
+killed mid-run loses nothing, half-writes nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+distributed = pytest.importorskip("distributed")
+
+import mlconv  # noqa: E402
+from mlconv.cli.main import cli  # noqa: E402
+from mlconv.convert.many import iter_convert_many  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _shards(folder, n=6, rows=2000):
+    import h5py
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        with h5py.File(folder / f"s{i:02d}.h5", "w") as f:
+            f["x"] = rng.random((rows, 8))
+            f["y"] = np.arange(rows, dtype=np.int64) + i
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def _tree(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_dask_outputs_identical_to_local(client, tmp_path):
+    files = _shards(tmp_path / "in")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "dask").mkdir()
+    local = mlconv.convert_many(files, tmp_path / "local", to="parquet", jobs=1)
+    remote = mlconv.convert_many(str(tmp_path / "in" / "*.h5"), tmp_path / "dask",
+                                 to="parquet", client=client)
+    assert all(r.ok for r in local + remote)
+    assert [r.src for r in remote] == files  # the list keeps the order of the sources
+    assert _tree(tmp_path / "local") == _tree(tmp_path / "dask")  # byte for byte
+    assert len(_tree(tmp_path / "dask")) == len(files)
+
+
+def test_poison_file_fails_alone(client, tmp_path):
+    files = _shards(tmp_path / "in", n=4)
+    poison = tmp_path / "in" / "s99.h5"
+    poison.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\xff" * 500)
+    (tmp_path / "out").mkdir()
+    results = mlconv.convert_many(files + [str(poison)], tmp_path / "out", to="parquet",
+                                  client=client)
+    bad = [r for r in results if not r.ok]
+    assert [r.src for r in bad] == [str(poison)]
+    assert str(poison) in bad[0].error.render()
+    assert sorted(os.listdir(tmp_path / "out")) == [f"s{i:02d}.parquet" for i in range(4)]
+
+
+def test_existing_output_refused_without_force(client, tmp_path):
+    files = _shards(tmp_path / "in", n=2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s00.parquet").write_bytes(b"mine")
+    results = mlconv.convert_many(files, tmp_path / "out", to="parquet", client=client)
+    assert [r.ok for r in results] == [False, True]
+    assert "exists" in results[0].error.message
+    assert (tmp_path / "out" / "s00.parquet").read_bytes() == b"mine"
+
+
+def test_worker_killed_mid_run(tmp_path):
+    """A worker process killed while converting: its files run again elsewhere; every
+    output is complete and equal to the local run's; no temp file or extra file is left."""
+    files = _shards(tmp_path / "in", n=10, rows=200_000)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "dask").mkdir()
+    assert all(r.ok for r in mlconv.convert_many(files, tmp_path / "local", to="parquet",
+                                                 jobs=1))
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    c = distributed.Client(cluster)
+    try:
+        pids = list(c.run(os.getpid).values())
+        killed = []
+
+        def kill_when_busy():
+            import time
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                busy = [w for w, tasks in c.processing().items() if tasks]
+                if busy:
+                    pid = c.run(os.getpid, workers=[busy[0]])[busy[0]]
+                    time.sleep(0.2)  # let it get into the conversion
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                time.sleep(0.05)
+
+        t = threading.Thread(target=kill_when_busy)
+        t.start()
+        results = list(iter_convert_many(files, tmp_path / "dask", to_format="parquet",
+                                         client=c))
+        t.join()
+    finally:
+        c.close()
+        cluster.close()
+    assert killed and killed[0] in pids
+    assert sorted(r.src for r in results) == files  # each file once
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    assert _tree(tmp_path / "dask") == _tree(tmp_path / "local")
+
+
+def test_cli_dask_local(tmp_path):
+    _shards(tmp_path / "in", n=3)
+    (tmp_path / "out").mkdir()
+    r = CliRunner().invoke(cli, [str(tmp_path / "in" / "*.h5"), str(tmp_path / "out") + "/",
+                                 "--to", "parquet", "--dask", "local:2"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "3 converted, 0 failed" in r.output
+    assert sorted(os.listdir(tmp_path / "out")) == ["s00.parquet", "s01.parquet",
+                                                    "s02.parquet"]
+    r = CliRunner().invoke(cli, [str(tmp_path / "in" / "s00.h5"), str(tmp_path / "x.parquet"),
+                                 "--dask", "local"], catch_exceptions=False)
+    assert r.exit_code == 2
