@@ -30,7 +30,7 @@ def load(path, format: str | None = None, *, allow_external: bool = False,
         fmt.check_available()
         bundle = fmt.read(local, ReadOptions(allow_external=allow_external, trusted=trusted,
                                              max_memory=max_memory, allow_expand=allow_expand))
-        storage.lazy_bundle(bundle, fmt.id, local, fetcher)
+        storage.lazy_bundle(bundle, local, fetcher)
     except MlconvError as e:
         storage.rename(e, {local: storage.shown(path)})
         cleanup()

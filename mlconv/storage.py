@@ -210,10 +210,11 @@ def _fetch(obj: _Object, fd: int, ranges) -> None:
 class _Sparse:
     """The temp copy being filled: which ranges hold the object's bytes so far."""
 
-    def __init__(self, obj: _Object, fd: int):
+    def __init__(self, obj: _Object, fd: int, path: str):
         import threading
 
         self.obj, self.fd = obj, fd
+        self.path = path  # the copy, for header parsers that map it
         self.have: list[tuple[int, int]] = []
         self.lock = threading.Lock()
 
@@ -244,59 +245,16 @@ class _TooBig(Exception):
 
 
 def _header_ranges(s: _Sparse, name: str) -> bool:
-    """Fetch what a reader of ``name``'s format needs for headers; False: fetch it all."""
+    """Fetch what a reader of the object's format needs for headers (the format says, by
+    its magic); False: fetch it all."""
+    from .formats import all_formats
+
     size = s.obj.size
     head = s.get(0, min(size, HEAD))
-    if head.startswith(b"PAR1") and size >= 12 and s.get(size - 4, size) == b"PAR1":
-        n = struct.unpack("<I", s.get(size - 8, size - 4))[0]
-        if n + 12 > size:
-            return False  # the reader says what is wrong
-        s.get(size - 8 - n, size)
-        return not _entries_layout(s, size, n)
-    if head.startswith(b"\x93NUMPY") and len(head) >= 12:
-        n = struct.unpack("<H", head[8:10])[0] if head[6] == 1 else \
-            struct.unpack("<I", head[8:12])[0]
-        s.get(0, 12 + n)
-        return True
-    if head.startswith(b"ARROW1") and size >= 16 and s.get(size - 6, size) == b"ARROW1":
-        n = struct.unpack("<i", s.get(size - 10, size - 6))[0]
-        if not 0 < n <= size - 18:
-            return False
-        s.get(size - 10 - n, size)
-        _arrow_blocks(s, size, n)
-        return True
-    if len(head) >= 8 and head[8:9] == b"{":  # safetensors: u64 header length, JSON
-        n = struct.unpack("<Q", head[:8])[0]
-        if n + 8 > size:
-            return False
-        s.get(0, 8 + n)
-        return True
+    for fmt in all_formats():
+        if fmt.can_read and fmt.sniff(head[:64], size):
+            return fmt.header_ranges(s.get, size, s.path)
     return False
-
-
-def _entries_layout(s: _Sparse, size: int, n: int) -> bool:
-    """True when the Parquet footer says "entries" layout: its reader reads the small
-    name/dtype/shape columns too, so the whole object is fetched."""
-    footer = os.pread(s.fd, n, size - 8 - n)
-    return b"mlconv.layout" in footer and b"entries" in footer
-
-
-def _arrow_blocks(s: _Sparse, size: int, n: int) -> None:
-    """Fetch each record batch's metadata and each dictionary batch named in the IPC
-    footer (already fetched): what the Arrow reader touches to count rows."""
-    import mmap
-
-    from .formats.arrow import _file_blocks, _root
-
-    with mmap.mmap(s.fd, 0, access=mmap.ACCESS_READ) as mm:
-        blocks = _file_blocks(mm)
-        footer = _root(bytes(mm[size - 10 - n:size - 10]))
-        dictionaries = [struct.unpack_from("<qi4xq", footer.buf, at)
-                        for at in footer.vector(2, 24)]
-    for offset, meta in blocks:
-        s.get(offset, offset + meta)
-    for offset, meta, body in dictionaries:
-        s.get(offset, offset + meta + body)
 
 
 @contextlib.contextmanager
@@ -334,15 +292,16 @@ def fetcher_for(path: str):
     return _FETCHERS.get(path)
 
 
-def lazy_bundle(bundle, fmt_id: str, path: str, fetcher) -> None:
-    """Tensors of a safetensors/npy copy holding headers only fetch their own bytes on first
-    use (a memory map of the copy then sees them); any other bundle gets the rest now."""
+def lazy_bundle(bundle, path: str, fetcher) -> None:
+    """Tensors memory-mapped from a copy holding headers only (safetensors, npy) fetch their
+    own bytes on first use (a memory map of the copy then sees them); any other bundle gets
+    the rest now."""
     from .model import Tensor
     from .sources import FileSource
 
     if fetcher is None:
         return
-    ok = fmt_id in ("safetensors", "npy") and all(
+    ok = all(  # payloads at offsets the headers gave: each fetched on first use
         isinstance(e, Tensor) and isinstance(e.source, FileSource) and e.source.fmap.path == path
         for e in bundle.values())
     if not ok:
@@ -365,7 +324,7 @@ def _stage(p, headers: bool):
         partial = None
         if headers and obj.size:
             os.ftruncate(fd, obj.size)  # holes cost no disk and are never read
-            sparse = _Sparse(obj, fd)
+            sparse = _Sparse(obj, fd, path)
             try:
                 partial = sparse if _header_ranges(sparse, _base(p)) else None
             except (_TooBig, struct.error, ValueError, IndexError):
@@ -373,30 +332,25 @@ def _stage(p, headers: bool):
         if partial is None:
             os.ftruncate(fd, 0)
             _fetch_all(obj, fd)
-            if is_url(p) and path.lower().endswith(".onnx"):
-                _onnx_side_files(p, path, folder)
+            if is_url(p):
+                _side_files(p, path, folder)
     except BaseException:
         stack.close()
         raise
     return path, stack.close, partial
 
 
-def _onnx_side_files(url: str, path: str, folder: str) -> None:
-    """Fetch the external-data files an ONNX model names, from beside it, into ``folder``
-    (plain relative names only; the reader checks every location again)."""
-    from .formats.onnx import read_model
+def _side_files(url: str, path: str, folder: str) -> None:
+    """Fetch the files the object's format reads beside it (ONNX external data), from beside
+    it, into ``folder`` (plain relative names only; the reader checks every one again)."""
+    from .formats import detect
 
     try:
-        model = read_model(path)
+        names = detect(path).side_files(path)
     except MlconvError:
         return  # the reader says what is wrong
-    names = set()
-    for init in model.graph.initializer:
-        for e in init.external_data:
-            if e.key == "location":
-                names.add(e.value)
     base = url.rsplit("/", 1)[0]
-    for name in sorted(names):
+    for name in sorted(set(names)):
         parts = name.replace("\\", "/").split("/")
         if not name or name.startswith("/") or any(x in ("", ".", "..") for x in parts):
             continue

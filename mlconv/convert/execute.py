@@ -293,10 +293,8 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
             max_memory: int = MAX_MEMORY, allow_expand: bool = False, options=None):
     """Convert file ``src`` to ``dst``; see ``mlconv convert --help`` for the options.
 
-    ``options``: the target format's own write options, as a mapping
-    (``{"layout": "entries"}``, ``{"template": "model.onnx"}``) or its dataclass
-    (``mlconv.formats.get("parquet").write_options(row_group_size=...)``).
-
+    ``options``: the target format's own write options, as a mapping (``{"layout":
+    "entries"}``) or its dataclass (``formats.get("parquet").write_options(...)``).
     ``src`` may also be a list of files: they merge into one ``dst`` (each keeps its entry
     names; an npy file's entry is its file stem). Returns a Report, or with ``dry_run`` the
     Plan, writing nothing. ``progress`` is called with the bytes written as they go; when it
@@ -310,34 +308,25 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
                     compression=compression, allow_external=allow_external,
                     kernel_copy=kernel_copy, overwrite=overwrite, pad=pad,
                     max_memory=max_memory, allow_expand=allow_expand, options=options)
-    files = _file_options(options)
-    if storage.any_remote(src, dst, *files.values()):  # local copies in, upload on success
-        with contextlib.ExitStack() as stack:
-            given = _options_mapping(options)
-            for name, value in files.items():  # a --template MODEL given as a URL
-                given[name] = stack.enter_context(storage.staged(value))[0]
-            lsrc, ldst, names = stack.enter_context(
-                storage.staged(src, dst, overwrite=overwrite, lazy=True))
-            report = convert(lsrc, ldst, from_format=from_format, to_format=to_format,
-                             select=select, exclude=exclude, cast=cast,
-                             allow_lossy=allow_lossy, overwrite=overwrite,
-                             compression=compression, allow_external=allow_external,
-                             kernel_copy=kernel_copy, progress=progress, pad=pad,
-                             max_memory=max_memory, allow_expand=allow_expand,
-                             options=given)
-        return storage.renamed_report(report, names)
+    if storage.any_remote(src, dst, *_file_options(options).values()):
+        return _convert_remote(src, dst, from_format=from_format, to_format=to_format,
+                               select=select, exclude=exclude, cast=cast,
+                               allow_lossy=allow_lossy, overwrite=overwrite,
+                               compression=compression, allow_external=allow_external,
+                               kernel_copy=kernel_copy, progress=progress, pad=pad,
+                               max_memory=max_memory, allow_expand=allow_expand,
+                               options=options)
     t0 = time.perf_counter()
     dst = storage.local(dst)
     out_fmt = for_output(dst, to_format)
     out_fmt.check_available()
     wopts = write_options(out_fmt, compression=compression, kernel_copy=kernel_copy,
-                          progress=progress,
-                          options=options)
+                          progress=progress, options=options)
     if not overwrite and os.path.lexists(dst):
         raise OutputExistsError("output exists; use --force to replace it", dst)
-    options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
-                          allow_expand=allow_expand)
-    with open_sources(src, from_format, options, allow_lossy) as (bundle, in_id, shown):
+    read = ReadOptions(allow_external=allow_external, max_memory=max_memory,
+                       allow_expand=allow_expand)
+    with open_sources(src, from_format, read, allow_lossy) as (bundle, in_id, shown):
         fitted, warnings = fit(bundle, out_fmt, select=select, exclude=exclude, casts=cast,
                                allow_lossy=allow_lossy, pad=pad)
         if progress is not None and hasattr(progress, "total"):
@@ -345,6 +334,19 @@ def convert(src, dst, *, from_format: str | None = None, to_format: str | None =
         size = write(fitted, dst, out_fmt, wopts, overwrite=overwrite)
     return Report(shown, dst, in_id, out_fmt.id, len(fitted), size,
                   time.perf_counter() - t0, warnings, fitted.notes)
+
+
+def _convert_remote(src, dst, *, options, overwrite: bool, **rest):
+    """``convert`` with URLs or file objects: local copies in (a ``--template`` too), the
+    output uploaded only on success."""
+    with contextlib.ExitStack() as stack:
+        given = _options_mapping(options)
+        for name, value in _file_options(options).items():
+            given[name] = stack.enter_context(storage.staged(value))[0]
+        lsrc, ldst, names = stack.enter_context(
+            storage.staged(src, dst, overwrite=overwrite, lazy=True))
+        report = convert(lsrc, ldst, overwrite=overwrite, options=given, **rest)
+    return storage.renamed_report(report, names)
 
 
 @contextlib.contextmanager
@@ -356,7 +358,7 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
         fmt = detect(one, from_format)
         fmt.check_available()
         with fmt.read(one, options) as bundle:
-            storage.lazy_bundle(bundle, fmt.id, one, storage.fetcher_for(one))  # remote
+            storage.lazy_bundle(bundle, one, storage.fetcher_for(one))  # remote
             yield bundle, fmt.id, one
         return
     with contextlib.ExitStack() as stack:
@@ -368,7 +370,7 @@ def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
             fmt.check_available()
             ids.append(fmt.id)
             part = stack.enter_context(fmt.read(item, options))
-            storage.lazy_bundle(part, fmt.id, item, storage.fetcher_for(item))
+            storage.lazy_bundle(part, item, storage.fetcher_for(item))
             _merge_into(merged, part, item, owner, allow_lossy)
         merged.format = ids[0] if len(set(ids)) == 1 else None
         yield merged, "+".join(dict.fromkeys(ids)), f"{len(src)} files"

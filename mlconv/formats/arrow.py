@@ -321,6 +321,28 @@ class Arrow(Format):
     def sniff(self, head: bytes, size: int) -> bool:
         return head.startswith(FILE_MAGIC)
 
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        """The footer, each record batch's metadata and each dictionary batch: what the
+        reader touches to count rows."""
+        import mmap
+
+        if size < 16 or get(size - 6, size) != FILE_MAGIC:
+            return False
+        n = struct.unpack("<i", get(size - 10, size - 6))[0]
+        if not 0 < n <= size - 18:
+            return False
+        get(size - 10 - n, size)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            blocks = _file_blocks(mm)
+            footer = _root(bytes(mm[size - 10 - n:size - 10]))
+            dictionaries = [struct.unpack_from("<qi4xq", footer.buf, at)
+                            for at in footer.vector(2, 24)]
+        for offset, meta in blocks:
+            get(offset, offset + meta)
+        for offset, meta, body in dictionaries:
+            get(offset, offset + meta + body)
+        return True
+
     def read(self, path: str, options) -> Bundle:
         src = _Source(path, options.max_memory)
         name = stem_name(path)

@@ -141,6 +141,18 @@ class Format:
         ("in-memory", "one row holds the whole tensor")."""
         return general
 
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        """For remote files: fetch (``get(start, end) -> bytes``) the byte ranges a reader
+        of this format needs to list the file's entries; the object is ``size`` bytes and
+        ``path`` the local copy being filled (holes read as zeros). False: the reader needs
+        the whole object."""
+        return False
+
+    def side_files(self, path: str) -> list[str]:
+        """Relative names of the files a file of this format reads beside itself (ONNX
+        external data), fetched with it when it comes from a URL."""
+        return []
+
     isolate_env = "MLCONV_ISOLATE"  # set to 0 in a child so it does not isolate again
 
     def isolate(self) -> str | None:

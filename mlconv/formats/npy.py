@@ -341,6 +341,13 @@ class Npy(Format):
         bundle.on_close(fmap.close)
         return bundle
 
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        head = get(0, 12)
+        n = struct.unpack("<H", head[8:10])[0] if head[6] == 1 else \
+            struct.unpack("<I", head[8:12])[0]
+        get(0, 12 + n)
+        return True
+
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         # the planner fitted the bundle: one entry (caps.max_entries), a dtype npy holds
         sink = options.sink(f.fileno())

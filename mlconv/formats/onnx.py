@@ -214,6 +214,11 @@ class OnnxOptions:
 
 
 class Onnx(Format):
+    def side_files(self, path: str) -> list[str]:
+        model = read_model(path)
+        return [e.value for init in model.graph.initializer for e in init.external_data
+                if e.key == "location"]
+
     def read(self, path: str, options) -> Bundle:
         reader = _Reader(path)
         bundle = Bundle(path=path, format=self.id)

@@ -177,6 +177,18 @@ class Parquet(Format):
     def travel(self, bundle, name, entry, options, general):
         return layouts.travel(bundle, entry, options.own.layout, general)
 
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        import struct
+
+        if size < 12 or get(size - 4, size) != b"PAR1":
+            return False
+        n = struct.unpack("<I", get(size - 8, size - 4))[0]
+        if n + 12 > size:
+            return False  # the reader says what is wrong
+        footer = get(size - 8 - n, size)
+        # the entries layout's reader reads the small name/dtype/shape columns too
+        return not (layouts.LAYOUT_KEY in footer and b"entries" in footer)
+
     def read(self, path: str, options) -> Bundle:
         pf = _open(path)
         name = stem_name(path)

@@ -116,6 +116,13 @@ class Safetensors(Format):
         (n,) = struct.unpack("<Q", head[:8])
         return 2 <= n <= min(size - 8, MAX_HEADER) and head[8:9] == b"{"
 
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        n = struct.unpack("<Q", get(0, 8))[0]
+        if n + 8 > size:
+            return False  # the reader says what is wrong
+        get(0, 8 + n)
+        return True
+
     def read(self, path: str, options) -> Bundle:
         size = os.path.getsize(path)
         metadata, entries, start = read_header(path, size)
