@@ -161,6 +161,25 @@ def _extended(t: Tensor, name, casts, allow_lossy, losses, src) -> Tensor | None
     return Tensor.from_numpy(values.reshape(t.shape).astype(to.numpy()), attrs)
 
 
+def _packed(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor | None:
+    """Values packed in blocks only their own format reads (quantized weights): kept as they
+    are for that format, decoded by ``--cast CODEC=DTYPE``, otherwise a named loss."""
+    source = t.source
+    to = casts.get(source.codec)
+    if to is None and fmt.id == source.codec_format:
+        return Tensor(source, encoding=t.encoding)  # its attrs only describe the blocks
+    if to is None:
+        way = f"--cast {source.codec}=float32, " if source.can_unpack else ""
+        what = f"{source.codec} blocks (quantized values) of logical shape " \
+            f"{list(source.logical_shape)}"
+        if not allow_lossy:
+            raise LossyConversionError(f"{fmt.id} cannot hold {what}; use {way}--exclude NAME "
+                                       "or --allow-lossy", src, name)
+        losses.append(Loss(f"{fmt.id} cannot hold {what}; entry dropped", src, name))
+        return None
+    return _fit_tensor(Tensor(source.unpacked(to)), name, fmt, casts, allow_lossy, losses, src)
+
+
 def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table | None:
     """``table`` without its excluded columns (``--exclude TABLE/COLUMN``) and those ``fmt``
     cannot hold (each a loss); None when no column is left."""
@@ -177,6 +196,8 @@ def _fit_columns(table: Table, name: str, fmt: Format, exclude, loss) -> Table |
 
 def _fit_tensor(t: Tensor, name, fmt, casts, allow_lossy, losses, src) -> Tensor | None:
     """``t`` cast as asked, then in a dtype ``fmt`` holds (or None: dropped, with a loss)."""
+    if getattr(t.source, "codec", None) is not None:
+        return _packed(t, name, fmt, casts, allow_lossy, losses, src)
     if D.FLOAT128_ATTR in t.attrs:
         t = _extended(t, name, casts, allow_lossy, losses, src)
         if t is None:

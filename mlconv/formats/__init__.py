@@ -20,6 +20,7 @@ IDS = (
     "parquet",
     "arrow",
     "onnx",
+    "gguf",
 )
 
 _SNIFF_BYTES = 64
