@@ -122,7 +122,84 @@ def _q8_0(b):
     return _f16(b, 0) * b[:, 2:34].view(np.int8).astype(np.float32)
 
 
-DEQUANT = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0}
+# K-quants: 256-element super-blocks in sub-blocks with their own 4- to 8-bit scales.
+# Each helper returns (n, 256) arrays indexed by element; ``per(x, k)`` repeats the
+# per-sub-block values ``x`` (n, 256 // k) over the k elements of each sub-block.
+
+def _per(x, k: int):
+    return x.repeat(k, axis=1)
+
+
+def _crumbs(qs, groups: int):
+    """2-bit values: byte l of each 32-byte group holds elements l, l+32, l+64, l+96."""
+    np = _np()
+    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    return ((qs.reshape(-1, groups, 1, 32) >> shifts) & 3).reshape(len(qs), -1)
+
+
+def _scale_min_k4(s):
+    """The 8 6-bit scales and mins packed in 12 bytes (Q4_K, Q5_K: get_scale_min_k4)."""
+    np = _np()
+    lo, hi = s[:, 0:4], s[:, 4:8]
+    tail = s[:, 8:12]
+    sc = np.concatenate([lo & 63, (tail & 0x0F) | ((lo >> 6) << 4)], axis=1)
+    mn = np.concatenate([hi & 63, (tail >> 4) | ((hi >> 6) << 4)], axis=1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _q2_k(b):
+    np = _np()
+    sc, q = b[:, 0:16], _crumbs(b[:, 16:80], 2).astype(np.float32)
+    dl = _f16(b, 80) * (sc & 0x0F).astype(np.float32)
+    ml = _f16(b, 82) * (sc >> 4).astype(np.float32)
+    return _per(dl, 16) * q - _per(ml, 16)
+
+
+def _q3_k(b):
+    np = _np()
+    hmask, s = b[:, 0:32], b[:, 96:108]
+    low = np.concatenate([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], axis=1)
+    top = (s[:, None, 8:12] >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)) & 3
+    scales = (low | (top.reshape(len(b), 16) << 4)).astype(np.int8) - 32
+    bits = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    high = ((hmask[:, None, :] >> bits) & 1).reshape(len(b), 256)  # bit k: elements 32k..
+    q = _crumbs(b[:, 32:96], 2).astype(np.int8) - np.where(high == 1, 0, 4).astype(np.int8)
+    return _per(_f16(b, 108) * scales.astype(np.float32), 16) * q.astype(np.float32)
+
+
+def _q45_k(b, qh=None):
+    np = _np()
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    qs = b[:, -128:]
+    q = np.stack([qs.reshape(-1, 4, 32) & 0x0F, qs.reshape(-1, 4, 32) >> 4], axis=2)
+    q = q.reshape(len(b), 256)
+    if qh is not None:
+        bits = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+        q = q | (((qh[:, None, :] >> bits) & 1).reshape(len(b), 256) << 4)
+    d, dmin = _f16(b, 0) * sc, _f16(b, 2) * mn
+    return _per(d, 32) * q.astype(np.float32) - _per(dmin, 32)
+
+
+def _q4_k(b):
+    return _q45_k(b)
+
+
+def _q5_k(b):
+    return _q45_k(b, b[:, 16:48])
+
+
+def _q6_k(b):
+    np = _np()
+    n = len(b)
+    ql, qh, sc = b[:, 0:128].reshape(n, 2, 2, 32), b[:, 128:192], b[:, 192:208]
+    low = np.stack([ql & 0x0F, ql >> 4], axis=2).reshape(n, 2, 4, 32)  # (half, k, l)
+    high = _crumbs(qh, 2).reshape(n, 2, 4, 32)
+    q = ((low | (high << 4)).astype(np.int8) - 32).reshape(n, 256).astype(np.float32)
+    return _per(_f16(b, 208) * sc.view(np.int8).astype(np.float32), 16) * q
+
+
+DEQUANT = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0,
+           "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -370,7 +447,8 @@ class Dequantized(Source):
         b = self.blocks
         raw = b.fmap.array()[b.offset + first * b.itemsize:
                              b.offset + (first + count) * b.itemsize]
-        values = DEQUANT[GGML[b.gtype][0]](np.asarray(raw).reshape(count, b.itemsize))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/nan scales are the file's
+            values = DEQUANT[GGML[b.gtype][0]](np.asarray(raw).reshape(count, b.itemsize))
         return values.reshape(-1).astype(self.dtype.numpy(), copy=False)
 
     def array(self):
