@@ -27,7 +27,8 @@ from ..sources import FileMap, FileSource, Source, check_memory
 from .base import ALIGN, Capabilities, Format
 
 MAGIC = b"GGUF"
-MAX_HEADER = 128 << 20  # bytes of key-values + tensor infos (real vocabularies take ~10 MB)
+MAX_HEADER = 64 << 20   # bytes of key-values + tensor infos (real vocabularies take ~10 MB)
+MAX_ITEMS = 4 << 20     # array elements in all: bounds the Python objects a header makes
 MAX_DEPTH = 4           # arrays of arrays ...: llama.cpp itself reads none
 MAX_DIMS = 4            # GGML_MAX_DIMS
 MAX_NAME = 63           # GGML_MAX_NAME is 64 bytes with the terminating NUL
@@ -210,6 +211,7 @@ class _Header:
     def __init__(self, buf, path: str):
         self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)
         self.entry: str | None = None  # the key or tensor being read, for error messages
+        self.items = 0  # array elements read so far (MAX_ITEMS)
 
     def fail(self, what: str):
         raise FormatError(what, self.path, self.entry)
@@ -230,7 +232,7 @@ class _Header:
 
     def raw_string(self, what: str) -> bytes:
         n = self.unpack("Q", f"{what} length")
-        self.need(n, f"{what} of {n} bytes")
+        self.need(n, what)
         out = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         return out
@@ -248,6 +250,10 @@ class _Header:
         if n and n > (self.size - self.pos) // max(least, 1):
             self.fail(f"{what} count {n} is absurd: at {least} bytes each it needs more "
                       f"than the {self.size - self.pos} bytes left in the file")
+        if what == "array":
+            self.items += n
+            if self.items > MAX_ITEMS:
+                self.fail(f"arrays hold more than {MAX_ITEMS} elements in all (the cap)")
         return n
 
     def value(self, vtype: int, depth: int = 0):
@@ -284,11 +290,24 @@ class _Header:
         return {TYPED: name, "value": arr.tolist()}
 
     def _strings(self, n: int):
-        raws = [self.raw_string("string") for _ in range(n)]
+        start = self.pos
         try:
-            return {TYPED: "string", "value": [r.decode("utf-8") for r in raws]}
+            return {TYPED: "string", "value": [self._text() for _ in range(n)]}
         except UnicodeDecodeError:  # raw bytes kept exactly
-            return {TYPED: "bytes", "value": [r.hex() for r in raws]}
+            self.pos = start
+            return {TYPED: "bytes", "value": [self.raw_string("string").hex()
+                                              for _ in range(n)]}
+
+    def _text(self) -> str:
+        """One string straight from the map to a str (no bytes copy: big vocabularies)."""
+        (n,) = struct.unpack_from("<Q", self.buf, self.pos) if self.size - self.pos >= 8 \
+            else (None,)
+        if n is None or n > self.size - self.pos - 8:
+            return self.raw_string("string")  # raises the precise error
+        if self.pos + 8 + n > MAX_HEADER:
+            self.need(8 + n, "string")
+        self.pos += 8 + n
+        return str(self.buf[self.pos - n:self.pos], "utf-8")
 
 
 class Info:
