@@ -40,18 +40,24 @@ def gg_write(path, tensors=(), kvs=None, arch="test"):
     return path
 
 
-def kv_bytes(path) -> dict:
-    """Each key-value's exact bytes as gguf-py parses them (but general.alignment)."""
+def reference(path) -> tuple[dict, dict]:
+    """(key-values, tensors) as gguf-py parses ``path`` (one parse: it is slow on vocabularies).
+
+    Key-values: each one's exact bytes (but general.alignment); tensors: name -> (GGML type
+    name, logical numpy shape, raw bytes)."""
     r = gguf.GGUFReader(str(path))
-    return {name: b"".join(bytes(p.tobytes()) for p in f.parts) for name, f in r.fields.items()
-            if not name.startswith("GGUF.") and name != "general.alignment"}
+    kvs = {name: b"".join(bytes(p.tobytes()) for p in f.parts) for name, f in r.fields.items()
+           if not name.startswith("GGUF.") and name != "general.alignment"}
+    return kvs, {t.name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)),
+                          t.data.tobytes()) for t in r.tensors}
+
+
+def kv_bytes(path) -> dict:
+    return reference(path)[0]
 
 
 def tensors_of(path) -> dict:
-    """name -> (GGML type name, logical numpy shape, raw bytes) as gguf-py reads them."""
-    r = gguf.GGUFReader(str(path))
-    return {t.name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)),
-                     t.data.tobytes()) for t in r.tensors}
+    return reference(path)[1]
 
 
 def every_kv(w, key):
@@ -148,7 +154,7 @@ def test_reads_what_gguf_py_writes(ref_file):
     assert entries["blk.0.f16"]["dtype"] == "float16" and entries["blk.0.f16"]["shape"] == [8, 64]
     ref = tensors_of(ref_file)
     with mlconv.open(ref_file) as b:
-        for name, (_, shape, raw) in ref.items():
+        for name, (_, _, raw) in ref.items():
             assert b[name].numpy().tobytes() == raw
         md = b.metadata
     assert md["general.architecture"] == "test"
@@ -163,8 +169,7 @@ def test_gguf_to_gguf_is_exact(ref_file, tmp_path):
     out = tmp_path / "copy.gguf"
     res = run_cli(ref_file, out)
     assert res.exit_code == 0, res.output
-    assert tensors_of(out) == tensors_of(ref_file)
-    assert kv_bytes(out) == kv_bytes(ref_file)
+    assert reference(out) == reference(ref_file)
 
 
 @pytest.mark.parametrize("target", ["safetensors", "parquet", "arrow", "h5", "onnx", "npz"])
@@ -232,7 +237,6 @@ DEQUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
 def test_dequantize_random_blocks(tmp_path, name):
     """Random blocks (every bit pattern: odd scales, inf/nan) decode exactly like
     gguf.quants.dequantize, through a file and a streamed conversion in small chunks."""
-    from mlconv.formats import gguf as G
     qt = Q[name]
     block, size = gguf.GGML_QUANT_SIZES[qt]
     rng = np.random.default_rng(7)
@@ -283,6 +287,7 @@ def test_cli_inspect_json_and_validate(ref_file):
     m = json.loads(res.output)
     assert m["format"] == "gguf" and len(m["entries"]) == 5
     import jsonschema
+
     from mlconv.schemas import load as load_schema
     jsonschema.validate(m, load_schema("manifest"))
     text = run_cli("inspect", ref_file).output
@@ -427,13 +432,13 @@ ROWS = corpus_files("gguf")
 @pytest.mark.parametrize("row", corpus_params([r for r in ROWS if r["expect"] == "read"]))
 def test_corpus_good(tmp_path, row):
     path = CORPUS / row["path"]
-    ref = tensors_of(path)
+    ref = reference(path)
     with mlconv.open(path) as b:
         assert {n: (t.shape, t.numpy().tobytes()) for n, t in b.items()} == \
-            {n: (shape, raw) for n, (_, shape, raw) in ref.items()}
+            {n: (shape, raw) for n, (_, shape, raw) in ref[1].items()}
     out = tmp_path / "copy.gguf"
     mlconv.convert(path, out)
-    assert kv_bytes(out) == kv_bytes(path) and tensors_of(out) == ref
+    assert reference(out) == ref
     assert mlconv.validate(path).ok
 
 

@@ -593,7 +593,6 @@ def _kv_bytes(text: str, path, key) -> bytes:
 
 def _encode(typed: dict, top: bool = False) -> bytes:
     """Bytes of one typed value: with its type code (``top``) or as an array's element."""
-    np = _np()
     kind, value = typed[TYPED], typed["value"]
     code = _CODE[kind]
     if isinstance(value, list):
