@@ -14,10 +14,12 @@ as typed JSON (``{"$dtype": "uint32", "value": 4096}``), so they come back typed
 
 from __future__ import annotations
 
+import array
 import json
 import mmap
 import os
 import struct
+import sys
 
 from .. import dtypes as D
 from ..errors import FormatError, LossyConversionError, UnsupportedError
@@ -279,15 +281,19 @@ class _Header:
             return {TYPED: "array", "value": [self.value(ARRAY, depth + 1) for _ in range(n)]}
         if etype not in _SCALARS:
             self.fail(f"unknown array element type {etype}")
-        np = _np()
         name, code = _SCALARS[etype]
         size = struct.calcsize(code)
         n = self.count("array", size)
         self.need(n * size, f"{name} array")
-        dtype = np.dtype(np.bool_ if code == "?" else "<" + code)
-        arr = np.frombuffer(self.buf, dtype, n, self.pos)
+        raw = self.buf[self.pos:self.pos + n * size]
         self.pos += n * size
-        return {TYPED: name, "value": arr.tolist()}
+        if code == "?":
+            return {TYPED: name, "value": [b != 0 for b in raw]}
+        values = array.array(code)  # no numpy: inspect stays a header read
+        values.frombytes(raw)
+        if sys.byteorder == "big":
+            values.byteswap()
+        return {TYPED: name, "value": values.tolist()}
 
     def _strings(self, n: int):
         start = self.pos
@@ -604,7 +610,7 @@ def _encode(typed: dict, top: bool = False) -> bytes:
                      for v in value]
             body, elem = b"".join(_string(r) for r in items), STRING
         else:
-            body, elem = _scalars(kind, value).tobytes(), code
+            body, elem = _scalars(kind, value), code
         out = struct.pack("<IQ", elem, len(value)) + body
         return struct.pack("<I", ARRAY) + out if top else out
     if kind == "array" or not top:
@@ -612,29 +618,26 @@ def _encode(typed: dict, top: bool = False) -> bytes:
     if code == STRING:
         raw = bytes.fromhex(value) if kind == "bytes" else value.encode("utf-8")
         return struct.pack("<I", STRING) + _string(raw)
-    return struct.pack("<I", code) + _scalars(kind, [value]).tobytes()
+    return struct.pack("<I", code) + _scalars(kind, [value])
 
 
-def _scalars(kind: str, values: list):
-    """Little-endian numpy array of ``values`` as ``kind``; ValueError if one does not fit."""
-    np = _np()
+def _scalars(kind: str, values: list) -> bytes:
+    """``values`` packed little-endian as ``kind``; ValueError if one does not fit it."""
+    code = _SCALARS[_CODE[kind]][1]
     if kind == "bool":
         if not all(isinstance(v, bool) for v in values):
             raise ValueError("not booleans")
-        return np.asarray(values, np.bool_)
-    dtype = np.dtype(kind).newbyteorder("<")
-    if dtype.kind in "iu":
-        if not all(type(v) is int for v in values):
-            raise ValueError("not integers")
-        info = np.iinfo(dtype)
-        if any(v < info.min or v > info.max for v in values):
-            raise ValueError("out of range")
-        return np.asarray(values, dtype)
-    arr = np.asarray(values, np.float64)
-    if kind == "float32" and not np.array_equal(arr.astype(np.float32).astype(np.float64),
-                                                arr, equal_nan=True):
-        raise ValueError("not float32 values")
-    return arr.astype(dtype)
+    elif code in "fd":
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError("not numbers")
+    elif not all(type(v) is int for v in values):
+        raise ValueError("not integers")
+    raw = struct.pack(f"<{len(values)}{code}", *values)  # struct.error when out of range
+    if code == "f":  # a float32 must hold each value exactly: never round silently
+        back = struct.unpack(f"<{len(values)}f", raw)
+        if any(a != b and not (a != a and b != b) for a, b in zip(back, values, strict=True)):
+            raise ValueError("not float32 values")
+    return raw
 
 
 FORMAT = Gguf(
