@@ -408,6 +408,19 @@ def test_hostile_files_refused(tmp_path, case):
     assert not report.ok and words in report.problems[0].reason
 
 
+def test_validate_warns_what_llama_cpp_refuses(tmp_path):
+    """Sound GGUF that llama.cpp would still refuse: out-of-order data, long names."""
+    src = build(tmp_path / "w.gguf", (), [_tinfo("w", [8], 0, 32), _tinfo("v" * 70, [8])],
+                b"\0" * 64)
+    report = mlconv.validate(src)
+    assert report.ok
+    reasons = " | ".join(w.reason for w in report.warnings)
+    assert "in order" in reasons and "longer than 63" in reasons
+    ok = build(tmp_path / "ok.gguf", (), [_tinfo("w", [8]), _tinfo("v", [8], 0, 32)],
+               b"\0" * 64)
+    assert mlconv.validate(ok).warnings == []
+
+
 def test_header_caps(tmp_path, monkeypatch):
     from mlconv.formats import gguf as G
     monkeypatch.setattr(G, "MAX_ITEMS", 10)

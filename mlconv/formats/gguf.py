@@ -499,6 +499,9 @@ class Gguf(Format):
         bundle = Bundle(metadata={k: to_text(v) for k, v in kvs.items()}, path=path,
                         format=self.id)
         bundle.encoding["gguf.version"] = version
+        bundle.encoding["gguf.layout"] = [(t.name, data_start + t.offset, t.nbytes)
+                                          for t in infos]
+        bundle.encoding["gguf.data_start"] = data_start
         for t in infos:
             name, block, _, dtype = GGML[t.gtype]
             if dtype is not None:
@@ -511,6 +514,26 @@ class Gguf(Format):
                                           "logical_shape": list(t.shape)})
         bundle.on_close(fmap.close)
         return bundle
+
+    def check(self, path: str, bundle, deep: bool):
+        """Beyond what reading proved: what llama.cpp itself would refuse, as warnings (the
+        file is sound GGUF; gguf-py reads it)."""
+        problems, warnings = super().check(path, bundle, deep)
+        layout = bundle.encoding.get("gguf.layout", [])
+        alignment = _alignment(bundle.metadata)
+        expected = bundle.encoding.get("gguf.data_start", 0)
+        for name, offset, nbytes in layout:
+            if len(name.encode("utf-8")) > MAX_NAME:
+                warnings.append((name, f"name longer than {MAX_NAME} bytes: llama.cpp "
+                                       "refuses it"))
+            if expected is not None and offset != expected:  # said once: the rest follow
+                warnings.append((name, f"tensor data at file offset {offset}, not {expected} "
+                                       "(llama.cpp wants the tensors in order, each at the "
+                                       "next aligned offset)"))
+                expected = None
+            if expected is not None:
+                expected = offset + -(-nbytes // alignment) * alignment
+        return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         infos, entries, offset = [], [], 0
@@ -538,6 +561,11 @@ class Gguf(Format):
         for entry in entries:
             entry.write_to(sink)
             sink.pad_to(WRITE_ALIGNMENT)
+
+
+def _alignment(metadata) -> int:
+    typed = _typed(metadata.get("general.alignment", ""))
+    return typed["value"] if typed else DEFAULT_ALIGNMENT
 
 
 def _tensor_type(entry, name, path) -> tuple[int, list[int]]:
