@@ -195,6 +195,28 @@ def test_metadata_survives_other_formats(ref_file, tmp_path, target):
     assert got == {k: ref[k] for k in ("blk.0.f32", "blk.0.i32")}
 
 
+def test_metadata_text_that_does_not_fit_its_type_stays_text(tmp_path):
+    """Typed JSON from elsewhere that the GGUF type cannot hold exactly is written as the
+    text it is, never rounded or wrapped."""
+    md = {"f": '{"$dtype": "float32", "value": 0.1}',
+          "ok": '{"$dtype": "float32", "value": 0.5}',
+          "big": '{"$dtype": "int8", "value": 300}',
+          "mixed": '{"$dtype": "int32", "value": [1, "a"]}',
+          "odd": '{"$dtype": "complex64", "value": [1.0, 2.0]}', "plain": "{not json"}
+    out = tmp_path / "m.gguf"
+    mlconv.save({"w": np.zeros(1, np.float32)}, out, metadata=md)
+    r = gguf.GGUFReader(str(out))
+    for key in ("f", "big", "mixed", "odd", "plain"):
+        assert r.fields[key].types == [gguf.GGUFValueType.STRING]
+        assert r.fields[key].contents() == md[key]
+    assert r.fields["ok"].types == [gguf.GGUFValueType.FLOAT32]
+    assert r.fields["ok"].contents() == 0.5
+    with mlconv.open(out) as b:  # GGUF text that looks typed reads back marked as text
+        assert b.metadata["plain"] == md["plain"]
+        for key in ("f", "big", "mixed", "odd"):
+            assert json.loads(b.metadata[key]) == {"$dtype": "string", "value": md[key]}
+
+
 def test_quantized_into_other_formats_is_a_named_loss(ref_file, tmp_path):
     dst = tmp_path / "x.safetensors"
     with pytest.raises(LossyConversionError, match="q8_0") as err:
