@@ -28,13 +28,12 @@ def parse_casts(casts) -> dict[D.DType | str, D.DType]:
                 raise OptionError(f"--cast float128={to.value}: float128 casts to a float")
             out[D.FLOAT128] = to
             continue
-        if a.lower() in _codecs():  # packed blocks (quantized weights): decoded, then cast
-            to = _float_target(a.lower(), b)
-            out[a.lower()] = to
-            continue
         try:
             src, dst = D.parse(a), D.parse(b)
         except UnsupportedError as e:
+            if a.lower() in _codecs():  # packed blocks (quantized weights): decoded, then cast
+                out[a.lower()] = _float_target(a.lower(), b)
+                continue
             raise OptionError(f"--cast: {e.message}") from None
         if src.bits is None or dst.bits is None:
             raise OptionError(f"--cast {src.value}={dst.value}: only numeric dtypes cast")

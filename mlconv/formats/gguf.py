@@ -436,8 +436,10 @@ def _check_layout(h: _Header, infos, data_start: int, size: int) -> None:
 class BlockSource(FileSource):
     """Quantized tensor data: raw GGML blocks (dtype bytes, one element per block).
 
-    ``codec`` names the block type for the conversion planner; ``unpacked(dtype)`` gives
-    the values (the logical shape) where mlconv knows the type's reference formula.
+    What the conversion planner (convert/execute.py ``_packed``) asks of a packed source:
+    ``codec`` (the block type, e.g. "q8_0"), ``codec_format`` (the format that holds it
+    as is), ``logical_shape``, ``can_unpack`` and ``unpacked(dtype)``: the values, where
+    mlconv knows the type's reference formula.
     """
 
     codec_format = "gguf"
