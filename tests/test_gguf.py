@@ -252,7 +252,8 @@ def test_cast_names_are_checked():
         parse_casts(["q9_0=float32"])
 
 
-DEQUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+DEQUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                 "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0"]
 
 
 @pytest.mark.parametrize("name", DEQUANT_TYPES)

@@ -201,8 +201,58 @@ def _q6_k(b):
     return _per(_f16(b, 208) * sc.view(np.int8).astype(np.float32), 16) * q
 
 
+# codebook types: 4-bit indices into a table of values
+IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+MXFP4_VALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)  # e2m1, doubled
+
+
+def _lookup(table, idx):
+    np = _np()
+    return np.asarray(table, np.float32)[idx]
+
+
+def _iq4_nl(b):
+    return _f16(b, 0) * _lookup(IQ4_VALUES, _nibbles(b[:, 2:18]))
+
+
+def _iq4_xs(b):
+    np = _np()
+    n = len(b)
+    high = (np.ascontiguousarray(b[:, 2:4]).view("<u2") >> np.arange(0, 16, 2, dtype=np.uint16)
+            ) & 3
+    low = np.stack([b[:, 4:8] & 0x0F, b[:, 4:8] >> 4], axis=2).reshape(n, 8)
+    scales = (low | (high.astype(np.uint8) << 4)).astype(np.int8) - 32
+    q = np.stack([b[:, 8:].reshape(n, 8, 16) & 0x0F, b[:, 8:].reshape(n, 8, 16) >> 4], axis=2)
+    return _per(_f16(b, 0) * scales.astype(np.float32), 32) * _lookup(IQ4_VALUES, q.reshape(n, 256))
+
+
+def _mxfp4(b):
+    np = _np()
+    e = b[:, 0:1].astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23))
+    return bits.astype(np.uint32).view(np.float32) * _lookup(MXFP4_VALUES, _nibbles(b[:, 1:17]))
+
+
+def _tq1_0(b):
+    np = _np()
+    n = len(b)
+    pow3 = np.array([1, 3, 9, 27, 81], np.uint8)
+    parts = [(b[:, 0:32, None] * pow3).transpose(0, 2, 1).reshape(n, 160),  # uint8 wraps
+             (b[:, 32:48, None] * pow3).transpose(0, 2, 1).reshape(n, 80),
+             (b[:, 48:52, None] * pow3[:4]).transpose(0, 2, 1).reshape(n, 16)]
+    q = ((np.concatenate(parts, axis=1).astype(np.uint16) * 3) >> 8).astype(np.int8) - 1
+    return _f16(b, 52) * q.astype(np.float32)
+
+
+def _tq2_0(b):
+    np = _np()
+    return _f16(b, 64) * (_crumbs(b[:, 0:64], 2).astype(np.int8) - 1).astype(np.float32)
+
+
 DEQUANT = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0,
-           "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
+           "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
+           "IQ4_NL": _iq4_nl, "IQ4_XS": _iq4_xs, "MXFP4": _mxfp4, "TQ1_0": _tq1_0,
+           "TQ2_0": _tq2_0}
 
 
 # --- reading ----------------------------------------------------------------------------
