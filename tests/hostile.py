@@ -635,6 +635,29 @@ def newline_name(d: Path) -> Path:
     return path
 
 
+# --- GGUF ------------------------------------------------------------------------------------
+
+def _gguf(path: Path, kv: bytes) -> Path:
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"tok"
+                     + kv)
+    return path
+
+
+def gguf_array_count_bomb(d: Path) -> Path:
+    """A uint32 array declaring 2^59 elements (2 EiB) in a 50-byte file."""
+    return _gguf(d / "count.gguf", struct.pack("<IIQ", 9, 4, 1 << 59))
+
+
+def gguf_vocab_at_cap(d: Path) -> Path:
+    """4 Mi two-byte strings (40 MB): the most array elements a header may hold, each a
+    Python object once parsed."""
+    n = 4 << 20
+    rec = np.zeros((n, 10), np.uint8)
+    rec[:, 0] = 2
+    rec[:, 8], rec[:, 9] = 0x41 + np.arange(n) % 26, 0x61 + np.arange(n) // 26 % 26
+    return _gguf(d / "vocab.gguf", struct.pack("<IIQ", 9, 8, n) + rec.tobytes())
+
+
 # --- the list ---------------------------------------------------------------------------------
 
 @dataclass
@@ -716,4 +739,6 @@ CASES: dict[str, Case] = {
     # errors are one line
     "arrow_truncated": Case(arrow_truncated),
     "newline_name": Case(newline_name),
+    "gguf_array_count_bomb": Case(gguf_array_count_bomb),
+    "gguf_vocab_at_cap": Case(gguf_vocab_at_cap, exits={"inspect": (0,), "validate": (0,)}),
 }

@@ -158,6 +158,8 @@ class _Fitter:
 
     def tensor(self, t: Tensor, name: str) -> Tensor | None:
         """``t`` cast as asked, then in a dtype the target holds (or None: dropped)."""
+        if getattr(t.source, "codec", None) is not None:
+            return self.packed(t, name)
         if D.FLOAT128_ATTR in t.attrs:
             t = self.extended(t, name)
             if t is None:
@@ -184,6 +186,24 @@ class _Fitter:
         self.losses.append(Loss(f"{t.dtype.value} stored as {to.value} ({how})", self.src,
                                 name, "dtype", way, refusal))
         return t.cast(to)
+
+    def packed(self, t: Tensor, name: str) -> Tensor | None:
+        """Values packed in blocks only their own format reads (quantized weights): kept as
+        they are for that format, decoded by ``--cast CODEC=DTYPE``, else a named loss."""
+        source = t.source
+        to = self.casts.get(source.codec)
+        if to is None and self.fmt.id == source.codec_format:
+            return Tensor(source, encoding=t.encoding)  # its attrs only describe the blocks
+        if to is not None:
+            return self.tensor(Tensor(source.unpacked(to)), name)
+        way = (f"--cast {source.codec}=float32, " if source.can_unpack else "") + \
+            "--exclude NAME or --allow-lossy"
+        what = f"{source.codec} blocks (quantized values) of logical shape " \
+            f"{list(source.logical_shape)}"
+        self.losses.append(Loss(f"{self.fmt.id} cannot hold {what}; entry dropped", self.src,
+                                name, "blocks", way,
+                                f"{self.fmt.id} cannot hold {what}; use {way}"))
+        return None
 
     def extended(self, t: Tensor, name: str) -> Tensor | None:
         """Extended-precision floats (raw bytes): decoded by ``--cast float128=...``, else

@@ -11,8 +11,9 @@ from ..errors import MlconvError, OptionError, UnsupportedError
 _GLOB = frozenset("*?[")
 
 
-def parse_casts(casts) -> dict[D.DType, D.DType]:
-    """``{"bfloat16": "float32"}`` or ``["bfloat16=float32"]`` -> {DType: DType}."""
+def parse_casts(casts) -> dict[D.DType | str, D.DType]:
+    """``{"bfloat16": "float32"}`` or ``["bfloat16=float32"]`` -> {DType: DType}; a block
+    codec a format declares (``q8_0=float32``) is keyed by its lowercase name."""
     if not casts:
         return {}
     pairs = casts.items() if isinstance(casts, dict) else (_split_cast(c) for c in casts)
@@ -30,11 +31,31 @@ def parse_casts(casts) -> dict[D.DType, D.DType]:
         try:
             src, dst = D.parse(a), D.parse(b)
         except UnsupportedError as e:
+            if a.lower() in _codecs():  # packed blocks (quantized weights): decoded, then cast
+                out[a.lower()] = _float_target(a.lower(), b)
+                continue
             raise OptionError(f"--cast: {e.message}") from None
         if src.bits is None or dst.bits is None:
             raise OptionError(f"--cast {src.value}={dst.value}: only numeric dtypes cast")
         out[src] = dst
     return out
+
+
+def _codecs() -> set[str]:
+    """Cast sources beyond dtypes that formats declare: block codecs they can decode."""
+    from ..formats import all_formats
+
+    return {c for fmt in all_formats() for c in getattr(fmt, "codecs", ())}
+
+
+def _float_target(codec: str, name: str) -> D.DType:
+    try:
+        to = D.parse(name)
+    except UnsupportedError as e:
+        raise OptionError(f"--cast: {e.message}") from None
+    if to.kind != "float" or to.bits is None:
+        raise OptionError(f"--cast {codec}={to.value}: {codec} blocks decode to a float")
+    return to
 
 
 def _split_cast(text: str):

@@ -22,6 +22,7 @@ IDS = (
     "parquet",
     "arrow",
     "onnx",
+    "gguf",
 )
 
 _SNIFF_BYTES = 64

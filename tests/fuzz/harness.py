@@ -111,6 +111,25 @@ def _seed_hdf5():
             return f.read()
 
 
+def _seed_gguf():
+    """By hand (no gguf-py needed): typed key-values, string and nested arrays, an F32 and a
+    Q8_0 tensor; converting it dequantizes (the harness converts with allow_lossy)."""
+    def text(t):
+        return struct.pack("<Q", len(t)) + t
+
+    kvs = (text(b"general.architecture") + struct.pack("<I", 8) + text(b"llama")
+           + text(b"a.n") + struct.pack("<II", 4, 7)
+           + text(b"a.toks") + struct.pack("<IIQ", 9, 8, 2) + text(b"x") + text(b"yz")
+           + text(b"a.f") + struct.pack("<IIQ2f", 9, 6, 2, 0.5, -1.0)
+           + text(b"a.nest") + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ2h", 3, 2, 1, 2))
+    infos = (text(b"w") + struct.pack("<I2QIQ", 2, 2, 4, 0, 0)
+             + text(b"q") + struct.pack("<I1QIQ", 1, 32, 8, 32))
+    head = b"GGUF" + struct.pack("<IQQ", 3, 2, 5) + kvs + infos
+    head += b"\0" * (-len(head) % 32)
+    data = struct.pack("<8f", *range(8)) + b"\0" * 0 + struct.pack("<e", 0.25) + bytes(range(32))
+    return head + data
+
+
 # name: (seed maker, file suffix)
 TARGETS = {
     "npy": (_seed_npy, ".npy"),
@@ -122,6 +141,7 @@ TARGETS = {
     "parquet_rows": (_seed_parquet("rows"), ".parquet"),
     "arrow": (_seed_arrow, ".arrow"),
     "hdf5": (_seed_hdf5, ".h5"),
+    "gguf": (_seed_gguf, ".gguf"),
 }
 
 _INTS = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 31, 1 << 32,
