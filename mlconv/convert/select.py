@@ -45,7 +45,7 @@ def _codecs() -> set[str]:
     """Cast sources beyond dtypes that formats declare: block codecs they can decode."""
     from ..formats import all_formats
 
-    return {c for fmt in all_formats() for c in getattr(fmt, "codecs", ())}
+    return {c for fmt in all_formats() for c in fmt.codecs}
 
 
 def _float_target(codec: str, name: str) -> D.DType:

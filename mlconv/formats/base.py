@@ -153,6 +153,11 @@ class Format:
         external data), fetched with it when it comes from a URL."""
         return []
 
+    # block codecs (quantized weights) this format's sources can decode: each name is also
+    # a --cast source (``--cast q8_0=float32``); a source carrying one has ``codec``,
+    # ``codec_format``, ``logical_shape``, ``can_unpack`` and ``unpacked(dtype)``
+    codecs: tuple[str, ...] = ()
+
     isolate_env = "MLCONV_ISOLATE"  # set to 0 in a child so it does not isolate again
 
     def isolate(self) -> str | None:
