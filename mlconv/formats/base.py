@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 from ..dtypes import DType
@@ -156,7 +157,7 @@ class Format:
     # block codecs (quantized weights) this format's sources can decode: each name is also
     # a --cast source (``--cast q8_0=float32``); a source carrying one has ``codec``,
     # ``codec_format``, ``logical_shape``, ``can_unpack`` and ``unpacked(dtype)``
-    codecs: tuple[str, ...] = ()
+    codecs: ClassVar[tuple[str, ...]] = ()
 
     isolate_env = "MLCONV_ISOLATE"  # set to 0 in a child so it does not isolate again
 
