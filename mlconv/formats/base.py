@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
-from typing import ClassVar
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..dtypes import DType
 from ..errors import MissingDependencyError
