@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import dtypes as D
 from .dtypes import DType
-from .errors import FormatError, LossyConversionError, UnsupportedError
+from .errors import FormatError, Loss, LossyConversionError, UnsupportedError
 from .fileio import CHUNK
 from .model import Table, TableSource, Tensor
 from .sources import Source, array_chunks, element_dtype, gather_rows
@@ -108,8 +108,9 @@ class ColumnSource(Source):
                     "cannot hold; use --allow-lossy to store them as NaN/0", self.path,
                     self.entry)
             if self.warnings is not None:
-                self.warnings.append(f"{col.null_count} null(s) in column {self.column!r} "
-                                     f"stored as NaN/0 ({self.path}:{self.entry})")
+                self.warnings.append(Loss(f"{col.null_count} null(s) in column "
+                                          f"{self.column!r} stored as NaN/0", self.path,
+                                          self.entry, "nulls"))
             col = col.fill_null(_fill_value(col.type))
         storage = col.storage if isinstance(col, pa.ExtensionArray) else col
         while pa.types.is_fixed_size_list(storage.type):
@@ -164,8 +165,9 @@ class _Filled(TableSource):
             cols = []
             for field, col in zip(batch.schema, batch.columns, strict=True):
                 if col.null_count and not _temporal(field.type):
-                    self.warnings.append(f"{col.null_count} null(s) in column {field.name!r} "
-                                         f"stored as NaN/0/empty ({self.path}:{self.entry})")
+                    self.warnings.append(Loss(f"{col.null_count} null(s) in column "
+                                              f"{field.name!r} stored as NaN/0/empty",
+                                              self.path, self.entry, "nulls"))
                     col = col.fill_null(_fill_value(col.type))
                 cols.append(col)
             yield pa.RecordBatch.from_arrays(cols, schema=batch.schema)
@@ -256,8 +258,8 @@ def padded(table: Table, field, value: float, path, entry, warnings=None) -> Ten
     if fill != value:
         raise LossyConversionError(f"--pad {value} is not a {dtype.value} value", path, entry)
     if warnings is not None:
-        warnings.append(str(LossyConversionError(
-            f"ragged column padded with {value} to {longest} per row", path, entry)))
+        warnings.append(Loss(f"ragged column padded with {value} to {longest} per row",
+                             path, entry, "padded"))
     return Tensor(PaddedSource(table, field.name, dtype, longest, fill, path, entry))
 
 

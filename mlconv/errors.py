@@ -14,8 +14,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Messages name their way out in CLI words (``use --force``); a library caller reads the
 # same hint as keyword arguments (``use overwrite=True``).
-_VALUED = {"cast", "select", "exclude", "from", "to", "layout", "compression", "template",
-           "row-group-size", "max-memory", "pad", "schema"}
 _RENAMED = {"force": "overwrite", "from": "from_format", "to": "to_format"}
 # keywords of convert()/plan()/validate() themselves; any other flag is one of a format's
 # own write options, which the API takes as ``options={...}``
@@ -25,6 +23,8 @@ _KEYWORDS = {"cast", "select", "exclude", "from", "to", "compression", "max-memo
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,()]+))?")
 
 
+_SWITCHES = {"force", "allow-lossy", "allow-external", "allow-expand", "dry-run", "deep",
+             "quick", "trusted"}
 _WORDS = {"does", "must", "applies", "expects", "needs", "is", "takes", "only", "and", "or",
           "to", "with", "writes", "cannot", "has"}
 
@@ -37,17 +37,24 @@ def _api_name(name: str) -> str:
 def _api_words(text: str) -> str:
     def sub(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
-        if value in _WORDS and name in _VALUED:  # "--template does not match": the subject
-            return f"{_api_name(name)} {value}"
+        if m.start() == 0:  # "--template does not match": the flag is the subject
+            return _api_name(name) + (f" {value}" if value else "")
+        if value in _WORDS:  # "use --allow-lossy or ...": the word is not its value
+            value = None
+            tail = f" {m.group(2)}"
+        else:
+            tail = ""
+        return _instruction(name, value) + tail
+
+    def _instruction(name, value) -> str:
         if name in ("from", "to") and (value is None or value.isupper()):
             return f"the {'from_format/format' if name == 'from' else 'to_format/format'} " \
                 "argument"
         key = _RENAMED.get(name, name.replace("-", "_"))
         if name not in _KEYWORDS:  # a format's own option
-            shown = repr(value) if name in _VALUED and value and not value.isupper() else \
-                "..." if name in _VALUED else "True"
+            shown = "True" if value is None else "..." if value.isupper() else repr(value)
             return f"options={{{key!r}: {shown}}}"
-        if name not in _VALUED:
+        if name in _SWITCHES:
             return f"{key}=True" + (f" {value}" if value else "")
         if value is None:
             return key + "=..."

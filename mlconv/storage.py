@@ -33,6 +33,7 @@ from .errors import (
     MlconvError,
     OutputExistsError,
     SourceNotFoundError,
+    as_loss,
 )
 
 RANGE = 16 << 20      # bytes per ranged request of a whole-object fetch
@@ -496,8 +497,12 @@ def renamed_report(report, names: dict):
         return names.get(p, p)
 
     report.src, report.dst = fix(report.src), fix(report.dst)
-    report.warnings = [Loss(w.what, fix(w.path), w.entry) for w in report.warnings]
-    report.notes = [Loss(w.what, fix(w.path), w.entry) for w in report.notes]
+    def renamed(w):
+        w = as_loss(w)
+        return Loss(w.what, fix(w.path), w.entry, w.kind, w.way_out, w.refusal)
+
+    report.warnings = [renamed(w) for w in report.warnings]
+    report.notes = [renamed(w) for w in report.notes]
     return report
 
 

@@ -249,3 +249,41 @@ def test_format_options_come_from_the_registry(tmp_path):
 
     assert pq.ParquetFile(tmp_path / "d.parquet").metadata.num_row_groups == 2
     assert not (tmp_path / "b.npz").exists() and not (tmp_path / "c.parquet").exists()
+
+
+def test_routes_follow_the_data_and_reach_the_same_format(tmp_path):
+    """Review findings: a format to itself is a route; a table starts from the table node;
+    quantized blocks from the blocks node; --layout entries ends at the entries node."""
+    from mlconv.convert.graph import edges, route
+    from mlconv.formats import all_formats
+
+    graph = edges(all_formats())
+    for fmt in all_formats():
+        for rep, *_ in fmt.representations:
+            assert route(graph, (fmt.id, rep), fmt.id), (fmt.id, rep)
+    assert [e.dst for e in route(graph, ("npy", "structured"), "npy")] == [("npy", "structured")]
+    st = tmp_path / "a.safetensors"
+    mlconv.save({"w": np.ones((4, 3), np.float32)}, st)
+    plan = mlconv.plan(st, tmp_path / "b.parquet", options={"layout": "entries"})
+    assert [e.dst for e in plan.route] == [("parquet", "entries")]
+    assert [s.method for s in plan.steps] == ["in-memory"]
+    assert [e.dst for e in mlconv.plan(st, tmp_path / "c.safetensors").route] == \
+        [("safetensors", "tensors")]
+
+
+def test_a_broken_plugin_never_stops_mlconv(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "broken-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlconv.formats]\nbroken = no_such_module:FORMAT\n")
+    np.save(tmp_path / "a.npy", np.arange(3.0))
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    cli = str(Path(sys.executable).with_name("mlconv"))
+    ok = subprocess.run([cli, "inspect", "a.npy"], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    asked = subprocess.run([cli, "a.npy", "b.x", "--to", "broken"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert asked.returncode in (1, 2) and "Traceback" not in asked.stderr
+    assert "no_such_module" in asked.stderr and len(asked.stderr.strip().splitlines()) == 1

@@ -428,3 +428,39 @@ def test_template_and_onnx_external_data_remote(mem, tmp_path):
     assert names[0] == "o.onnx" and len(names) == 3 and "t.onnx" in names  # + the side file
     with mlconv.open(f"memory://{root}/o.onnx") as b:
         assert np.array_equal(b["w"].numpy(), w * 2)
+
+
+def test_remote_losses_keep_their_data(mem, tmp_path):
+    """Review finding: nulls filled while a remote conversion streams crashed the report
+    (plain strings among the Loss objects); each loss keeps kind and way out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, root = mem
+    local = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": pa.array([1.0, None, 3.0])}), local)
+    fs.put_file(str(local), f"{root}/t.parquet")
+    report = mlconv.convert(f"memory://{root}/t.parquet", tmp_path / "o.npz", allow_lossy=True)
+    assert [w.kind for w in report.warnings] == ["nulls"]
+    assert f"memory://{root}/t.parquet" in str(report.warnings[0])
+
+
+def test_remote_corrupt_arrow_footer_is_a_format_error(mem, tmp_path):
+    """Review finding: a corrupt IPC footer raised BufferError from the header fetch."""
+    import pyarrow as pa
+
+    fs, root = mem
+    local = tmp_path / "x.arrow"
+    with pa.ipc.new_file(local, pa.schema([("a", pa.int64())])) as w:
+        w.write_batch(pa.record_batch([pa.array(np.arange(1000))], names=["a"]))
+    data = bytearray(local.read_bytes())
+    n = int.from_bytes(data[-10:-6], "little")
+    for i in range(len(data) - 10 - n, len(data) - 10, 3):  # scribble over the footer
+        data[i] ^= 0x5A
+    fs.pipe(f"{root}/x.arrow", bytes(data))
+    (tmp_path / "bad.arrow").write_bytes(bytes(data))
+    with pytest.raises(MlconvError) as here:
+        mlconv.inspect(tmp_path / "bad.arrow")
+    with pytest.raises(MlconvError) as remote:
+        mlconv.inspect(f"memory://{root}/x.arrow")
+    assert type(remote.value) is type(here.value)

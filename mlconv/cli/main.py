@@ -156,15 +156,18 @@ def _format_options(f):
         meta = field.metadata
         named = len(ids) == 1 or all(i in meta["help"].lower() for i in ids)
         kwargs = {"help": meta["help"] if named else f"{meta['help']} ({', '.join(ids)})"}
-        if field.default is False:
-            kwargs["is_flag"] = True
+        names = [flag(name)]
+        if isinstance(field.default, bool):  # a switch: --x, or --x/--no-x when on by default
+            kwargs.update(is_flag=True, default=field.default)
+            if field.default:
+                names = [f"{flag(name)}/--no-{flag(name)[2:]}"]
         elif meta.get("choices"):
             kwargs["type"] = click.Choice(list(meta["choices"]))
         elif meta.get("minimum") is not None:
             kwargs["type"] = click.IntRange(min=meta["minimum"])
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
-        f = click.option(flag(name), name, **kwargs)(f)
+        f = click.option(*names, name, **kwargs)(f)
     return f
 
 

@@ -373,6 +373,8 @@ def _convert_remote(src, dst, *, options, overwrite: bool, **rest):
 def open_sources(src, from_format, options: ReadOptions, allow_lossy=False):
     """Yield (bundle, format id, name for reports) for one file, or for a list of files
     merged into one bundle (kept open together, closed together)."""
+    if not isinstance(src, (str, os.PathLike)) and not len(src):
+        raise OptionError("no input files")
     if isinstance(src, (str, os.PathLike)) or len(src) == 1:
         one = storage.local(src if isinstance(src, (str, os.PathLike)) else src[0])
         fmt = detect(one, from_format)
@@ -442,13 +444,17 @@ def plan(src, dst, *, from_format: str | None = None, to_format: str | None = No
     """
     from ..formats import ids
 
-    if storage.any_remote(src):
-        with storage.staged(src) as (lsrc, _, names):
+    if storage.any_remote(src, *_file_options(options).values()):
+        with contextlib.ExitStack() as stack:
+            given = _options_mapping(options)
+            for name, value in _file_options(options).items():  # a --template URL
+                given[name] = stack.enter_context(storage.staged(value))[0]
+            lsrc, _, names = stack.enter_context(storage.staged(src))
             result = plan(lsrc, dst, from_format=from_format, to_format=to_format,
                           select=select, exclude=exclude, cast=cast, allow_lossy=allow_lossy,
                           compression=compression, allow_external=allow_external,
                           kernel_copy=kernel_copy, overwrite=overwrite, pad=pad,
-                          max_memory=max_memory, allow_expand=allow_expand, options=options)
+                          max_memory=max_memory, allow_expand=allow_expand, options=given)
         result.src = names.get(result.src, result.src)
         return result
     if isinstance(src, (str, os.PathLike)):
@@ -494,7 +500,7 @@ def _plan_bundle(result: Plan, bundle: Bundle, out_fmt: Format, wopts: WriteOpti
     result.steps = steps_for(fitted, out_fmt, wopts)
     if bundle.format:
         result.route = route(edges(all_formats()), start_node(get(bundle.format), bundle),
-                             out_fmt.id)
+                             out_fmt.id, out_fmt.representation(fitted, wopts))
 
 
 def _format_plan(a: Format, b: Format) -> Plan:

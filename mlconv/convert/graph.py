@@ -184,14 +184,25 @@ def edges(formats: list[Format]) -> list[Edge]:
     return out
 
 
-def route(graph: list[Edge], start: tuple[str, str], target: str) -> list[Edge]:
-    """The path from node ``start`` to any node of format ``target``: fewest losses, then
-    lowest cost (Dijkstra on that pair). Empty when the target cannot be reached."""
-    best = {start: (0, 0)}
-    queue = [(0, 0, start, [])]
+def route(graph: list[Edge], start: tuple[str, str], target: str,
+          end: str | None = None) -> list[Edge]:
+    """The path from node ``start`` to a node of format ``target`` (representation ``end``
+    when given): fewest losses, then lowest cost (Dijkstra on that pair); at least one edge,
+    so a format to itself is a route too. Empty when the target cannot be reached."""
+    def arrived(node) -> bool:
+        return node[0] == target and (end is None or node[1] == end)
+
+    best: dict = {}
+    queue: list = []
+    for e in graph:
+        if e.src == start:
+            key = (len(e.losses), e.cost)
+            if key < best.get(e.dst, (1 << 30, 0)):
+                best[e.dst] = key
+                heapq.heappush(queue, (*key, e.dst, [e]))
     while queue:
         lost, cost, node, path = heapq.heappop(queue)
-        if node[0] == target and path:
+        if arrived(node):
             return path
         if (lost, cost) > best.get(node, (lost, cost)):
             continue
@@ -205,12 +216,22 @@ def route(graph: list[Edge], start: tuple[str, str], target: str) -> list[Edge]:
     return []
 
 
+def _kind(entry) -> str:
+    if isinstance(entry, Table):
+        return "table"
+    return "blocks" if getattr(entry.source, "codec", None) is not None else "tensors"
+
+
 def start_node(fmt: Format, bundle: Bundle | None) -> tuple[str, str]:
-    """The node a file starts from: its table representation when it holds a table."""
-    kinds = {"table" if isinstance(e, Table) else "tensors" for e in (bundle or {}).values()}
-    for name, kind, *_ in fmt.representations:
-        if kind in kinds:
-            return fmt.id, name
+    """The node a file starts from: its table (or quantized blocks) representation when it
+    holds a table (or blocks), else its tensors."""
+    kinds = {_kind(e) for e in (bundle or {}).values()}
+    for wanted in ("table", "blocks", "tensors"):
+        if wanted not in kinds:
+            continue
+        for name, kind, *_ in fmt.representations:
+            if kind == wanted:
+                return fmt.id, name
     return fmt.id, fmt.representations[0][0]
 
 

@@ -79,7 +79,15 @@ def _load_plugin(fid: str, ep) -> Format:
 
 
 def all_formats() -> list[Format]:
-    return [get(m) for m in ids()]
+    """Every usable format; a plugin that fails to load is left out here (it is an error
+    only when asked for by id), so another package's bug never stops mlconv."""
+    out = [get(m) for m in IDS]
+    for fid in sorted(_entry_points()):
+        try:
+            out.append(get(fid))
+        except UnsupportedError:
+            pass
+    return out
 
 
 def write_option_fields() -> dict:
@@ -114,9 +122,11 @@ def make_write_options(fmt: Format, given=None):
     values = {}
     for name, value in (given or {}).items():
         f = declared.get(name)
+        if value is None:
+            continue  # left at its default (the CLI passes None for every flag not given)
         if f is None:
-            if value in (None, False):
-                continue  # an option left at its default, for another format
+            if value is False:
+                continue  # a flag not given, for another format
             owners = write_option_fields().get(name, (None, []))[1]
             where = f"applies to {', '.join(owners)} output only" if owners else \
                 "is not an option of any format"

@@ -316,7 +316,10 @@ class ArrowOptions:
 
 class Arrow(Format):
     def travel(self, bundle, name, entry, options, general):
-        return layouts.travel(bundle, entry, options.own.layout, general)
+        return layouts.travel(bundle, entry, self.own(options).layout, general)
+
+    def representation(self, bundle, options):
+        return layouts.representation(bundle, self.own(options).layout)
 
     def sniff(self, head: bytes, size: int) -> bool:
         return head.startswith(FILE_MAGIC)
@@ -332,11 +335,20 @@ class Arrow(Format):
         if not 0 < n <= size - 18:
             return False
         get(size - 10 - n, size)
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
             blocks = _file_blocks(mm)
             footer = _root(bytes(mm[size - 10 - n:size - 10]))
             dictionaries = [struct.unpack_from("<qi4xq", footer.buf, at)
                             for at in footer.vector(2, 24)]
+        except (MlconvError, struct.error, ValueError, IndexError):
+            return False  # a corrupt footer: the reader says what is wrong, from the whole
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # a failed parse's view still holds it: freed with that view
+                pass
         for offset, meta in blocks:
             get(offset, offset + meta)
         for offset, meta, body in dictionaries:
@@ -358,7 +370,7 @@ class Arrow(Format):
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow as pa
 
-        table = layouts.table_for_writing(bundle, options.own.layout, path)
+        table = layouts.table_for_writing(bundle, self.own(options).layout, path)
         schema = layouts.with_metadata(table.schema, bundle, table)
         comp = options.compression or self.caps.compressions[0]
         opts = pa.ipc.IpcWriteOptions(compression=None if comp == "none" else comp)

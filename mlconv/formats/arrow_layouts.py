@@ -41,6 +41,16 @@ def layout_option():
                   choices=("rows", "entries"))
 
 
+def representation(bundle: Bundle, layout: str | None) -> str:
+    """The node a write makes: the table, or tensors in the rows/entries layout."""
+    if any(isinstance(e, Table) for e in bundle.values()):
+        return "table"
+    try:
+        return choose(bundle, layout)
+    except UnsupportedError:
+        return "entries" if layout is None else layout
+
+
 def travel(bundle: Bundle, entry, layout: str | None, general):
     """In the entries layout one row holds a whole tensor: it is built in memory."""
     if isinstance(entry, Table) or any(isinstance(e, Table) for e in bundle.values()):

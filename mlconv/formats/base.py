@@ -134,6 +134,12 @@ class Format:
     def read(self, path: str, options: ReadOptions):
         raise NotImplementedError
 
+    def own(self, options: WriteOptions):
+        """This format's write options from ``options`` (their defaults when not given)."""
+        if options.own is not None or self.write_options is None:
+            return options.own
+        return self.write_options()
+
     def travel(self, bundle, name: str, entry, options: WriteOptions,
                general: tuple[str, str]) -> tuple[str, str]:
         """(method, why): how this writer moves ``entry``. ``general`` is the planner's
@@ -148,6 +154,11 @@ class Format:
         ``path`` the local copy being filled (holes read as zeros). False: the reader needs
         the whole object."""
         return False
+
+    def representation(self, bundle, options: WriteOptions) -> str | None:
+        """Which of ``representations`` a write of ``bundle`` with ``options`` makes, when
+        options decide it (Parquet's --layout); None: the planner's cheapest."""
+        return None
 
     def side_files(self, path: str) -> list[str]:
         """Relative names of the files a file of this format reads beside itself (ONNX

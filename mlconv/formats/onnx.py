@@ -279,8 +279,8 @@ class Onnx(Format):
         onnx = _onnx()
         tensors = list(bundle.items())  # fitted: tensors of dtypes ONNX holds
         total = sum(t.nbytes or 0 for _, t in tensors)
-        external = options.own.external_data or total > EXTERNAL_LIMIT
-        template = options.own.template
+        external = self.own(options).external_data or total > EXTERNAL_LIMIT
+        template = self.own(options).template
         if template is None and bundle.format == self.id:
             template = bundle.encoding.get("onnx.model")  # onnx -> onnx keeps its graph
         if template:

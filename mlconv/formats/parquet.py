@@ -175,7 +175,10 @@ class ParquetOptions:
 
 class Parquet(Format):
     def travel(self, bundle, name, entry, options, general):
-        return layouts.travel(bundle, entry, options.own.layout, general)
+        return layouts.travel(bundle, entry, self.own(options).layout, general)
+
+    def representation(self, bundle, options):
+        return layouts.representation(bundle, self.own(options).layout)
 
     def header_ranges(self, get, size: int, path: str) -> bool:
         import struct
@@ -272,12 +275,12 @@ class Parquet(Format):
     def write(self, bundle: Bundle, f, path: str, options) -> None:
         import pyarrow.parquet as pq
 
-        table = layouts.table_for_writing(bundle, options.own.layout, path)
+        table = layouts.table_for_writing(bundle, self.own(options).layout, path)
         schema = layouts.with_metadata(table.schema, bundle, table)
         import pyarrow as pa
 
         comp = options.compression or self.caps.compressions[0]
-        rows = options.own.row_group_size or 1 << 20
+        rows = self.own(options).row_group_size or 1 << 20
         try:
             with pq.ParquetWriter(library_path(f), schema, compression=comp) as writer:
                 pending, count, size = [], 0, 0
