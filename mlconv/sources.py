@@ -48,9 +48,10 @@ def element_dtype(dtype: DType, itemsize: int, byteorder: str = "<"):
 
 def element_itemsize(dtype: DType, itemsize: int | None = None) -> int | None:
     """Bytes per element; None for variable-width text whose width is known only once read."""
-    if dtype.bits is None:
+    bits = dtype.bits
+    if bits is None:
         return itemsize or None
-    return max(1, dtype.bits // 8)
+    return max(1, bits // 8)
 
 
 def _need_nibbles(dtype: DType, entry=None):
@@ -117,12 +118,16 @@ def array_chunks(arr, dtype: DType, size: int = CHUNK, casting: str = "equiv", a
 class Source:
     """Lazy data of one tensor: dtype, shape and the two views described in the module doc."""
 
+    # slots down to FileSource: a file can hold a million tensors, each one of these
+    __slots__ = ("dtype", "shape", "itemsize")
     span: tuple[str, int, int] | None = None
     limit: int | None = None  # --max-memory: bytes one decoded buffer may take
 
     def __init__(self, dtype: DType, shape: tuple[int, ...], itemsize: int | None = None):
         self.dtype = dtype
-        self.shape = tuple(int(d) for d in shape)
+        # a tuple of ints is kept, not copied: readers share one tuple among equal shapes
+        self.shape = shape if type(shape) is tuple and all(type(d) is int for d in shape) \
+            else tuple(map(int, shape))
         self.itemsize = element_itemsize(dtype, itemsize)
 
     @property
@@ -235,6 +240,8 @@ class ArraySource(Source):
 class _Stored(Source):
     """Bytes stored as numpy would: a byte order and C or Fortran order."""
 
+    __slots__ = ("byteorder", "fortran", "path", "entry", "verbatim")
+
     def __init__(self, dtype, shape, itemsize=None, byteorder="<", fortran=False,
                  path=None, entry=None):
         super().__init__(dtype, shape, itemsize)
@@ -287,13 +294,19 @@ class FileMap:
 class FileSource(_Stored):
     """Bytes at a checked offset of a file: a memory-mapped view, copied file-to-file."""
 
+    __slots__ = ("fmap", "offset", "nbytes", "limit", "_view", "_over")
+
     def __init__(self, fmap: FileMap, offset: int, dtype, shape, itemsize=None,
                  byteorder="<", fortran=False, entry=None):
         super().__init__(dtype, shape, itemsize, byteorder, fortran, fmap.path, entry)
         self.fmap = fmap
         self.offset = offset
-        if self.verbatim:
-            self.span = (fmap.path, offset, self.nbytes)
+        self.nbytes = self.dtype.nbytes(self.shape, self.itemsize)  # fixed: computed once
+        self.limit = None
+
+    @property
+    def span(self):
+        return (self.path, self.offset, self.nbytes) if self.verbatim else None
 
     def array(self):
         raw = self.fmap.array()[self.offset:self.offset + self.nbytes]
@@ -310,6 +323,8 @@ class FileSource(_Stored):
         return np.array(picked) if isinstance(index, slice) else picked
 
     def chunks(self, size: int = CHUNK):
+        if self.nbytes == 0:  # nothing to read: no open() per empty tensor
+            return
         if not self.verbatim:
             yield from array_chunks(self.array(), self.dtype, size, after=self.fmap.drop_pages)
             return
