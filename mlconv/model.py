@@ -179,6 +179,14 @@ class Tensor:
             return out[(0,) + rest]
         return out[(slice(None),) + rest] if rest else out
 
+    def row_reader(self, cache=None):
+        """A function ``i -> self[i]`` for many single-row reads: made once, so each read
+        is little more than numpy's own indexing where the source allows."""
+        fast = self.source.row_reader()
+        if fast is not None:
+            return fast
+        return lambda i: self.rows(slice(i, i + 1), cache)[0]
+
     def rows(self, index, cache=None):
         """A new numpy array of rows ``index`` (see ``sources.row_index``); ``cache``: an
         ``lru.ByteLRU`` keeping decoded chunks and row groups between calls."""

@@ -147,6 +147,10 @@ class Source:
     def chunks(self, size: int = CHUNK):
         yield from array_chunks(self.array(), self.dtype, size)
 
+    def row_reader(self):
+        """A fast ``i -> row i`` (a new array, or a numpy scalar for 1-D), or None."""
+        return None
+
     def rows(self, index, cache=None):
         """A new numpy array of rows ``index`` (from ``row_index``) along the first axis.
 
@@ -312,15 +316,28 @@ class FileSource(_Stored):
         raw = self.fmap.array()[self.offset:self.offset + self.nbytes]
         return self._from_bytes(raw)
 
-    def rows(self, index, cache=None):
-        """Only these rows' pages are touched: a slice or fancy index of the memory map."""
+    def _plain_view(self):
         np = _np()
         mm = self.fmap.array()
         if getattr(self, "_over", None) is not mm:  # a plain view: memmap's getitem is slow
             self._view, self._over = np.asarray(self._from_bytes(
                 mm[self.offset:self.offset + self.nbytes])), mm
-        picked = self._view[index]
-        return np.array(picked) if isinstance(index, slice) else picked
+        return self._view
+
+    def rows(self, index, cache=None):
+        """Only these rows' pages are touched: a slice or fancy index of the memory map."""
+        picked = self._plain_view()[index]
+        return _np().array(picked) if isinstance(index, slice) else picked
+
+    def row_reader(self):
+        if self.dtype.is_subbyte or not self.shape:
+            return None
+        view = self._plain_view()
+        if not view.dtype.isnative:  # Tensor.rows converts: take that path
+            return None
+        if view.ndim == 1:
+            return view.__getitem__  # a numpy scalar: a copy by nature
+        return lambda i: view[i].copy()
 
     def chunks(self, size: int = CHUNK):
         if self.nbytes == 0:  # nothing to read: no open() per empty tensor
