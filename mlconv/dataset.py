@@ -14,7 +14,8 @@ Shards are concatenated in order and must agree on column names, dtypes and row 
 Each read touches only what it needs: a memory-map slice where the bytes lie in the file
 as is, else whole HDF5 chunks or Parquet/Arrow pieces through a byte-sized LRU cache.
 A Dataset pickles as paths and shapes: every process opens the files itself on first use
-(fork and spawn alike), and a file that changed since the dataset was made is an error.
+(fork and spawn alike), and a file that changed since the dataset was made is an error
+(checked before every batch read, and at most every CHECK_NS for single rows).
 """
 
 from __future__ import annotations

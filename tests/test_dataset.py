@@ -560,3 +560,23 @@ def test_parquet_row_group_larger_than_a_read_batch(tmp_path):
     pick = [0, 8191, 8192, 16384, 19999, 5]
     np.testing.assert_array_equal(ds[pick]["v"], big[pick])
     np.testing.assert_array_equal(ds[8000:8400]["v"], big[8000:8400])
+
+
+def test_parquet_writer_sizes_row_groups_by_bytes(tmp_path, monkeypatch):
+    """A loader decodes a whole row group for one of its rows: mlconv's own files keep row
+    groups near GROUP_BYTES (unless --row-group-size says otherwise), in exact row order."""
+    from mlconv.formats import parquet
+
+    monkeypatch.setattr(parquet, "GROUP_BYTES", 100 * 800)  # ~100 rows of 784 + 8 bytes
+    x = np.arange(1000 * 784, dtype=np.uint8).reshape(1000, 28, 28)
+    y = np.arange(1000, dtype=np.int64)
+    mlconv.save({"x": x, "y": y}, tmp_path / "a.parquet")
+    meta = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(sizes) == 1000 and 8 <= len(sizes) <= 12 and max(sizes) <= 110
+    ds = mlconv.dataset(tmp_path / "a.parquet")
+    np.testing.assert_array_equal(ds[:]["x"], x)
+    np.testing.assert_array_equal(ds[[999, 0, 505]]["y"], y[[999, 0, 505]])
+    mlconv.convert(tmp_path / "a.parquet", tmp_path / "b.parquet", row_group_size=400)
+    meta = pq.ParquetFile(tmp_path / "b.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [400, 400, 200]
