@@ -155,7 +155,7 @@ def plain_table(pf, path: str, name: str, rows: int) -> Table:
     return table
 
 
-GROUP_BYTES = 16 << 20  # a row group's (uncompressed) bytes unless --row-group-size says
+GROUP_BYTES = 8 << 20  # a row group's (uncompressed) bytes unless --row-group-size says
 
 
 class Parquet(Format):
