@@ -670,10 +670,11 @@ CASES: dict[str, Case] = {
                                  exits={"inspect": (0,), "convert": (0,), "validate": (0,)}),
     "arrow_entries_100k": Case(arrow_entries_100k, ".safetensors",
                                exits={"inspect": (0,), "convert": (0,), "validate": (0,)}),
-    "safetensors_many_empty": Case(safetensors_many_empty, ".npy", json=True,
+    # the budget is 30 s of CPU; the wall cap only catches hangs (two busy cores)
+    "safetensors_many_empty": Case(safetensors_many_empty, ".npy", json=True, wall=120,
                                    exits={"inspect": (0,), "inspect --json": (0,),
                                           "validate": (0,)}),
-    "hdf5_many_datasets": Case(hdf5_many_datasets, ".safetensors",
+    "hdf5_many_datasets": Case(hdf5_many_datasets, ".safetensors", wall=120,
                                exits={"inspect": (0,), "convert": (0,), "validate": (0,)}),
     "pytables_exploding_repr": Case(pytables_exploding_repr, ".parquet"),
     # engineer A's classes (security, integrity, special files, internal errors)
