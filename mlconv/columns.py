@@ -119,6 +119,14 @@ class ColumnSource(Source):
             flat = np.frombuffer(storage.buffers()[1], np.uint8,
                                  len(storage) * storage.type.byte_width,
                                  storage.offset * storage.type.byte_width)
+        elif len(storage) and (pa.types.is_integer(storage.type)
+                               or pa.types.is_floating(storage.type)) \
+                and storage.type.bit_width == self.dtype.numpy().itemsize * 8:
+            # the bytes as they lie (viewed below): pyarrow's to_numpy imports pandas,
+            # ~50 MiB and 0.6 s in a loader process
+            w = storage.type.bit_width // 8
+            flat = np.frombuffer(storage.buffers()[1], np.uint8, len(storage) * w,
+                                 storage.offset * w)
         elif self.dtype.bits is None:  # text: fixed width, as numpy holds it
             kind = str if self.dtype is DType.string else bytes
             if self.width:

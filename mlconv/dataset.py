@@ -14,7 +14,8 @@ Shards are concatenated in order and must agree on column names, dtypes and row 
 Each read touches only what it needs: a memory-map slice where the bytes lie in the file
 as is, else whole HDF5 chunks or Parquet/Arrow pieces through a byte-sized LRU cache.
 A Dataset pickles as paths and shapes: every process opens the files itself on first use
-(fork and spawn alike), and a file that changed since the dataset was made is an error.
+(fork and spawn alike), and a file that changed since the dataset was made is an error
+(checked before every batch read, and at most every CHECK_NS for single rows).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import bisect
 import glob
 import os
+import time
 
 from . import storage
 from .errors import FormatError, OptionError, SourceNotFoundError, UnsupportedError
@@ -29,6 +31,8 @@ from .lru import ByteLRU
 from .sources import row_index
 
 CACHE_BYTES = 256 << 20
+CHECK_NS = 5_000_000  # single-row reads re-check their file at most every 5 ms
+_clock = time.monotonic_ns
 _forks = [0]  # bumped in every forked child: cheaper than asking os.getpid() per sample
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
@@ -86,15 +90,23 @@ class Dataset:
         return self._hi - self._lo
 
     def __getitem__(self, key) -> dict:
-        index, scalar = row_index(key, len(self))
-        if scalar:  # the per-sample path of loaders: kept short
+        # the per-sample path of loaders: kept short (a few us over the memory map itself)
+        if type(key) is int and 0 <= key < self._hi - self._lo:
+            g = key + self._lo
+        else:
+            index, scalar = row_index(key, len(self))
+            if not scalar:
+                return self._read(index)
             g = index.start + self._lo
-            s = bisect.bisect_right(self._bounds, g) - 1
-            proc = self._state()
-            tensors, local = self._tensors(s, proc), g - self._bounds[s]
-            return {k: t.rows(slice(local, local + 1), proc["cache"])[0]
-                    for k, t in tensors.items()}
-        return self._read(index)
+        bounds = self._bounds
+        s = 0 if len(bounds) == 2 else bisect.bisect_right(bounds, g) - 1
+        local = g - bounds[s]
+        proc = self._proc
+        if proc is not None and proc["forks"] == _forks[0]:  # _open's checks, inlined
+            got = proc["open"].get(s)
+            if got is not None and (got[3] is None or _clock() - got[4][0] < CHECK_NS):
+                return {k: get(local) for k, get in got[2].items()}
+        return {k: get(local) for k, get in self._open(s, self._state(), False)[2].items()}
 
     def __iter__(self):
         for batch in self.batches(1024):
@@ -134,8 +146,10 @@ class Dataset:
         """Release this process's files (they reopen on the next read)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc["pid"] == os.getpid():
-            for bundle, _ in proc["open"].values():
+            for bundle, _, _, held, _ in proc["open"].values():
                 bundle.close()
+                if held is not None:
+                    held.close()
 
     def __enter__(self) -> Dataset:
         return self
@@ -164,15 +178,45 @@ class Dataset:
                                  "cache": ByteLRU(self.cache_bytes)}
         return proc
 
-    def _tensors(self, s: int, proc: dict) -> dict:
+    def _open(self, s: int, proc: dict, batch: bool = True) -> tuple:
+        """(bundle, tensors, row readers, held file, [last check]) of shard ``s``, checked
+        unchanged: before every batch read, and before a single-row read when the last
+        check is CHECK_NS old (a check costs as much as reading a row from the map).
+
+        A check is an ``fstat`` of a descriptor held open since the first read (cheaper
+        than ``stat`` by path; a file unlinked or renamed over keeps its inode, which then
+        has no links), then ``stat`` by path when anything differs."""
+        got = proc["open"].get(s)
+        if got is not None:
+            held, last = got[3], got[4]
+            if held is not None:
+                now = _clock()
+                if batch or now - last[0] >= CHECK_NS:
+                    sig = self._shards[s][3]
+                    st = os.fstat(held.fileno())
+                    if st.st_nlink == 0 or st.st_mtime_ns != sig[3] or st.st_size != sig[2]:
+                        _check(held.name, sig)
+                        raise _changed(held.name)
+                    last[0] = now
+            return got
         path, _, entries, sig = self._shards[s]
         _check(path, sig)
-        if s not in proc["open"]:
-            bundle = _load(path, self._format, self._trusted)
-            found = _columns(bundle, path)
-            tensors = {c: found[e] for c, e in zip(self.columns, entries, strict=True)}
-            proc["open"][s] = (bundle, tensors)
-        return proc["open"][s][1]
+        held = None
+        if sig is not None:
+            held = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+            st = os.fstat(held.fileno())
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != sig:
+                held.close()
+                raise _changed(path)
+        bundle = _load(path, self._format, self._trusted)
+        found = _columns(bundle, path)
+        tensors = {c: found[e] for c, e in zip(self.columns, entries, strict=True)}
+        readers = {c: t.row_reader(proc["cache"]) for c, t in tensors.items()}
+        got = proc["open"][s] = (bundle, tensors, readers, held, [_clock()])
+        return got
+
+    def _tensors(self, s: int, proc: dict) -> dict:
+        return self._open(s, proc)[1]
 
     def _read(self, index) -> dict:
         import numpy as np
@@ -310,5 +354,9 @@ def _check(path: str, sig) -> None:
     except OSError as e:
         raise FormatError(f"file vanished under an open dataset: {e.strerror}", path) from None
     if now != sig:
-        raise FormatError("file changed under an open dataset (size, mtime or inode "
-                          "differ from when it was opened); make a new dataset", path)
+        raise _changed(path)
+
+
+def _changed(path: str) -> FormatError:
+    return FormatError("file changed under an open dataset (size, mtime or inode "
+                       "differ from when it was opened); make a new dataset", path)

@@ -6,7 +6,7 @@ import os
 
 from .formats import detect
 from .formats.base import MAX_MEMORY, ReadOptions
-from .model import Bundle, Table
+from .model import Bundle, Table, paused_gc
 from .version import __version__
 
 
@@ -17,17 +17,29 @@ def entry_manifest(name: str, entry) -> dict:
                 "attrs": _jsonable(entry.attrs)}
     return {"name": name, "kind": "tensor", "dtype": entry.dtype.value,
             "shape": list(entry.shape), "nbytes": entry.nbytes,
-            "attrs": _jsonable(entry.attrs)}
+            "attrs": _jsonable(entry.attrs) if entry.has_attrs else {}}
 
 
-def bundle_manifest(bundle: Bundle, path: str, size: int) -> dict:
+def bundle_manifest(bundle: Bundle, path: str, size: int, *, drain: bool = False) -> dict:
+    """The manifest of ``bundle``; ``drain`` empties the bundle as it goes, so that a million
+    entries are not held twice (as Tensors and as their descriptions) at the peak."""
+    with paused_gc():  # a dict per entry, maybe a million of them
+        if drain:
+            entries = [entry_manifest(n, e) for n, e in bundle._drain()]
+            entries.reverse()
+        else:
+            entries = [entry_manifest(n, e) for n, e in bundle.items()]
+        return _bundle_manifest(bundle, path, size, entries)
+
+
+def _bundle_manifest(bundle: Bundle, path: str, size: int, entries: list) -> dict:
     out = {
         "mlconv": __version__,
         "path": path,
         "format": bundle.format,
         "size": size,
         "metadata": dict(bundle.metadata),
-        "entries": [entry_manifest(n, e) for n, e in bundle.items()],
+        "entries": entries,
     }
     if bundle.group_attrs:
         out["groups"] = {g or "/": _jsonable(a) for g, a in bundle.group_attrs.items()}
@@ -45,11 +57,11 @@ def inspect(path, format: str | None = None, *, allow_external: bool = False,
 
     options = ReadOptions(allow_external=allow_external, max_memory=max_memory,
                           allow_expand=allow_expand)
-    with storage.staged(path, headers=True) as (local, _, _names):  # remote: headers fetched only
+    with storage.staged(path, headers=True) as (local, _, _names):  # remote: headers only
         fmt = detect(local, format)
         fmt.check_available()
         with fmt.read(local, options) as bundle:
-            manifest = bundle_manifest(bundle, local, os.path.getsize(local))
+            manifest = bundle_manifest(bundle, local, os.path.getsize(local), drain=True)
     manifest["path"] = storage.shown(path)
     return manifest
 

@@ -13,7 +13,9 @@ The model knows no file format.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 
 from .dtypes import DType, from_numpy
 from .errors import FormatError, UnsupportedError
@@ -23,12 +25,39 @@ from .sources import ArraySource, CastSource, Source
 
 class Tensor:
     kind = "tensor"
+    # a file can hold a million of these: slots, and no empty dicts until asked for
+    __slots__ = ("source", "_attrs", "_encoding")
 
     def __init__(self, source: Source, attrs: dict | None = None,
                  encoding: dict | None = None):
         self.source = source
-        self.attrs = dict(attrs or {})
-        self.encoding = dict(encoding or {})
+        self._attrs = dict(attrs) if attrs else None
+        self._encoding = dict(encoding) if encoding else None
+
+    @property
+    def attrs(self) -> dict:
+        if self._attrs is None:
+            self._attrs = {}
+        return self._attrs
+
+    @attrs.setter
+    def attrs(self, value: dict) -> None:
+        self._attrs = value
+
+    @property
+    def has_attrs(self) -> bool:
+        """``bool(self.attrs)`` without making an empty dict."""
+        return bool(self._attrs)
+
+    @property
+    def encoding(self) -> dict:
+        if self._encoding is None:
+            self._encoding = {}
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: dict) -> None:
+        self._encoding = value
 
     @classmethod
     def from_numpy(cls, arr, attrs: dict | None = None) -> Tensor:
@@ -149,6 +178,14 @@ class Tensor:
         if scalar:
             return out[(0,) + rest]
         return out[(slice(None),) + rest] if rest else out
+
+    def row_reader(self, cache=None):
+        """A function ``i -> self[i]`` for many single-row reads: made once, so each read
+        is little more than numpy's own indexing where the source allows."""
+        fast = self.source.row_reader()
+        if fast is not None:
+            return fast
+        return lambda i: self.rows(slice(i, i + 1), cache)[0]
 
     def rows(self, index, cache=None):
         """A new numpy array of rows ``index`` (see ``sources.row_index``); ``cache``: an
@@ -309,6 +346,29 @@ def check_entry(name: str, value, path) -> None:
                           "fit in 64 bits", path, name)
 
 
+@contextmanager
+def paused_gc():
+    """No cyclic garbage collection inside: building a million small objects (entries of a
+    huge header) otherwise triggers full collections that cost more than the work itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _names_ok(names: list[str]) -> bool:
+    """True when every name is a str, valid Unicode and short (what ``check_entry`` asks of a
+    name), found in one C-level pass over all of them."""
+    try:
+        "".join(names).encode("utf-8")  # any lone surrogate fails the whole
+    except (TypeError, UnicodeEncodeError):
+        return False
+    return max(map(len, names), default=0) <= MAX_NAME // 4
+
+
 class Bundle(MutableMapping):
     """An ordered mapping of hierarchical names to Tensors and Tables, plus file metadata.
 
@@ -351,6 +411,23 @@ class Bundle(MutableMapping):
         check_entry(name, value, self.path)
         self._entries[name] = value
 
+    def _add_tensors(self, names: list[str], tensors: list[Tensor]) -> None:
+        """``self[n] = t`` for each pair, with the same checks batched: a reader of a file
+        with a million entries must not pay a Python-level name check for each."""
+        if not _names_ok(names):
+            for name, t in zip(names, tensors, strict=True):  # the first bad one, as one by one
+                self[name] = t
+            return
+        seen = set()  # (shape, itemsize) already checked
+        entries = self._entries
+        for name, t in zip(names, tensors, strict=True):
+            src = t.source
+            key = (src.shape, src.itemsize)
+            if key not in seen:
+                check_entry(name, t, self.path)
+                seen.add(key)
+            entries[name] = t
+
     def __delitem__(self, name: str) -> None:
         del self._entries[name]
 
@@ -359,6 +436,11 @@ class Bundle(MutableMapping):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _drain(self) -> Iterator[tuple[str, Entry]]:
+        """Remove and yield every entry, the last first (what a dict pops in O(1))."""
+        while self._entries:
+            yield self._entries.popitem()
 
     def tensors(self) -> dict[str, Tensor]:
         return {k: v for k, v in self._entries.items() if isinstance(v, Tensor)}

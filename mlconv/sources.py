@@ -48,9 +48,10 @@ def element_dtype(dtype: DType, itemsize: int, byteorder: str = "<"):
 
 def element_itemsize(dtype: DType, itemsize: int | None = None) -> int | None:
     """Bytes per element; None for variable-width text whose width is known only once read."""
-    if dtype.bits is None:
+    bits = dtype.bits
+    if bits is None:
         return itemsize or None
-    return max(1, dtype.bits // 8)
+    return max(1, bits // 8)
 
 
 def _need_nibbles(dtype: DType, entry=None):
@@ -117,6 +118,8 @@ def array_chunks(arr, dtype: DType, size: int = CHUNK, casting: str = "equiv", a
 class Source:
     """Lazy data of one tensor: dtype, shape and the two views described in the module doc."""
 
+    # slots down to FileSource: a file can hold a million tensors, each one of these
+    __slots__ = ("dtype", "shape", "itemsize")
     span: tuple[str, int, int] | None = None
     limit: int | None = None  # --max-memory: bytes one decoded buffer may take
     held = False  # the whole entry is in memory (or built there) before a write reads it
@@ -124,7 +127,9 @@ class Source:
 
     def __init__(self, dtype: DType, shape: tuple[int, ...], itemsize: int | None = None):
         self.dtype = dtype
-        self.shape = tuple(int(d) for d in shape)
+        # a tuple of ints is kept, not copied: readers share one tuple among equal shapes
+        self.shape = shape if type(shape) is tuple and all(type(d) is int for d in shape) \
+            else tuple(map(int, shape))
         self.itemsize = element_itemsize(dtype, itemsize)
 
     @property
@@ -143,6 +148,10 @@ class Source:
 
     def chunks(self, size: int = CHUNK):
         yield from array_chunks(self.array(), self.dtype, size)
+
+    def row_reader(self):
+        """A fast ``i -> row i`` (a new array, or a numpy scalar for 1-D), or None."""
+        return None
 
     def rows(self, index, cache=None):
         """A new numpy array of rows ``index`` (from ``row_index``) along the first axis.
@@ -238,6 +247,8 @@ class ArraySource(Source):
 class _Stored(Source):
     """Bytes stored as numpy would: a byte order and C or Fortran order."""
 
+    __slots__ = ("byteorder", "fortran", "path", "entry", "verbatim")
+
     def __init__(self, dtype, shape, itemsize=None, byteorder="<", fortran=False,
                  path=None, entry=None):
         super().__init__(dtype, shape, itemsize)
@@ -290,29 +301,50 @@ class FileMap:
 class FileSource(_Stored):
     """Bytes at a checked offset of a file: a memory-mapped view, copied file-to-file."""
 
+    __slots__ = ("fmap", "offset", "nbytes", "limit", "_view", "_over")
+
     def __init__(self, fmap: FileMap, offset: int, dtype, shape, itemsize=None,
                  byteorder="<", fortran=False, entry=None):
         super().__init__(dtype, shape, itemsize, byteorder, fortran, fmap.path, entry)
         self.fmap = fmap
         self.offset = offset
-        if self.verbatim:
-            self.span = (fmap.path, offset, self.nbytes)
+        self.nbytes = self.dtype.nbytes(self.shape, self.itemsize)  # fixed: computed once
+        self.limit = None
+
+    @property
+    def span(self):
+        return (self.path, self.offset, self.nbytes) if self.verbatim else None
 
     def array(self):
         raw = self.fmap.array()[self.offset:self.offset + self.nbytes]
         return self._from_bytes(raw)
 
-    def rows(self, index, cache=None):
-        """Only these rows' pages are touched: a slice or fancy index of the memory map."""
+    def _plain_view(self):
         np = _np()
         mm = self.fmap.array()
         if getattr(self, "_over", None) is not mm:  # a plain view: memmap's getitem is slow
             self._view, self._over = np.asarray(self._from_bytes(
                 mm[self.offset:self.offset + self.nbytes])), mm
-        picked = self._view[index]
-        return np.array(picked) if isinstance(index, slice) else picked
+        return self._view
+
+    def rows(self, index, cache=None):
+        """Only these rows' pages are touched: a slice or fancy index of the memory map."""
+        picked = self._plain_view()[index]
+        return _np().array(picked) if isinstance(index, slice) else picked
+
+    def row_reader(self):
+        if self.dtype.is_subbyte or not self.shape:
+            return None
+        view = self._plain_view()
+        if not view.dtype.isnative:  # Tensor.rows converts: take that path
+            return None
+        if view.ndim == 1:
+            return view.__getitem__  # a numpy scalar: a copy by nature
+        return lambda i: view[i].copy()
 
     def chunks(self, size: int = CHUNK):
+        if self.nbytes == 0:  # nothing to read: no open() per empty tensor
+            return
         if not self.verbatim:
             yield from array_chunks(self.array(), self.dtype, size, after=self.fmap.drop_pages)
             return

@@ -1,10 +1,12 @@
 """mlconv.dataset and Tensor's numpy-like access, judged by the reference libraries."""
 
+import importlib
 import multiprocessing as mp
 import os
 import pickle
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -20,6 +22,8 @@ from mlconv.errors import FormatError, MlconvError
 from mlconv.formats import _guard_cache, isolation
 from mlconv.formats.hdf5 import guard as _hdf5_guard
 from mlconv.lru import ByteLRU
+
+dataset_mod = importlib.import_module("mlconv.dataset")  # mlconv.dataset is the function
 
 N = 300
 RNG = np.random.default_rng(7)
@@ -262,7 +266,10 @@ def test_a_file_changed_under_an_open_dataset_is_detected(tmp_path):
     np.testing.assert_array_equal(ds[3]["x"], X[3])
     np.save(path, X[:10])  # shorter: the old map would read past the end
     with pytest.raises(FormatError, match="changed under an open dataset"):
-        ds[3]
+        ds[[3]]  # a batch read checks every time
+    time.sleep(dataset_mod.CHECK_NS / 1e9)
+    with pytest.raises(FormatError, match="changed under an open dataset"):
+        ds[3]  # a single-row read once its file's last check is CHECK_NS old
     np.save(path, X[::-1])  # same size, new mtime
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
@@ -273,6 +280,46 @@ def test_a_file_changed_under_an_open_dataset_is_detected(tmp_path):
     os.unlink(path)
     with pytest.raises(FormatError, match="vanished"):
         ds[0]
+
+
+@pytest.mark.parametrize("how", ["unlink", "rename over", "rewrite", "touch"])
+def test_single_row_reads_check_their_file_every_check_ns(tmp_path, monkeypatch, how):
+    now = [0]
+    monkeypatch.setattr(dataset_mod, "_clock", lambda: now[0])
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    ds = mlconv.dataset(path)
+    assert ds[3]["x"].tolist() == X[3].tolist() and ds[3]["x"].flags.writeable
+    if how == "unlink":
+        os.unlink(path)
+    elif how == "rename over":
+        np.save(tmp_path / "y.npy", X[::-1])
+        os.replace(tmp_path / "y.npy", path)
+    elif how == "rewrite":
+        np.save(path, X[::-1])  # same inode, same size: only mtime tells
+        os.utime(path, ns=(1, 1))
+    else:
+        os.utime(path, ns=(1, 1))
+    now[0] = dataset_mod.CHECK_NS - 1
+    ds[4]  # within the window: not checked (the price of a check is a read's)
+    now[0] = dataset_mod.CHECK_NS
+    with pytest.raises(FormatError, match="vanished" if how == "unlink" else "changed"):
+        ds[4]
+    with pytest.raises(FormatError, match="vanished" if how == "unlink" else "changed"):
+        ds[4:6]
+
+
+def test_single_row_reads_equal_batch_reads_for_every_layout(tmp_path):
+    path = tmp_path / "m.npz"
+    big = np.arange(24, dtype=">i4").reshape(6, 4)  # big-endian: converted, not a view
+    np.savez(path, a=np.asfortranarray(np.arange(24.0).reshape(6, 4)), b=big,
+             c=np.arange(6, dtype=np.int16))
+    ds = mlconv.dataset(path)
+    for i in range(6):
+        row, batch = ds[i], ds[[i]]
+        for k in "abc":
+            assert np.array_equal(row[k], batch[k][0]) and row[k].dtype.isnative
+    assert type(ds[2]["c"]) is np.int16 and ds[2]["a"].flags.writeable
 
 
 def test_dataset_pickles_as_paths_without_open_files(tmp_path):
@@ -290,7 +337,7 @@ def _worker_read(args):
     ds, rank, world = args
     part = ds.shard(rank, world)
     seen = np.concatenate([b["y"] for b in part.batches(32, shuffle=True, seed=rank)])
-    opened = [id(b) for b, _ in part._proc["open"].values()] if part._proc else []
+    opened = [id(b) for b, *_ in part._proc["open"].values()] if part._proc else []
     return os.getpid(), seen, opened, part._proc["pid"]
 
 
@@ -301,7 +348,7 @@ def test_two_processes_read_every_row_once(tmp_path, method):
             f.create_dataset("y", data=Y[i * 150:(i + 1) * 150], chunks=(16,))
     ds = mlconv.dataset(str(tmp_path / "s*.h5"))
     ds[[0, 299]]  # the parent has the files open before the workers start
-    parent_ids = [id(b) for b, _ in ds._proc["open"].values()]
+    parent_ids = [id(b) for b, *_ in ds._proc["open"].values()]
     with mp.get_context(method).Pool(2) as pool:
         results = pool.map(_worker_read, [(ds, r, 2) for r in range(2)])
     seen = np.concatenate([r[1] for r in results])
@@ -474,7 +521,9 @@ def test_guard_failure_is_not_remembered(tmp_path, guard_calls, monkeypatch):
 
 _SECOND = """
 import sys
+import time
 import mlconv
+
 from mlconv.formats import isolation
 from mlconv.formats.hdf5 import guard as _hdf5_guard
 calls = []
@@ -511,3 +560,40 @@ def test_parquet_row_group_larger_than_a_read_batch(tmp_path):
     pick = [0, 8191, 8192, 16384, 19999, 5]
     np.testing.assert_array_equal(ds[pick]["v"], big[pick])
     np.testing.assert_array_equal(ds[8000:8400]["v"], big[8000:8400])
+
+
+def test_parquet_writer_sizes_row_groups_by_bytes(tmp_path, monkeypatch):
+    """A loader decodes a whole row group for one of its rows: mlconv's own files keep row
+    groups near GROUP_BYTES (unless --row-group-size says otherwise), in exact row order."""
+    from mlconv.formats import parquet
+
+    monkeypatch.setattr(parquet, "GROUP_BYTES", 100 * 800)  # ~100 rows of 784 + 8 bytes
+    x = np.arange(1000 * 784, dtype=np.uint8).reshape(1000, 28, 28)
+    y = np.arange(1000, dtype=np.int64)
+    mlconv.save({"x": x, "y": y}, tmp_path / "a.parquet")
+    meta = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(sizes) == 1000 and 8 <= len(sizes) <= 12 and max(sizes) <= 110
+    ds = mlconv.dataset(tmp_path / "a.parquet")
+    np.testing.assert_array_equal(ds[:]["x"], x)
+    np.testing.assert_array_equal(ds[[999, 0, 505]]["y"], y[[999, 0, 505]])
+    mlconv.convert(tmp_path / "a.parquet", tmp_path / "b.parquet", options={"row_group_size": 400})
+    meta = pq.ParquetFile(tmp_path / "b.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [400, 400, 200]
+
+
+def test_parquet_rows_read_without_importing_pandas(tmp_path):
+    """Column bytes are viewed directly: pyarrow's to_numpy would import pandas (~50 MiB
+    and 0.6 s in every loader process)."""
+    x = np.arange(40 * 6, dtype=np.float32).reshape(40, 2, 3)
+    y = np.arange(40, dtype=np.int16) - 20
+    mlconv.save({"x": x, "y": y}, tmp_path / "a.parquet")
+    code = ("import sys, mlconv\n"
+            "ds = mlconv.dataset(sys.argv[1])\n"
+            "r = ds[[3, 39, 0]]\n"
+            "print(r['x'].sum(), r['y'].tolist(), ds[7]['x'].flags.writeable, "
+            "'pandas' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.parquet")],
+                         capture_output=True, text=True, check=True).stdout.split(None, 1)
+    assert float(out[0]) == x[[3, 39, 0]].sum()
+    assert out[1].strip() == f"{y[[3, 39, 0]].tolist()} True False"

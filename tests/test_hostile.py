@@ -8,6 +8,7 @@ The generators are in tests/hostile.py; the three commands of a case run two at 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,9 +94,11 @@ def test_hostile(tmp_path, name):
     dst = folder / ("out" + case.to)
     commands = {"inspect": ["inspect", src], "convert": ["convert", src, dst],
                 "validate": ["validate", src]}
+    if case.json:
+        commands["inspect --json"] = ["inspect", "--json", src]
     with ThreadPoolExecutor(2 if case.wall >= 2 * SECONDS else 3) as pool:  # 2 cores; hangs idle
-        futures = {cmd: pool.submit(_run, [*args, *case.args.get(cmd, [])], tmp_path, cmd,
-                                    case.wall)
+        futures = {cmd: pool.submit(_run, [*args, *case.args.get(cmd, [])], tmp_path,
+                                    cmd.replace(" ", ""), case.wall)
                    for cmd, args in commands.items()}
         results = {cmd: f.result() for cmd, f in futures.items()}
     allowed = [os.path.realpath(os.path.dirname(src)), os.path.realpath(folder),
@@ -118,6 +121,11 @@ def test_hostile(tmp_path, name):
             problems.append(f"{cmd} took {r['seconds']:.0f} s of CPU ({r['wall']:.0f} s)")
         if r["rss_kib"] is not None and r["rss_kib"] > RSS_LIMIT_KIB:
             problems.append(f"{cmd} peaked at {r['rss_kib'] >> 10} MiB")
+        if cmd == "inspect --json" and r["code"] == 0:
+            try:
+                json.loads(r["stdout"])
+            except ValueError as e:
+                problems.append(f"{cmd} printed invalid JSON: {e}")
         bad = _outside(r["opened"], allowed)
         if bad:
             problems.append(f"{cmd} opened outside the input's folder: {bad[:5]}")

@@ -466,10 +466,10 @@ def inspect(ctx, file, from_format, as_json, allow_external, max_memory, allow_e
     manifest = _run(ctx, debug, lambda: run_inspect(
         file, from_format, allow_external=allow_external, max_memory=max_memory,
         allow_expand=allow_expand))
-    if as_json:
-        say(json.dumps(manifest, indent=2, ensure_ascii=False))
-    else:
-        say(show.manifest_text(manifest))
+    # in pieces: a million entries make a 100 MB document
+    for piece in show.manifest_json(manifest) if as_json else show.manifest_pieces(manifest):
+        click.echo(piece, nl=False)
+    say("")
 
 
 @cli.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 
 def human_bytes(n: int | None) -> str:
     if n is None:
@@ -15,50 +17,98 @@ def human_bytes(n: int | None) -> str:
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header] + rows]
-    return "\n".join(lines)
+    return "\n".join(table_lines(lambda: rows, header))
+
+
+def table_lines(rows, header: list[str]):
+    """The lines of an aligned table; ``rows()`` gives an iterable of rows and is called
+    twice (widths, then lines), so a table of 10^6 rows need not be held at once."""
+    widths = [len(str(h)) for h in header]
+    for r in rows():  # one pass of C-level max per row: tables can have 10^6 rows
+        if len(r) != len(header):
+            raise ValueError("every row needs one cell per column")
+        widths = list(map(max, widths, map(len, map(str, r))))
+    line = "  ".join(f"{{:<{w}}}" for w in widths).format
+    yield line(*map(str, header)).rstrip()
+    for r in rows():
+        yield line(*map(str, r)).rstrip()
 
 
 def manifest_text(m: dict) -> str:
-    out = [table([["path", m["path"]], ["format", m["format"]],
-                  ["size", human_bytes(m["size"])],
-                  ["entries", str(len(m["entries"]))]], ["", ""]).split("\n", 1)[1]]
+    return "".join(manifest_pieces(m))
+
+
+def manifest_pieces(m: dict):
+    """``manifest_text`` in pieces of up to 10,000 lines (a million entries print ~50 MB)."""
+    yield table([["path", m["path"]], ["format", m["format"]],
+                 ["size", human_bytes(m["size"])],
+                 ["entries", str(len(m["entries"]))]], ["", ""]).split("\n", 1)[1]
     if m["metadata"]:
-        out.append("")
-        out.append(table([[k, _one_line(v)] for k, v in m["metadata"].items()],
-                         ["metadata", "value"]))
-    rows = []
-    for e in m["entries"]:
-        if e["kind"] == "table":
-            rows.append([e["name"], "table", f"{len(e['columns'])} columns",
-                         f"{e['rows']} rows", "-"])
-            rows.extend([f"  .{c['name']}", "column", c["type"], "", ""]
-                        for c in e["columns"])
-        else:
-            rows.append([e["name"], "tensor", e["dtype"], str(e["shape"]),
-                         human_bytes(e["nbytes"])])
-    if rows:
-        out.append("")
-        out.append(table(rows, ["name", "kind", "dtype", "shape", "size"]))
+        yield "\n\n" + table([[k, _one_line(v)] for k, v in m["metadata"].items()],
+                              ["metadata", "value"])
+
+    def rows():
+        for e in m["entries"]:
+            if e["kind"] == "table":
+                yield [e["name"], "table", f"{len(e['columns'])} columns",
+                       f"{e['rows']} rows", "-"]
+                yield from ([f"  .{c['name']}", "column", c["type"], "", ""]
+                            for c in e["columns"])
+            else:
+                yield [e["name"], "tensor", e["dtype"], str(e["shape"]),
+                       human_bytes(e["nbytes"])]
+
+    if m["entries"]:
+        lines = table_lines(rows, ["name", "kind", "dtype", "shape", "size"])
+        yield "\n"
+        while True:
+            batch = list(itertools.islice(lines, 10_000))
+            if not batch:
+                break
+            yield "\n" + "\n".join(batch)
     attrs = [[g, k, _one_line(_text(v))] for g, a in m.get("groups", {}).items()
              for k, v in a.items() if not _bookkeeping(k)]
     attrs += [[e["name"], k, _one_line(_text(v))] for e in m["entries"]
               for k, v in (e.get("attrs") or {}).items() if not _bookkeeping(k)]
     if attrs:
-        out += ["", table(attrs, ["attributes of", "name", "value"])]
+        yield "\n\n" + table(attrs, ["attributes of", "name", "value"])
     if m.get("skipped"):
-        out += ["", table([[s["name"], _one_line(s["reason"], 100)] for s in m["skipped"]],
-                          ["skipped", "why"])]
+        yield "\n\n" + table([[s["name"], _one_line(s["reason"], 100)]
+                               for s in m["skipped"]], ["skipped", "why"])
     for note in m.get("notes", []):
-        out.append(f"note: {_one_line(note, 200)}")
-    return "\n".join(out)
+        yield f"\nnote: {_one_line(note, 200)}"
 
 
 # PyTables' own bookkeeping on every node: format details, not the user's attributes
 _PYTABLES = {"CLASS", "VERSION", "TITLE", "PYTABLES_FORMAT_VERSION", "FILTERS", "NROWS",
              "EXTDIM", "AUTO_INDEX", "FLAVOR"}
+
+
+BIG = 1000  # entries above which --json puts each entry on one line
+
+
+def manifest_json(m: dict):
+    """``json.dumps(m, indent=2)`` in pieces; with more than BIG entries each entry is one
+    compact line (the same JSON content: the indenting encoder is pure Python, ~40 us an
+    entry, where the C encoder of one entry is ~3 us)."""
+    import json
+
+    if len(m["entries"]) <= BIG:
+        yield json.dumps(m, indent=2, ensure_ascii=False)
+        return
+    yield "{"
+    for i, (key, value) in enumerate(m.items()):
+        yield ("," if i else "") + "\n  " + json.dumps(key, ensure_ascii=False) + ": "
+        if key != "entries":  # the encoder escapes newlines in strings: indenting is safe
+            yield json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            continue
+        yield "["
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+        for start in range(0, len(value), 10_000):
+            yield ("," if start else "") + ",".join(
+                ["\n    " + dumps(e) for e in value[start:start + 10_000]])
+        yield "\n  ]"
+    yield "\n}"
 
 
 def _bookkeeping(key: str) -> bool:

@@ -173,6 +173,9 @@ class ParquetOptions:
                                         minimum=1)
 
 
+GROUP_BYTES = 8 << 20  # a row group's (uncompressed) bytes unless --row-group-size says
+
+
 class Parquet(Format):
     def travel(self, bundle, name, entry, options, general):
         return layouts.travel(bundle, entry, self.own(options).layout, general)
@@ -281,18 +284,27 @@ class Parquet(Format):
 
         comp = options.compression or self.caps.compressions[0]
         rows = self.own(options).row_group_size or 1 << 20
+        # row groups by bytes too: a reader decodes a whole row group for one row of it
+        # (random access, inspect --deep), so its size bounds their memory
+        limit = (64 << 20) if self.own(options).row_group_size else GROUP_BYTES
         try:
             with pq.ParquetWriter(library_path(f), schema, compression=comp) as writer:
                 pending, count, size = [], 0, 0
                 for batch in prefetch(table.batches(min(rows, 1 << 18)), depth=4):
-                    pending.append(batch.replace_schema_metadata(schema.metadata))
+                    batch = batch.replace_schema_metadata(schema.metadata)
                     if options.progress:
                         options.progress(batch.nbytes)
-                    count, size = count + batch.num_rows, size + batch.nbytes
-                    # a row group per row_group_size rows, memory bounded by ~64 MiB
-                    if count >= rows or size >= 64 << 20:
-                        writer.write_table(pa.Table.from_batches(pending, schema), rows)
-                        pending, count, size = [], 0, 0
+                    per_row = batch.nbytes / batch.num_rows if batch.num_rows else 0
+                    start = 0
+                    while start < batch.num_rows:
+                        take = min(batch.num_rows - start, rows - count)
+                        if per_row:
+                            take = min(take, max(1, int((limit - size) // per_row)))
+                        pending.append(batch.slice(start, take))
+                        start, count, size = start + take, count + take, size + take * per_row
+                        if count >= rows or size >= limit:
+                            writer.write_table(pa.Table.from_batches(pending, schema), rows)
+                            pending, count, size = [], 0, 0
                 if pending or not table.num_rows:
                     writer.write_table(pa.Table.from_batches(pending, schema), rows)
         except MlconvError:

@@ -14,33 +14,63 @@ import struct
 from .. import dtypes as D
 from ..errors import FormatError, UnsupportedError
 from ..fileio import read_exact
-from ..model import Bundle, Tensor
+from ..model import Bundle, Tensor, paused_gc
 from ..sources import FileMap, FileSource
 from .base import ALIGN, Capabilities, Format
 
 MAX_HEADER = 100_000_000  # the reference library's own cap
 
 
-def _no_duplicates(pairs):
-    out = dict(pairs)  # in C: a million entries must not cost a Python loop each
-    if len(out) != len(pairs):
-        seen = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise ValueError(f"duplicate key {k!r}")
-            seen.add(k)
-    return out
+_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 
 
-class Entry:
-    __slots__ = ("name", "dtype", "shape", "begin", "end")
+def _object_hook():
+    """json's object_pairs_hook: duplicate keys are an error, and a well-formed tensor entry
+    becomes a (DType, shape, begin, end) tuple at once (JSON makes no tuples), so a header
+    of a million entries never holds a million dicts. Anything else stays a dict for
+    ``_entry`` to name the problem."""
+    bits_of = {}  # safetensors code -> (DType, bits)
+    shapes = {}  # one tuple for each distinct shape
 
-    def __init__(self, name, dtype, shape, begin, end):
-        self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
+    def hook(pairs):
+        out = dict(pairs)  # in C: a million entries must not cost a Python loop each
+        if len(out) != len(pairs):
+            seen = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise ValueError(f"duplicate key {k!r}")
+                seen.add(k)
+        if len(out) != 3 or out.keys() != _KEYS:
+            return out
+        code, shape, offs = out["dtype"], out["shape"], out["data_offsets"]
+        if type(code) is not str or type(shape) is not list or type(offs) is not list \
+                or len(offs) != 2:
+            return out
+        if code not in bits_of:
+            try:
+                dtype = D.from_safetensors(code)
+            except UnsupportedError:
+                return out
+            bits_of[code] = (dtype, dtype.bits)
+        dtype, bits = bits_of[code]
+        begin, end = offs
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+            return out
+        n = bits
+        for d in shape:
+            if type(d) is not int or d < 0:
+                return out
+            n *= d
+        if n % 8 or n // 8 != end - begin:
+            return out
+        shape = tuple(shape)
+        return (dtype, shapes.setdefault(shape, shape), begin, end)
+
+    return hook
 
 
 def read_header(path: str, size: int):
-    """(metadata, [Entry], data_start) of a checked safetensors header."""
+    """(metadata, {name: (DType, shape, begin, end)}, data_start) of a checked header."""
     if size < 8:
         raise FormatError(f"truncated file: {size} bytes, the header length needs 8", path)
     with open(path, "rb") as f:
@@ -52,9 +82,13 @@ def read_header(path: str, size: int):
                               f"{size}-byte file", path)
         raw = read_exact(f, n, path, "header")
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_object_hook())
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise FormatError(f"header is not valid JSON: {e}", path) from None
+    del raw
+    if type(header) is tuple:  # the hook took the whole header for one tensor entry
+        raise FormatError("tensor entry needs exactly dtype, shape and data_offsets",
+                          path)
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object", path)
     metadata = header.pop("__metadata__", None) or {}
@@ -62,8 +96,10 @@ def read_header(path: str, size: int):
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise FormatError("__metadata__ must map strings to strings", path)
     data_start, data_len = 8 + n, size - 8 - n
-    entries = [_entry(name, info, path) for name, info in header.items()]
-    outside = [e.name for e in entries if e.end > data_len]
+    for name, info in header.items():
+        if type(info) is not tuple:  # the hook left it: _entry says what is wrong
+            header[name] = _entry(name, info, path)
+    outside = [name for name, e in header.items() if e[3] > data_len]
     if outside:  # all of them: a truncated download names every tensor it cut off
         shown = ", ".join(outside[:20]) + (f", ... ({len(outside)} in all)"
                                            if len(outside) > 20 else "")
@@ -71,19 +107,30 @@ def read_header(path: str, size: int):
                           f"{len(outside)} tensor(s) lie past its end: {shown}", path,
                           outside[0] if len(outside) == 1 else None)
     expected = 0
-    for e in sorted(entries, key=lambda e: (e.begin, e.end)):
-        if e.begin != expected:
-            what = "overlaps another tensor" if e.begin < expected else "leaves a gap before it"
-            raise FormatError(f"tensor data {what} (offset {e.begin}, expected {expected})",
-                              path, e.name)
-        expected = e.end
+    for e in header.values():  # usually in file order already: one pass, no sort
+        if e[2] != expected:
+            expected = _check_sorted(header, path)
+            break
+        expected = e[3]
     if expected != data_len:
         raise FormatError(f"tensors cover {expected} of the {data_len} data bytes", path)
-    return metadata, entries, data_start
+    return metadata, header, data_start
 
 
-def _entry(name, info, path) -> Entry:
-    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+def _check_sorted(header: dict, path: str) -> int:
+    """The end of the data the entries cover, sorted by offsets, with no gap or overlap."""
+    expected = 0
+    for name, (_, _, begin, end) in sorted(header.items(), key=lambda kv: kv[1][2:]):
+        if begin != expected:
+            what = "overlaps another tensor" if begin < expected else "leaves a gap before it"
+            raise FormatError(f"tensor data {what} (offset {begin}, expected {expected})",
+                              path, name)
+        expected = end
+    return expected
+
+
+def _entry(name, info, path) -> tuple:
+    if not isinstance(info, dict) or set(info) != _KEYS:
         raise FormatError("tensor entry needs exactly dtype, shape and data_offsets",
                           path, name)
     try:
@@ -106,7 +153,7 @@ def _entry(name, info, path) -> Entry:
     if nbytes != end - begin:
         raise FormatError(f"shape {shape} of {dtype.value} needs {nbytes} bytes, "
                           f"data_offsets give {end - begin}", path, name)
-    return Entry(name, dtype, tuple(shape), begin, end)
+    return (dtype, tuple(shape), begin, end)
 
 
 class Safetensors(Format):
@@ -125,12 +172,15 @@ class Safetensors(Format):
 
     def read(self, path: str, options) -> Bundle:
         size = os.path.getsize(path)
-        metadata, entries, start = read_header(path, size)
-        fmap = FileMap(path)
-        bundle = Bundle(metadata=metadata, path=path, format=self.id)
-        for e in entries:
-            src = FileSource(fmap, start + e.begin, e.dtype, e.shape, entry=e.name)
-            bundle[e.name] = Tensor(src)
+        with paused_gc():  # millions of new objects, no cycles: the collector only costs
+            metadata, header, start = read_header(path, size)
+            fmap = FileMap(path)
+            bundle = Bundle(metadata=metadata, path=path, format=self.id)
+            names = list(header)
+            tensors = [Tensor(FileSource(fmap, start + begin, dtype, shape, entry=name))
+                       for name, (dtype, shape, begin, end) in header.items()]
+            del header
+            bundle._add_tensors(names, tensors)
         bundle.on_close(fmap.close)
         return bundle
 

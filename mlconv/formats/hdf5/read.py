@@ -122,6 +122,8 @@ def read_attrs(obj, path, entry, notes: list | None = None) -> dict:
     """The attributes as JSON-able values; what can't keep its type is noted in ``notes``."""
     out = {}
     try:
+        if not _h5py().h5a.get_num_attrs(obj.id):  # the common case, without h5py's objects
+            return out
         for key in obj.attrs:
             try:
                 out[key] = attr_value(obj.attrs[key])
@@ -242,16 +244,25 @@ class H5Source(Source):
             yield from array_chunks(self._read(slice(i, i + step)), self.dtype, size)
 
 
+_STD: list = []
+
+
+def _standard_types() -> list:
+    if not _STD:
+        h5t = _h5py().h5t
+        _STD.extend([
+            h5t.STD_I8LE, h5t.STD_I16LE, h5t.STD_I32LE, h5t.STD_I64LE, h5t.STD_U8LE,
+            h5t.STD_U16LE, h5t.STD_U32LE, h5t.STD_U64LE, h5t.IEEE_F32LE, h5t.IEEE_F64LE,
+            h5t.STD_I8BE, h5t.STD_I16BE, h5t.STD_I32BE, h5t.STD_I64BE, h5t.STD_U8BE,
+            h5t.STD_U16BE, h5t.STD_U32BE, h5t.STD_U64BE, h5t.IEEE_F32BE, h5t.IEEE_F64BE])
+        _STD.extend(getattr(h5t, n) for n in ("IEEE_F16LE", "IEEE_F16BE") if hasattr(h5t, n))
+    return _STD
+
+
 def _standard_type(tid) -> bool:
     """True for the IEEE/standard integer on-disk types a memory map can read as is."""
     h5t = _h5py().h5t
-    std = [h5t.STD_I8LE, h5t.STD_I16LE, h5t.STD_I32LE, h5t.STD_I64LE, h5t.STD_U8LE,
-           h5t.STD_U16LE, h5t.STD_U32LE, h5t.STD_U64LE, h5t.IEEE_F32LE, h5t.IEEE_F64LE,
-           h5t.STD_I8BE, h5t.STD_I16BE, h5t.STD_I32BE, h5t.STD_I64BE, h5t.STD_U8BE,
-           h5t.STD_U16BE, h5t.STD_U32BE, h5t.STD_U64BE, h5t.IEEE_F32BE, h5t.IEEE_F64BE]
-    for name in ("IEEE_F16LE", "IEEE_F16BE"):
-        if hasattr(h5t, name):
-            std.append(getattr(h5t, name))
+    std = _standard_types()
     try:
         if tid.get_class() == h5t.COMPOUND:  # h5py's complex numbers: {r, i} floats
             if tid.get_nmembers() != 2:
@@ -292,20 +303,11 @@ def local(group, key: str, path, entry=None):
     return obj
 
 
-def _user_defined(group, key: str) -> bool:
-    try:
-        info = group.id.links.get_info(key.encode("utf-8"))
-    except H5_ERRORS:
-        return False
-    h5l = _h5py().h5l
-    return info.type not in (h5l.TYPE_HARD, h5l.TYPE_SOFT, h5l.TYPE_EXTERNAL)
-
-
-def _is_bfloat16(ds) -> bool:
+def _is_bfloat16(ds, tid=None) -> bool:
     """A 16-bit float with bfloat16's layout (8 exponent bits, 7 mantissa bits)."""
     h5t = _h5py().h5t
     try:
-        tid = ds.id.get_type()
+        tid = tid or ds.id.get_type()
         if tid.get_class() != h5t.FLOAT or tid.get_size() != 2:
             return False
         return tid.get_fields()[1:] == (7, 8, 0, 7) and tid.get_order() == h5t.ORDER_LE
@@ -335,10 +337,11 @@ def _filters(dcpl) -> list[tuple[int, str]]:
     return out
 
 
-def _why_unreadable(ds, nbytes: int | None, allow_expand: bool = False):
+def _why_unreadable(ds, nbytes: int | None, allow_expand: bool = False, dcpl=None):
     """(error class, why) this dataset's data must not be read, or None."""
     h5py = _h5py()
-    dcpl = ds.id.get_create_plist()
+    if dcpl is None:
+        dcpl = ds.id.get_create_plist()
     if dcpl.get_layout() == h5py.h5d.VIRTUAL:
         return UnsafeInputError, _virtual_reason(dcpl)
     if dcpl.get_external_count():
@@ -431,39 +434,46 @@ class _Reader:
             names = list(group)
         except H5_ERRORS as e:
             raise FormatError(f"cannot list group: {e}", self.path, prefix or "/") from None
+        h5l, h5o = h5py.h5l, h5py.h5o
+        links = group.id.links
         for key in names:
             name = f"{prefix}{key}"
+            # h5py's low-level calls: its high-level get/[] cost ~0.3 ms an object (a File
+            # object, a membership test and a link object each), 30,000 datasets ~10 s
             try:
-                link = group.get(key, getlink=True)
+                bkey = group._e(key)
+                kind = links.get_info(bkey).type
             except H5_ERRORS as e:
-                if _user_defined(group, key):
-                    self.bundle.skipped[name] = "user-defined link: mlconv cannot follow it"
-                    continue
                 raise FormatError(f"cannot read link: {e}", self.path, name) from None
-            if isinstance(link, h5py.SoftLink):
+            if kind == h5l.TYPE_SOFT:
                 continue  # an alias: the object is listed under its hard-link name
-            if isinstance(link, h5py.ExternalLink):
+            if kind == h5l.TYPE_EXTERNAL:
+                try:
+                    link = group.get(key, getlink=True)
+                except H5_ERRORS as e:
+                    raise FormatError(f"cannot read link: {e}", self.path, name) from None
                 self.external(link, name, depth)
                 continue
-            if not isinstance(link, h5py.HardLink):
+            if kind != h5l.TYPE_HARD:
                 self.bundle.skipped[name] = "user-defined link: mlconv cannot follow it"
                 continue
             try:
-                obj = group[key]
-                info = _h5py().h5o.get_info(obj.id)
+                oid = h5o.open(group.id, bkey)
+                info = h5o.get_info(oid)
                 ident = (info.fileno, info.addr)  # no File object per entry (30,000 datasets)
             except H5_ERRORS as e:
                 raise FormatError(f"cannot open object: {e}", self.path, name) from None
             if ident in self.visited:
                 continue  # a second hard link (or a cycle): listed once
             self.visited.add(ident)
-            if isinstance(obj, h5py.Group):
+            if info.type == h5o.TYPE_GROUP:
+                obj = h5py.Group(oid)
                 attrs = read_attrs(obj, self.path, name, self.bundle.notes)
                 if attrs:
                     self.bundle.group_attrs[name] = attrs
                 self.walk(obj, name + "/", fmap, size, depth)
-            elif isinstance(obj, h5py.Dataset):
-                entry = self.dataset(obj, name, fmap, size)
+            elif info.type == h5o.TYPE_DATASET:
+                entry = self.dataset(h5py.Dataset(oid), name, fmap, size)
                 if entry is not None:
                     self.bundle[name] = entry
             # else: a named datatype, which holds no data
@@ -589,7 +599,11 @@ class _Reader:
         real = attrs.get(tag_names[0]) if tag_names else None
         try:
             dtype = D.from_numpy(dt)
-            if _is_bfloat16(ds):  # HDF5 2.0's bfloat16, which h5py widens to float32
+            try:  # one type object for the checks below (each get_type costs ~30 us)
+                tid = ds.id.get_type()
+            except H5_ERRORS:
+                tid = None
+            if _is_bfloat16(ds, tid):  # HDF5 2.0's bfloat16, which h5py widens to float32
                 dtype, view, dt = DType.bfloat16, DType.bfloat16.numpy(), DType.bfloat16.numpy()
             elif D.tagged(dtype.bits, dtype.kind, real) is not None:
                 dtype = D.tagged(dtype.bits, dtype.kind, real)
@@ -607,12 +621,12 @@ class _Reader:
                 return Tensor(src, attrs, encoding)
         nbytes = dtype.nbytes(shape, dt.itemsize)
         try:
-            why = _why_unreadable(ds, nbytes, self.options.allow_expand)
+            why = _why_unreadable(ds, nbytes, self.options.allow_expand, dcpl)
             offset = ds.id.get_offset()
-            plain = (ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
+            plain = (dcpl.get_layout() == h5py.h5d.CONTIGUOUS
                      and not why and offset is not None and nbytes
                      and (dt.kind in "SUb" or dtype is DType.bfloat16
-                          or _standard_type(ds.id.get_type())))
+                          or _standard_type(tid or ds.id.get_type())))
         except H5_ERRORS as e:
             raise FormatError(f"cannot read dataset layout: {e}", self.path, name) from None
         if plain:
