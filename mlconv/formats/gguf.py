@@ -561,8 +561,11 @@ class Gguf(Format):
     def read(self, path: str, options) -> Bundle:
         version, kvs, infos, data_start = read_header(path)
         fmap = FileMap(path)
-        bundle = Bundle(metadata={k: to_text(v) for k, v in kvs.items()}, path=path,
-                        format=self.id)
+        # general.alignment is how this file is laid out (encoding), not what it means: every
+        # writer picks its own, and no other format needs to carry it
+        bundle = Bundle(metadata={k: to_text(v) for k, v in kvs.items()
+                                  if k != "general.alignment"}, path=path, format=self.id)
+        bundle.encoding["gguf.alignment"] = _alignment(kvs)
         bundle.encoding["gguf.version"] = version
         bundle.encoding["gguf.layout"] = [(t.name, data_start + t.offset, t.nbytes)
                                           for t in infos]
@@ -585,7 +588,7 @@ class Gguf(Format):
         file is sound GGUF; gguf-py reads it)."""
         problems, warnings = super().check(path, bundle, deep)
         layout = bundle.encoding.get("gguf.layout", [])
-        alignment = _alignment(bundle.metadata)
+        alignment = bundle.encoding.get("gguf.alignment", DEFAULT_ALIGNMENT)
         expected = bundle.encoding.get("gguf.data_start", 0)
         for name, offset, nbytes in layout:
             if len(name.encode("utf-8")) > MAX_NAME:
@@ -628,9 +631,10 @@ class Gguf(Format):
             sink.pad_to(WRITE_ALIGNMENT)
 
 
-def _alignment(metadata) -> int:
-    typed = _typed(metadata.get("general.alignment", ""))
-    return typed["value"] if typed else DEFAULT_ALIGNMENT
+def _alignment(kvs) -> int:
+    """general.alignment of parsed key-values (checked a power-of-two uint32)."""
+    a = kvs.get("general.alignment")
+    return a["value"] if isinstance(a, dict) else DEFAULT_ALIGNMENT
 
 
 def _tensor_type(entry, name, path) -> tuple[int, list[int]]:
