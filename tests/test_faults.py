@@ -59,6 +59,10 @@ def read_w(path, fmt) -> np.ndarray:
 
         with h5py.File(path, "r") as f:
             return f["w"][()]
+    if fmt == "gguf":
+        from gguf import GGUFReader
+
+        return next(t for t in GGUFReader(str(path)).tensors if t.name == "w").data
     if fmt in ("parquet", "arrow"):
         import pyarrow.feather as feather
         import pyarrow.parquet as pq
