@@ -20,13 +20,7 @@ def parse_casts(casts) -> dict[D.DType | str, D.DType]:
     out = {}
     for a, b in pairs:
         if a == D.FLOAT128:  # extended precision held as raw bytes: decoded, then cast
-            try:
-                to = D.parse(b)
-            except UnsupportedError as e:
-                raise OptionError(f"--cast: {e.message}") from None
-            if to.kind != "float" or to.bits is None:
-                raise OptionError(f"--cast float128={to.value}: float128 casts to a float")
-            out[D.FLOAT128] = to
+            out[D.FLOAT128] = _float_target(D.FLOAT128, b)
             continue
         try:
             src, dst = D.parse(a), D.parse(b)
@@ -49,12 +43,13 @@ def _codecs() -> set[str]:
 
 
 def _float_target(codec: str, name: str) -> D.DType:
+    """The float dtype raw values (float128 bytes, quantized blocks) decode to."""
     try:
         to = D.parse(name)
     except UnsupportedError as e:
         raise OptionError(f"--cast: {e.message}") from None
     if to.kind != "float" or to.bits is None:
-        raise OptionError(f"--cast {codec}={to.value}: {codec} blocks decode to a float")
+        raise OptionError(f"--cast {codec}={to.value}: {codec} casts to a float only")
     return to
 
 
