@@ -20,7 +20,7 @@ def parse_casts(casts) -> dict[D.DType | str, D.DType]:
     out = {}
     for a, b in pairs:
         if a == D.FLOAT128:  # extended precision held as raw bytes: decoded, then cast
-            out[D.FLOAT128] = _float_target(D.FLOAT128, b)
+            out[D.FLOAT128] = _float_target(D.FLOAT128, b, "casts to a float")
             continue
         try:
             src, dst = D.parse(a), D.parse(b)
@@ -42,14 +42,14 @@ def _codecs() -> set[str]:
     return {c for fmt in all_formats() for c in fmt.codecs}
 
 
-def _float_target(codec: str, name: str) -> D.DType:
+def _float_target(codec: str, name: str, why: str = "blocks decode to a float") -> D.DType:
     """The float dtype raw values (float128 bytes, quantized blocks) decode to."""
     try:
         to = D.parse(name)
     except UnsupportedError as e:
         raise OptionError(f"--cast: {e.message}") from None
     if to.kind != "float" or to.bits is None:
-        raise OptionError(f"--cast {codec}={to.value}: {codec} casts to a float only")
+        raise OptionError(f"--cast {codec}={to.value}: {codec} {why}")
     return to
 
 
