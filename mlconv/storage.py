@@ -248,14 +248,11 @@ class _TooBig(Exception):
 def _header_ranges(s: _Sparse, name: str) -> bool:
     """Fetch what a reader of the object's format needs for headers (the format says, by
     its magic); False: fetch it all."""
-    from .formats import all_formats
+    from .formats import by_magic
 
     size = s.obj.size
-    head = s.get(0, min(size, HEAD))
-    for fmt in all_formats():
-        if fmt.can_read and fmt.sniff(head[:64], size):
-            return fmt.header_ranges(s.get, size, s.path)
-    return False
+    fmt = by_magic(s.get(0, min(size, HEAD)), size)
+    return fmt.header_ranges(s.get, size, s.path) if fmt is not None else False
 
 
 @contextlib.contextmanager

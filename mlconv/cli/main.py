@@ -18,17 +18,20 @@ from . import show
 
 
 class _FormatIds(click.Choice):
-    """The registered format ids, plugins included, looked up when first needed."""
+    """The registered format ids, plugins included, looked up when used."""
 
     def __init__(self):
         super().__init__([], case_sensitive=False)
 
-    def __getattribute__(self, name):
-        if name == "choices":
-            from ..formats import ids
+    @property
+    def choices(self):
+        from ..formats import ids
 
-            return list(ids())
-        return super().__getattribute__(name)
+        return list(ids())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass  # the registry is the one list
 
 
 FORMAT_IDS = _FormatIds()

@@ -163,6 +163,12 @@ def by_extension(path: str) -> Format | None:
     return best[1] if best else None
 
 
+def by_magic(head: bytes, size: int) -> Format | None:
+    """The readable format whose magic bytes open ``head`` (a file of ``size`` bytes)."""
+    head = head[:_SNIFF_BYTES]
+    return next((f for f in all_formats() if f.can_read and f.sniff(head, size)), None)
+
+
 def _regular_file(path: str) -> None:
     """Refuse what is not a regular file: a FIFO would block every reader, a device never
     ends. Opened non-blocking, so checking a FIFO does not wait for a writer."""
@@ -202,10 +208,7 @@ def detect(path, from_format: str | None = None) -> Format:
         raise SourceNotFoundError(f"cannot read: {e.strerror}", path) from None
     if size == 0:
         raise FormatError("empty file (0 bytes)", path)
-    for fmt in all_formats():
-        if fmt.can_read and fmt.sniff(head, size):
-            return fmt
-    fmt = by_extension(path)
+    fmt = by_magic(head, size) or by_extension(path)
     if fmt is not None:
         return fmt
     raise FormatError("cannot tell the file's format from its bytes or name; use --from", path)

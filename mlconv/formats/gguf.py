@@ -406,17 +406,23 @@ def read_header(path: str):
                 buf.release()
 
 
+def _new_name(h: _Header, what: str, seen) -> str:
+    """The next key or tensor name, which later errors then name; a repeat is refused."""
+    h.entry = None
+    name = h.text(what)
+    h.entry = name
+    if name in seen:
+        h.fail(f"duplicate {what}")
+    return name
+
+
 def _parse(h: _Header, size: int):
     h.pos = 8
     n_tensors = h.count("tensor", 24)  # name length, dims, type, offset: 24 bytes at least
     n_kv = h.count("key-value", 13)
     kvs: dict = {}
     for _ in range(n_kv):
-        h.entry = None
-        key = h.text("key")
-        h.entry = key
-        if key in kvs:
-            h.fail("duplicate key")
+        key = _new_name(h, "key", kvs)
         kvs[key] = h.value(h.unpack("I", "value type"))
     h.entry = None
     alignment = DEFAULT_ALIGNMENT
@@ -429,11 +435,7 @@ def _parse(h: _Header, size: int):
         alignment = a["value"]
     infos, names = [], set()
     for _ in range(n_tensors):
-        h.entry = None
-        name = h.text("tensor name")
-        h.entry = name
-        if name in names:
-            h.fail("duplicate tensor name")
+        name = _new_name(h, "tensor name", names)
         names.add(name)
         ndims = h.unpack("I", "dimension count")
         if ndims > MAX_DIMS:

@@ -20,7 +20,7 @@ import re
 from ...errors import FormatError, UnsafeInputError, UnsupportedError
 from ...model import Bundle, Table, TableSource
 from . import safepickle
-from .read import H5_ERRORS, local
+from .read import H5_ERRORS, chunk_rows, local
 
 
 def _text(value, default=None):
@@ -324,7 +324,7 @@ class _FrameTableSource(TableSource):
         import pyarrow as pa
 
         ds, sch = self.ds, self.schema()
-        step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0]) if ds.chunks else rows
+        step = chunk_rows(ds, rows)
         for i in range(0, self.num_rows, step):
             try:
                 block = ds[i:i + step]

@@ -756,6 +756,13 @@ def _nat_type(t) -> bool:
     return pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t)
 
 
+def chunk_rows(ds, rows: int) -> int:
+    """Rows per read near ``rows`` that cover whole chunks: no chunk is decoded twice."""
+    if not ds.chunks:
+        return rows
+    return max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0])
+
+
 class _RaggedSource(TableSource):
     """A dataset of vlen sequences as one list column."""
 
@@ -808,9 +815,7 @@ class _CompoundSource(TableSource):
         wanted = self.fields if columns is None else [f for f in self.fields if f[0] in columns]
         if columns is not None:
             sch = pa.schema([sch.field(f[0]) for f in wanted], metadata=sch.metadata)
-        ds, step = self.ds, rows
-        if ds.chunks:
-            step = max(ds.chunks[0], rows // ds.chunks[0] * ds.chunks[0])
+        ds, step = self.ds, chunk_rows(self.ds, rows)
         for i in range(0, self.num_rows, step):
             try:
                 view = ds.fields([f[0] for f in wanted]) if columns is not None else ds
