@@ -212,10 +212,12 @@ def _numpy_dtype(dtype: DType):
 
 
 @cache
-def _by_numpy_name() -> dict[str, DType]:
+def _by_numpy_name(lib: str) -> dict[str, DType]:
+    """numpy dtype name -> DType for the rows of one library ("np" or "ml"). Split so that
+    plain numpy dtypes never import ml_dtypes (about a second of start-up)."""
     out = {}
     for d, row in _ROWS.items():
-        if row.numpy is not None:
+        if row.numpy is not None and row.numpy.split(":")[0] == lib:
             out[_numpy_dtype(d).name] = d
     return out
 
@@ -229,13 +231,16 @@ def from_numpy(np_dtype) -> DType:
     if np_dtype.kind == "S":
         return DType.bytes
     if np_dtype.names is None and np_dtype.subdtype is None:
-        found = _by_numpy_name().get(np_dtype.newbyteorder("=").name)
-        if found is not None and np_dtype.kind != "V":
-            return found
-        # ml_dtypes types have kind 'V'; match them by their own type, never by size.
-        found = _by_numpy_name().get(np_dtype.name)
-        if found is not None and np_dtype.type is _numpy_dtype(found).type:
-            return found
+        if np_dtype.kind != "V":
+            found = _by_numpy_name("np").get(np_dtype.newbyteorder("=").name)
+            if found is not None:
+                return found
+        if np_dtype.type.__module__.startswith("ml_dtypes"):
+            # ml_dtypes types (kind 'V', or 'f' for some) exist only once ml_dtypes is
+            # imported, so this lookup costs nothing more. Match by type, never by size.
+            found = _by_numpy_name("ml").get(np_dtype.name)
+            if found is not None and np_dtype.type is _numpy_dtype(found).type:
+                return found
     raise UnsupportedError(f"numpy dtype {np_dtype.str!r} has no mlconv dtype")
 
 

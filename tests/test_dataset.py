@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 import mlconv
 from mlconv.errors import FormatError, MlconvError
-from mlconv.formats import _guard_cache, isolation
+from mlconv.formats import _guard_cache
 from mlconv.formats.hdf5 import guard as _hdf5_guard
 from mlconv.lru import ByteLRU
 
@@ -479,11 +479,8 @@ def guard_calls(monkeypatch, tmp_path):
     monkeypatch.setenv(_guard_cache.ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(_hdf5_guard, "_passed", set())
     calls = []
-    real = isolation.subprocess.Popen
-    monkeypatch.setattr(isolation.subprocess, "Popen",
-                        lambda *a, **k: (calls.append(a[0][3]) if a[0][:3] == [
-                            sys.executable, "-c", _hdf5_guard._CHILD] else None)
-                        or real(*a, **k))
+    real = _hdf5_guard._launch
+    monkeypatch.setattr(_hdf5_guard, "_launch", lambda *a: calls.append(a[0]) or real(*a))
     return calls
 
 
@@ -511,9 +508,11 @@ def test_guard_verdict_is_reused_and_a_changed_file_guarded_again(tmp_path, guar
 
 def test_guard_failure_is_not_remembered(tmp_path, guard_calls, monkeypatch):
     src = _h5_file(tmp_path / "g.h5", Y)
+    monkeypatch.setattr(_hdf5_guard, "probe", lambda *a: 1)
     monkeypatch.setattr(_hdf5_guard, "_CHILD", "import sys\nsys.exit(1)\n")
     mlconv.load(src).close()  # an ordinary error in the child: this process reads it itself
     assert not (tmp_path / "cache").exists()
+    monkeypatch.setattr(_hdf5_guard, "probe", lambda *a: 0)
     monkeypatch.setattr(_hdf5_guard, "_CHILD", "import sys\nsys.exit(0)\n")
     mlconv.load(src).close()
     assert os.listdir(tmp_path / "cache" / "hdf5-guard")
@@ -524,15 +523,13 @@ import sys
 import time
 import mlconv
 
-from mlconv.formats import isolation
 from mlconv.formats.hdf5 import guard as _hdf5_guard
 calls = []
-real = isolation.subprocess.Popen
-def spy(*a, **k):  # other libraries run subprocesses too (platform.processor)
-    if _hdf5_guard._CHILD in a[0]:
-        calls.append(1)
-    return real(*a, **k)
-isolation.subprocess.Popen = spy
+real = _hdf5_guard._launch
+def spy(*a):
+    calls.append(1)
+    return real(*a)
+_hdf5_guard._launch = spy
 ds = mlconv.dataset(sys.argv[1])
 print(len(calls), int(ds[5]["y"]))
 """

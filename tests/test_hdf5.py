@@ -407,17 +407,33 @@ def test_corpus_good_files(row):
 
 # --- the crash guard ------------------------------------------------------------------
 
-@pytest.fixture
-def guarded(monkeypatch):
+@pytest.fixture(params=["fork", "spawn"])
+def guarded(monkeypatch, request):
+    """The guard both ways: a fork of this process, or a fresh interpreter (where other
+    threads run). ``guarded.child(code)`` makes the child run ``code`` instead of the probe."""
     monkeypatch.setenv(_hdf5_guard.ENV, "1")
     monkeypatch.setattr(_hdf5_guard, "_passed", set())
+    monkeypatch.setattr(isolation, "_alone", lambda: request.param == "fork")
+    launched = []
+    real_fork, real_spawn = isolation.fork, isolation.spawn
+    monkeypatch.setattr(isolation, "fork", lambda *a, **k: launched.append("fork")
+                        or real_fork(*a, **k))
+    monkeypatch.setattr(isolation, "spawn", lambda *a, **k: launched.append("spawn")
+                        or real_spawn(*a, **k))
+
+    def child(code):
+        if request.param == "fork":
+            monkeypatch.setattr(_hdf5_guard, "probe", lambda *a: exec(code) or 0)
+        else:
+            monkeypatch.setattr(_hdf5_guard, "_CHILD", code)
+
+    monkeypatch.child, monkeypatch.launched, monkeypatch.mode = child, launched, request.param
     return monkeypatch
 
 
 def test_guard_turns_a_libhdf5_crash_into_an_error(tmp_path, guarded):
     src = _good_h5(tmp_path / "g.h5")
-    crash = f"import os, signal\nos.kill(os.getpid(), signal.{signal.SIGSEGV.name})\n"
-    guarded.setattr(_hdf5_guard, "_CHILD", crash)
+    guarded.child(f"import os, signal\nos.kill(os.getpid(), signal.{signal.SIGSEGV.name})\n")
     with pytest.raises(FormatError, match="crashed \\(SIGSEGV\\)"):
         mlconv.load(src)
     err = assert_refused(src, tmp_path)
@@ -428,7 +444,7 @@ def test_guard_turns_a_libhdf5_crash_into_an_error(tmp_path, guarded):
 
 def test_guard_times_out(tmp_path, guarded):
     src = _good_h5(tmp_path / "g.h5")
-    guarded.setattr(_hdf5_guard, "_CHILD", "import time\ntime.sleep(30)\n")
+    guarded.child("import time\ntime.sleep(30)\n")
     guarded.setattr(_hdf5_guard, "TIMEOUT", 1)
     with pytest.raises(FormatError, match="did not finish"):
         mlconv.load(src)
@@ -436,15 +452,9 @@ def test_guard_times_out(tmp_path, guarded):
 
 def test_guard_runs_by_default_and_passes_good_files(tmp_path, guarded):
     src = _good_h5(tmp_path / "g.h5")
-    calls = []
-    real = isolation.subprocess.Popen
-    guarded.setattr(isolation.subprocess, "Popen",
-                    lambda *a, **k: calls.append(1) or real(*a, **k))
     assert mlconv.inspect(src)["entries"][0]["shape"] == [100_000]
     mlconv.inspect(src)  # the verdict is remembered for an unchanged file
-    assert calls == [1]
-
-
+    assert guarded.launched == (["fork"] if guarded.mode == "fork" else ["fork", "spawn"])
 def test_many_files_one_bad_other_fine(tmp_path):
     good = _good_h5(tmp_path / "g.h5")
     bad = tmp_path / "bad.h5"

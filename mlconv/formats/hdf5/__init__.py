@@ -23,7 +23,7 @@ class Hdf5(Format):
 
     def read(self, path: str, options) -> Bundle:
         pending = guard.start(path, options)
-        _h5py()  # import libhdf5 here while the guard child reads the file
+        _h5py()  # (a spawned guard child reads the file meanwhile)
         pending.wait()
         return _Reader(path, options).read()
 
