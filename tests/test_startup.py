@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import mlconv
+
 HEAVY = ("ml_dtypes", "h5py", "pyarrow", "onnx", "fsspec", "pandas", "tables", "gguf", "dask")
 RUN = ("import json, sys\n"
        "from mlconv.cli.main import main\n"
@@ -47,6 +49,8 @@ def files(tmp_path_factory):
     save_file({"x": x, "b": x.astype(ml_dtypes.bfloat16)}, str(d / "a.safetensors"))
     with h5py.File(d / "a.h5", "w") as f:
         f["x"] = x
+    for ext in ("parquet", "npz", "gguf"):
+        mlconv.save({"x": x}, d / f"a.{ext}")
     return d
 
 
@@ -55,6 +59,9 @@ def files(tmp_path_factory):
     (["inspect", "a.safetensors"], ()),  # a bfloat16 entry is a name, not an array
     (["inspect", "--json", "a.safetensors"], ()),
     (["inspect", "a.h5"], ("h5py",)),
+    (["inspect", "a.parquet"], ("pyarrow",)),
+    (["inspect", "a.npz"], ()),
+    (["inspect", "a.gguf"], ()),
     (["validate", "a.safetensors"], ()),
     (["a.npy", "o.safetensors", "--force"], ()),
     (["a.h5", "o.safetensors", "--force"], ("h5py",)),
