@@ -28,6 +28,9 @@ MEMORY = 6 << 30                # bytes of address space for the child
 CPU = 300                       # seconds of CPU for the child (wall time: the caller's)
 
 
+_audit_dump = None
+
+
 def audit_from_env() -> None:
     """For tests: with $MLCONV_AUDIT_LOG set, append every path this process opens through
     Python (``sys.addaudithook``, event "open") to that file when the process exits."""
@@ -51,8 +54,10 @@ def audit_from_env() -> None:
         finally:
             os.close(fd)
 
+    global _audit_dump
     sys.addaudithook(hook)
     atexit.register(dump)
+    _audit_dump = dump  # a forked child leaves by os._exit (no atexit): it calls this
 
 
 def limits(cpu: int = CPU, memory: int = MEMORY) -> None:  # runs in the child
@@ -157,6 +162,8 @@ def fork(fn, args, cpu: int = CPU):
     except BaseException:  # any exception is "an ordinary error" (exit 1)
         code = 1
     finally:
+        if _audit_dump is not None:
+            _audit_dump()
         os._exit(code if isinstance(code, int) else 1)
 
 
