@@ -622,9 +622,12 @@ class _Reader:
         nbytes = dtype.nbytes(shape, dt.itemsize)
         try:
             why = _why_unreadable(ds, nbytes, self.options.allow_expand, dcpl)
-            offset = ds.id.get_offset()
+            offset = ds.id.get_offset()  # None: never written, only fill values
+            # the bytes lie verbatim at offset: same count stored as declared, a type
+            # numpy reads as is; else h5py decodes them (today's path)
             plain = (dcpl.get_layout() == h5py.h5d.CONTIGUOUS
                      and not why and offset is not None and nbytes
+                     and ds.id.get_storage_size() == nbytes
                      and (dt.kind in "SUb" or dtype is DType.bfloat16
                           or _standard_type(tid or ds.id.get_type())))
         except H5_ERRORS as e:
