@@ -136,17 +136,6 @@ def test_storage_size_other_than_the_payload_is_decoded_by_h5py(tmp_path, delta)
     assert _converted(dst)["x"] == payload(_h5py_values(src)["x"])
 
 
-def test_the_guard_still_runs_before_the_copy(tmp_path, monkeypatch):
-    from mlconv.formats.hdf5 import guard
-
-    seen = []
-    real = guard.start
-    monkeypatch.setattr(guard, "start", lambda p, o: seen.append(p) or real(p, o))
-    src = _h5(tmp_path / "in.h5", x=np.arange(10, dtype="<f4"))
-    mlconv.convert(src, tmp_path / "o.safetensors")
-    assert seen == [str(src)]
-
-
 # --- 2. write side: reserved contiguous space, payloads copied in ----------------------------
 
 def _mixed():
