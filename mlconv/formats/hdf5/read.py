@@ -1,13 +1,14 @@
 """Reading HDF5: groups are name hierarchy, datasets tensors, compound datasets tables.
 
 Contiguous, unfiltered datasets of standard types are memory-mapped at their file offset
-(checked against the file size); chunked ones stream along the first axis. Only HDF5's
-built-in filters and lzf are used: no filter plugin is ever loaded. External links are
-followed only with ``allow_external`` and only into the same folder; external storage and
-virtual datasets are listed but their data is refused. pandas ``to_hdf`` files read as the
-DataFrame they hold (``pandas.py``). Untrusted files are first walked by a child process
-(``guard.py``) so a libhdf5 crash is an error, not a dead process. Dtypes HDF5 lacks come
-back from the shared tag rule (``dtypes.DTYPE_TAG``; ``write.py`` stores them).
+(checked against the file size and the stored size), so writers copy them file to file;
+chunked ones stream along the first axis. Only HDF5's built-in filters and lzf are used:
+no filter plugin is ever loaded. External links are followed only with ``allow_external``
+and only into the same folder; external storage and virtual datasets are listed but their
+data is refused. pandas ``to_hdf`` files read as the DataFrame they hold (``pandas.py``).
+Untrusted files are first walked by a child process (``guard.py``) so a libhdf5 crash is
+an error, not a dead process. Dtypes HDF5 lacks come back from the shared tag rule
+(``dtypes.DTYPE_TAG``; ``write.py`` stores them).
 """
 
 from __future__ import annotations
