@@ -166,7 +166,7 @@ def _check_h5(path, tensors):
                 assert ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS, name
 
 
-def test_npz_to_h5_reads_back_exactly_with_attrs_and_groups(tmp_path):
+def test_arrays_and_h5_to_h5_read_back_exactly_with_attrs_and_groups(tmp_path):
     tensors = {k: v for k, v in _mixed().items() if k not in ("f8",)}
     src = tmp_path / "in.h5"
     mlconv.save(tensors, src, metadata={"who": "me"})
