@@ -1,13 +1,14 @@
 """Reading HDF5: groups are name hierarchy, datasets tensors, compound datasets tables.
 
 Contiguous, unfiltered datasets of standard types are memory-mapped at their file offset
-(checked against the file size); chunked ones stream along the first axis. Only HDF5's
-built-in filters and lzf are used: no filter plugin is ever loaded. External links are
-followed only with ``allow_external`` and only into the same folder; external storage and
-virtual datasets are listed but their data is refused. pandas ``to_hdf`` files read as the
-DataFrame they hold (``pandas.py``). Untrusted files are first walked by a child process
-(``guard.py``) so a libhdf5 crash is an error, not a dead process. Dtypes HDF5 lacks come
-back from the shared tag rule (``dtypes.DTYPE_TAG``; ``write.py`` stores them).
+(checked against the file size and the stored size), so writers copy them file to file;
+chunked ones stream along the first axis. Only HDF5's built-in filters and lzf are used:
+no filter plugin is ever loaded. External links are followed only with ``allow_external``
+and only into the same folder; external storage and virtual datasets are listed but their
+data is refused. pandas ``to_hdf`` files read as the DataFrame they hold (``pandas.py``).
+Untrusted files are first walked by a child process (``guard.py``) so a libhdf5 crash is
+an error, not a dead process. Dtypes HDF5 lacks come back from the shared tag rule
+(``dtypes.DTYPE_TAG``; ``write.py`` stores them).
 """
 
 from __future__ import annotations
@@ -622,9 +623,12 @@ class _Reader:
         nbytes = dtype.nbytes(shape, dt.itemsize)
         try:
             why = _why_unreadable(ds, nbytes, self.options.allow_expand, dcpl)
-            offset = ds.id.get_offset()
+            offset = ds.id.get_offset()  # None: never written, only fill values
+            # the bytes lie verbatim at offset: same count stored as declared, a type
+            # numpy reads as is; else h5py decodes them (today's path)
             plain = (dcpl.get_layout() == h5py.h5d.CONTIGUOUS
                      and not why and offset is not None and nbytes
+                     and ds.id.get_storage_size() == nbytes
                      and (dt.kind in "SUb" or dtype is DType.bfloat16
                           or _standard_type(tid or ds.id.get_type())))
         except H5_ERRORS as e:

@@ -92,6 +92,9 @@ def _arrow_storage(field):
 
 
 def write(bundle: Bundle, f, path: str, options) -> None:
+    """libhdf5 writes the structure with each tensor's space reserved (contiguous, allocated
+    early, never filled); the file closed, the payloads go into their offsets in offset
+    order, by kernel copy where a source has a span, all in the temp file before the rename."""
     h5py = _h5py()
     comp = options.compression or "none"
     placed: list[tuple[int, Tensor]] = []
@@ -112,13 +115,37 @@ def write(bundle: Bundle, f, path: str, options) -> None:
         if isinstance(e, MlconvError):
             raise
         raise UnsupportedError(f"HDF5 refused the data: {e}", path) from None
-    sink = options.sink(os.open(f.name, os.O_WRONLY))
+    _fill(f.name, placed, path, options)
+
+
+def _fill(tmp: str, placed: list, path: str, options) -> None:
+    """Copy each payload into the space libhdf5 reserved for it."""
+    placed.sort(key=lambda p: p[0])  # one forward pass over the output
+    fd = os.open(tmp, os.O_WRONLY)
     try:
+        size = os.fstat(fd).st_size
+        sink = options.sink(fd)
         for offset, entry in placed:
+            if offset + entry.nbytes > size:  # libhdf5 allocated it: never expected
+                raise UnsupportedError(f"HDF5 reserved {size - offset} bytes at offset "
+                                       f"{offset}, {entry.nbytes} needed", path)
             sink.seek(offset)
             entry.write_to(sink)
     finally:
-        os.close(sink.fd)
+        os.close(fd)
+
+
+def _reserve(h5, name, t: Tensor, stored):
+    """A contiguous dataset with its space allocated now and never filled: the payload is
+    copied into it after the file is closed. Returns (dataset, offset or None)."""
+    h5py = _h5py()
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    ds = h5.create_dataset(name, shape=t.shape, dtype=stored, dcpl=dcpl)
+    return ds, ds.id.get_offset()
+
 
 def _tensor(h5, name, t: Tensor, comp, path, progress=None):
     """Create the dataset; returns the offset to copy the payload to (contiguous case)."""
@@ -138,35 +165,40 @@ def _tensor(h5, name, t: Tensor, comp, path, progress=None):
             all(isinstance(v, int) for v in labels.values()):
         stored = h5py.enum_dtype(labels, basetype=np.dtype(stored))  # an HDF5 enum again
         attrs.pop(ENUM_ATTR)
-    if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
+    offset = None
+    if t.dtype is not DType.string and comp == "none" and t.shape and t.nbytes:
+        ds, offset = _reserve(h5, name, t, stored)
+        if offset is None:  # no space reserved (not expected): libhdf5 writes it
+            _through_h5py(ds, t, stored, real, progress)
+    else:
         kw = {}
         if comp != "none" and t.shape and t.nbytes:
             kw = {"compression": comp, "chunks": True}
         ds = h5.create_dataset(name, shape=t.shape, dtype=stored, **kw)
-        if t.dtype is DType.string:  # variable-length text: h5py wants objects
-            ds[()] = t.numpy().astype(object) if width is None else \
-                np.char.encode(t.numpy(), "utf-8").astype(stored)
-        elif t.shape and t.nbytes:  # streamed block by block, never whole
-            rows, done = max(1, CHUNK // max(1, t.nbytes // t.shape[0])), 0
-            for block in t.blocks(rows):
-                ds[done:done + len(block)] = block.view(stored) if real else block
-                done += len(block)
-                if progress:
-                    progress(block.nbytes)
-        elif t.source.count:
-            data = t.numpy()
-            ds[()] = data.view(stored) if real else data
-    else:
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        ds = h5.create_dataset(name, shape=t.shape, dtype=stored, dcpl=dcpl)
+        _through_h5py(ds, t, stored, real, progress, width)
     if real:
         ds.attrs[DTYPE_ATTR] = real
     _write_attrs(ds, attrs)
-    if t.dtype is DType.string or comp != "none" or not t.shape or not t.nbytes:
-        return None
-    return ds.id.get_offset()
+    return offset
+
+
+def _through_h5py(ds, t: Tensor, stored, real, progress=None, width=None) -> None:
+    """Write the values through h5py (text, compressed chunks, scalars)."""
+    import numpy as np
+
+    if t.dtype is DType.string:  # variable-length text: h5py wants objects
+        ds[()] = t.numpy().astype(object) if width is None else \
+            np.char.encode(t.numpy(), "utf-8").astype(stored)
+    elif t.shape and t.nbytes:  # streamed block by block, never whole
+        rows, done = max(1, CHUNK // max(1, t.nbytes // t.shape[0])), 0
+        for block in t.blocks(rows):
+            ds[done:done + len(block)] = block.view(stored) if real else block
+            done += len(block)
+            if progress:
+                progress(block.nbytes)
+    elif t.source.count:
+        data = t.numpy()
+        ds[()] = data.view(stored) if real else data
 
 def _ragged(h5, name, table: Table, field, progress=None):
     """A table read from a vlen sequence dataset goes back as one."""
