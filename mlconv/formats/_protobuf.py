@@ -65,20 +65,28 @@ class Message:
             if count > MAX_FIELDS:
                 raise FormatError(f"a protobuf message holds more than {MAX_FIELDS} fields",
                                   path, entry)
-            tag, pos = varint(buf, pos, end, path, entry)
+            tag = buf[pos]  # one-byte tags and lengths are the rule: no call for them
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = varint(buf, pos, end, path, entry)
             number, wire = tag >> 3, tag & 7
             if number == 0 or number >= 1 << 29:
                 raise FormatError(f"protobuf field number {number} is out of range", path,
                                   entry)
-            if wire == VARINT:
-                value, pos = varint(buf, pos, end, path, entry)
-            elif wire == BYTES:
-                n, pos = varint(buf, pos, end, path, entry)
+            if wire == BYTES:
+                n = buf[pos] if pos < end else 0x80
+                if n < 0x80:
+                    pos += 1
+                else:
+                    n, pos = varint(buf, pos, end, path, entry)
                 if n > end - pos:
                     raise FormatError(f"a {n}-byte protobuf field runs past the end of its "
                                       "message", path, entry)
                 value = (pos, n)
                 pos += n
+            elif wire == VARINT:
+                value, pos = varint(buf, pos, end, path, entry)
             elif wire in (FIXED32, FIXED64):
                 width = 4 if wire == FIXED32 else 8
                 if width > end - pos:

@@ -1,0 +1,326 @@
+"""ONNX read through mlconv's own protobuf scanner (formats/_protobuf.py): no ``import onnx``,
+raw_data memory-mapped in place, the same tensors as ``onnx.load`` over the corpus and the
+onnx wheel's test data, and hostile encodings refused in one line, in bounded time and memory."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import mlconv
+from mlconv import dtypes as D
+from mlconv.errors import FormatError, MlconvError
+from mlconv.formats import _protobuf as pb
+
+from .conftest import CORPUS
+from .test_conformance import MLCONV, _strace_bytes
+
+WHEEL_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
+
+
+# --- a tiny encoder for hand-made (and hostile) messages -----------------------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes | int, wire: int = 2) -> bytes:
+    tag = _varint(number << 3 | wire)
+    if wire == 2:
+        return tag + _varint(len(payload)) + payload
+    if wire == 0:
+        return tag + _varint(payload)
+    return tag + payload  # fixed32/64: the bytes as given
+
+
+def _model_bytes(*initializers: bytes) -> bytes:
+    graph = b"".join(_field(5, t) for t in initializers)
+    return _field(1, 10, 0) + _field(7, graph)
+
+
+def _float_tensor(name: str, values, packed_dims=True) -> bytes:
+    dims = _field(1, b"".join(_varint(len(values)) for _ in [0])) if packed_dims \
+        else _field(1, len(values), 0)
+    return dims + _field(2, 1, 0) + _field(8, name.encode()) + \
+        _field(9, np.asarray(values, "<f4").tobytes())
+
+
+# --- the read side imports neither onnx nor ml_dtypes ----------------------------------------
+
+def test_inspect_and_convert_never_import_onnx(tmp_path):
+    src = tmp_path / "m.onnx"
+    mlconv.save({"w": np.arange(1000, dtype=np.float32), "b": np.ones(3, np.float32)}, src,
+                format="onnx", metadata={"k": "v"})
+    code = ("import sys\nfrom mlconv.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e\n"
+            "bad = [m for m in ('onnx', 'ml_dtypes', 'google.protobuf') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    for args in (["inspect", str(src)], [str(src), str(tmp_path / "out.safetensors")]):
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    with mlconv.open(tmp_path / "out.safetensors") as b:
+        assert b["w"].numpy().tolist() == list(range(1000))
+
+
+def test_raw_data_is_mapped_where_it_lies(tmp_path):
+    arr = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    src = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(helper.make_graph(
+        [], "g", [], [], initializer=[numpy_helper.from_array(arr, "w")])), str(src))
+    with mlconv.open(src) as b:
+        path, offset, count = b["w"].source.span
+        assert path == str(src) and count == arr.nbytes
+        assert src.read_bytes()[offset:offset + count] == arr.tobytes()
+        assert isinstance(b["w"].numpy(), np.memmap)
+        assert np.array_equal(b["w"].numpy(), arr)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_onnx_to_safetensors_moves_raw_data_by_kernel_copy(tmp_path):
+    n = 4 << 20
+    src = tmp_path / "m.onnx"
+    mlconv.save({"w": np.arange(n, dtype=np.float32)}, src, format="onnx")
+    assert [s.method for s in mlconv.plan(src, tmp_path / "o.safetensors").steps] == \
+        ["zero-copy"]
+    moved = _strace_bytes([str(src), str(tmp_path / "o.safetensors")], tmp_path)
+    assert moved.get("copy_file_range", 0) + moved.get("sendfile", 0) >= n * 4, moved
+    assert moved.get("write", 0) + moved.get("pwrite64", 0) < 1 << 20, moved
+    with mlconv.open(tmp_path / "o.safetensors") as b:
+        assert np.array_equal(b["w"].numpy(), np.arange(n, dtype=np.float32))
+
+
+def test_packed_and_unpacked_encodings_agree_with_onnx(tmp_path):
+    """Readers must take repeated scalars both packed and one field each (protobuf's rule):
+    dims and float_data written both ways read as onnx reads them."""
+    values = [1.5, -2.0, 3.25]
+    float_data = b"".join(_field(4, np.float32(v).tobytes(), 5) for v in values)
+    unpacked = _field(1, 3, 0) + _field(2, 1, 0) + _field(8, b"f") + float_data
+    packed = _field(1, _varint(3)) + _field(2, 1, 0) + _field(8, b"g") + \
+        _field(4, np.asarray(values, "<f4").tobytes())
+    ints = _field(1, 2, 0) + _field(2, 6, 0) + _field(8, b"i") + _field(5, -7, 0) + \
+        _field(5, _varint(1 << 40 | 5))  # int32_data: the low 32 bits, as protobuf keeps
+    src = tmp_path / "m.onnx"
+    src.write_bytes(_model_bytes(unpacked, packed, ints))
+    ref = onnx.load(str(src))
+    with mlconv.open(src) as b:
+        for t in ref.graph.initializer:
+            want = numpy_helper.to_array(t)
+            got = b[t.name].numpy()
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), t.name
+
+
+# --- the scanner against onnx.load ----------------------------------------------------------
+
+def _payload(a):
+    return a.tolist() if a.dtype.kind in "OUS" else np.ascontiguousarray(a).tobytes()
+
+
+def _reference(path: Path):
+    """{name: (TensorProto, array)} and metadata as the onnx package reads ``path``; None
+    for a .pb that is not a TensorProto (sequences, optionals)."""
+    if path.suffix == ".pb":
+        t = TensorProto()
+        t.ParseFromString(path.read_bytes())
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - not a tensor: another kind of .pb
+            return None
+        if t.data_type == 0 or tuple(arr.shape) != tuple(t.dims):
+            return None
+        return {t.name or path.stem: (t, arr)}, {}
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = {t.name: (t, numpy_helper.to_array(t, str(path.parent)))
+               for t in model.graph.initializer}
+    return tensors, {p.key: p.value for p in model.metadata_props}
+
+
+def _onnx_files():
+    out = []
+    for root in (CORPUS / "onnx" / "good", WHEEL_DATA):
+        for pattern in ("**/*.onnx", "**/test_data_set_*/*.pb", "*.pb"):
+            out += sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
+    return out
+
+
+def test_scanner_agrees_with_onnx_load_everywhere():
+    """Every ONNX model and TensorProto of the corpus and of the onnx wheel's backend test
+    data: same names, dtypes, shapes, bytes and metadata as onnx.load + numpy_helper."""
+    files = _onnx_files()
+    assert len(files) > 300, len(files)  # the wheel's data is there: nothing silently skipped
+    compared = 0
+    for path in files:
+        ref = _reference(path)
+        if ref is None:
+            continue
+        tensors, metadata = ref
+        with mlconv.open(path) as b:
+            assert set(b) | set(b.skipped) == set(tensors), path
+            assert b.metadata == metadata, path
+            for name, (proto, arr) in tensors.items():
+                if name in b.skipped:  # a type mlconv does not read: said so, not guessed
+                    assert proto.data_type not in D._ONNX, (path, name)
+                    continue
+                got = b[name]
+                if proto.data_type != TensorProto.STRING:
+                    assert got.dtype is D.from_onnx(proto.data_type), (path, name)
+                assert tuple(got.shape) == tuple(arr.shape), (path, name)
+                assert _payload(got.numpy()) == _payload(arr), (path, name)
+                compared += 1
+    assert compared > 300
+
+
+def test_sparse_initializers_and_external_locations_are_found(tmp_path):
+    values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
+    indices = numpy_helper.from_array(np.array([0, 3], np.int64), "si")
+    sparse = helper.make_sparse_tensor(values, indices, [4])
+    graph = helper.make_graph([], "g", [], [], initializer=[
+        numpy_helper.from_array(np.zeros(3, np.float32), "dense")], sparse_initializer=[sparse])
+    src = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(graph), str(src))
+    with mlconv.open(src) as b:
+        assert list(b) == ["dense"] and "sv" in b.skipped
+
+
+# --- hostile encodings ----------------------------------------------------------------------
+
+_PEAK = ("import resource, sys, mlconv\n"
+         "try:\n    mlconv.load(sys.argv[1])\nexcept mlconv.errors.FormatError:\n    pass\n"
+         "else:\n    raise SystemExit('read')\n"
+         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+
+
+def _refused(path: Path, match: str):
+    """One-line FormatError naming the file, in bounded time and memory (peak RSS of a
+    process doing only that), from the API and from the CLI."""
+    start = time.perf_counter()
+    with pytest.raises(FormatError, match=match) as info:
+        mlconv.load(path)
+    assert time.perf_counter() - start < 20
+    assert "\n" not in str(info.value) and path.name in str(info.value)
+    res = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) < 300 << 10, res.stdout  # KiB: the interpreter and numpy
+    res = subprocess.run([MLCONV, "inspect", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_huge_length_is_refused(tmp_path):
+    bad = tmp_path / "huge.onnx"
+    bad.write_bytes(_field(1, 10, 0) + _varint(7 << 3 | 2) + _varint((1 << 62) + 5) + b"\0" * 64)
+    _refused(bad, "runs past the end")
+
+
+def test_raw_data_length_past_the_end_of_its_tensor(tmp_path):
+    t = _field(1, 2, 0) + _field(2, 1, 0) + _field(8, b"w") + _varint(9 << 3 | 2) + \
+        _varint(100) + b"\0" * 8  # raw_data claims 100 bytes, its tensor holds 8
+    bad = tmp_path / "inner.onnx"
+    bad.write_bytes(_model_bytes(t))
+    _refused(bad, "100-byte protobuf field runs past the end of its message")
+
+
+@pytest.mark.parametrize("keep", [3, 10, 25, 40, -1])
+def test_truncated_fields_are_refused(tmp_path, keep):
+    good = _model_bytes(_float_tensor("w", list(range(8))))
+    assert len(good) > 40
+    bad = tmp_path / f"cut{keep % len(good)}.onnx"
+    bad.write_bytes(good[:keep])
+    _refused(bad, "not a valid ONNX model")
+
+
+def test_overlong_varint(tmp_path):
+    bad = tmp_path / "varint.onnx"
+    bad.write_bytes(b"\x08" + b"\xff" * 11 + b"\x01")
+    _refused(bad, "longer than 10 bytes")
+
+
+@pytest.mark.parametrize(("wire", "match"), [(3, "groups"), (4, "groups"), (6, "wire type 6"),
+                                             (7, "wire type 7")])
+def test_groups_and_unknown_wire_types(tmp_path, wire, match):
+    bad = tmp_path / f"wire{wire}.onnx"
+    bad.write_bytes(_field(1, 10, 0) + _varint(3 << 3 | wire) + b"\0" * 8)
+    _refused(bad, match)
+
+
+def test_depth_10000(tmp_path):
+    """OptionalProto inside OptionalProto, 10 000 deep (a .pb): the depth cap answers, not
+    Python's recursion limit."""
+    inner = _float_tensor("t", [1.0])
+    msg = _field(3, inner)
+    for _ in range(10_000):
+        msg = _field(7, msg)
+    bad = tmp_path / "deep.pb"
+    bad.write_bytes(msg)
+    _refused(bad, "nested more than")
+
+
+def test_nested_optionals_within_the_cap_read(tmp_path):
+    msg = _field(3, _float_tensor("t", [1.0, 2.0]))
+    for _ in range(3):
+        msg = _field(1, b"opt") + _field(7, msg)
+    src = tmp_path / "opt.pb"
+    src.write_bytes(msg)
+    with mlconv.open(src) as b:
+        assert b["opt"].numpy().tolist() == [1.0, 2.0]
+
+
+def test_a_million_fields(tmp_path):
+    bad = tmp_path / "fields.onnx"
+    bad.write_bytes(_field(1, 10, 0) + _field(7, _field(1, b"") * 1_000_000))
+    _refused(bad, "more than 500000 fields")
+
+
+def test_a_million_dims(tmp_path):
+    t = _field(1, _varint(1) * 1_000_000) + _field(2, 1, 0) + _field(8, b"w")
+    bad = tmp_path / "dims.onnx"
+    bad.write_bytes(_model_bytes(t))
+    _refused(bad, "more than 64 dimensions")
+
+
+def test_segmented_tensor_is_refused(tmp_path):
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2], float_data=[1, 2])
+    t.segment.begin, t.segment.end = 0, 2
+    src = tmp_path / "seg.onnx"
+    onnx.save_model(helper.make_model(helper.make_graph([], "g", [], [], initializer=[t])),
+                    str(src))
+    with mlconv.open(src) as b:
+        assert "segment" in b.skipped["w"]
+    with pytest.raises(MlconvError, match="segment"):
+        mlconv.convert(src, tmp_path / "o.safetensors")
+
+
+def test_scanner_unit_limits():
+    with pytest.raises(FormatError, match="runs past"):
+        pb.Message(b"\x0a\x05abc", 0, 5)
+    with pytest.raises(FormatError, match="cut off"):
+        pb.Message(b"\x08", 0, 1)
+    with pytest.raises(FormatError, match="field number 0"):
+        pb.Message(b"\x02\x00", 0, 2)
+    raw = _field(2, b"xy") + _field(2, 7, 0) + _field(3, 5, 0)
+    msg = pb.Message(raw, 0, len(raw))
+    assert msg.span(2) == (2, 2) and msg.int(2) == 7 and msg.int(3) == 5
+    assert pb.varints(_varint(1) + _varint(1 << 63) + _varint(300)).tolist() == \
+        [1, 1 << 63, 300]
+    with pytest.raises(FormatError, match="cut off"):
+        pb.varints(b"\x80")
