@@ -301,6 +301,39 @@ def _optional(reader: _Reader, opt: pb.Message, name: str) -> list:
                       reader.path)
 
 
+class _Ranged:
+    """A remote object's bytes for the scanner, fetched a page at a time through
+    ``get(start, end)`` (Format.header_ranges): fields are skipped by their length, so the
+    pages holding raw_data payloads are never asked for."""
+
+    PAGE = 4096
+
+    def __init__(self, get, size: int):
+        self.get, self.size, self.pages = get, size, {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _page(self, k: int) -> bytes:
+        page = self.pages.get(k)
+        if page is None:
+            page = self.pages[k] = self.get(k * self.PAGE, min(self.size, (k + 1) * self.PAGE))
+        return page
+
+    def __getitem__(self, i):
+        if not isinstance(i, slice):
+            return self._page(i // self.PAGE)[i % self.PAGE]
+        start, stop = max(0, i.start or 0), min(self.size, self.size if i.stop is None
+                                               else i.stop)
+        if stop <= start:
+            return b""
+        if stop - start > self.PAGE:
+            return self.get(start, stop)
+        first, last = start // self.PAGE, (stop - 1) // self.PAGE
+        joined = b"".join(self._page(k) for k in range(first, last + 1))
+        return joined[start - first * self.PAGE:stop - first * self.PAGE]
+
+
 class _Model:
     """What the reader uses of a scanned ModelProto."""
 
@@ -374,6 +407,28 @@ class Onnx(Format):
                     for _, msg in model.tensors() if msg.has(_T_EXTERNAL)]
         finally:
             _close(buf)
+
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        """The model's structure, scanned through ranged reads: raw_data is skipped by
+        its length, never fetched. External data needs its side files: fetched whole."""
+        if path.lower().endswith(".pb"):
+            return False
+        buf = _Ranged(get, size)
+        try:
+            model = _Model(buf, path)
+            model.metadata()
+            model.sparse_names()
+            for _, msg in model.tensors():
+                if msg.int(_T_LOCATION) == EXTERNAL:
+                    return False
+                _dims(msg)
+                for number in (_T_FLOAT, _T_INT32, _T_STRING, _T_INT64, _T_DOUBLE,
+                               _T_UINT64, _T_META):  # what the reader decodes in place
+                    for start, n in msg.spans(number):
+                        buf[start:start + n]
+        except FormatError:
+            return False  # the reader says what is wrong, from the whole file
+        return True
 
     def read(self, path: str, options) -> Bundle:
         reader = _Reader(path)
