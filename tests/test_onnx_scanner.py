@@ -5,7 +5,9 @@ onnx wheel's test data, and hostile encodings refused in one line, in bounded ti
 from __future__ import annotations
 
 import glob
+import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -324,3 +326,85 @@ def test_scanner_unit_limits():
         [1, 1 << 63, 300]
     with pytest.raises(FormatError, match="cut off"):
         pb.varints(b"\x80")
+
+
+# --- external data in one ordered pass, both ways --------------------------------------------
+
+def test_weights_model_bytes_are_what_onnx_serializes():
+    """The external-data weights model is encoded without onnx: byte for byte what
+    ``_weights_model`` + external_data through the onnx package gives."""
+    from mlconv.formats import onnx as fmt
+    from mlconv.model import Tensor
+
+    tensors = [("a/w", Tensor.from_numpy(np.zeros((3, 4), np.float32))),
+               ("s", Tensor.from_numpy(np.array(5, np.int64))),
+               ("é", Tensor.from_numpy(np.zeros((0, 2), np.float16))),
+               ("q", Tensor.from_numpy(np.zeros(7, np.uint8)))]
+    spans = [(0, 48), (4096, 8), (8192, 0), (8192, 7)]
+    metadata = {"k": "v", "empty": ""}
+    model = fmt._weights_model(tensors)
+    for proto, (start, length) in zip(model.graph.initializer, spans, strict=True):
+        proto.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", "x.data"), ("offset", str(start)), ("length", str(length))):
+            proto.external_data.add(key=k, value=v)
+    for k, v in metadata.items():
+        model.metadata_props.add(key=k, value=v)
+    assert fmt._weights_bytes(tensors, spans, "x.data", metadata) == model.SerializeToString()
+
+
+def test_external_data_written_without_importing_onnx(tmp_path):
+    src = tmp_path / "w.safetensors"
+    tensors = {f"t{i}": np.full((8, 8), i, np.float32) for i in range(5)}
+    mlconv.save(tensors, src)
+    dst = tmp_path / "m.onnx"
+    code = ("import sys\nfrom mlconv.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e\n"
+            "assert 'onnx' not in sys.modules and 'ml_dtypes' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code, str(src), str(dst), "--external-data"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    onnx.checker.check_model(str(dst), full_check=True)
+    model = onnx.load(str(dst))
+    assert {t.name: numpy_helper.to_array(t).tolist() for t in model.graph.initializer} == \
+        {k: v.tolist() for k, v in tensors.items()}
+
+
+def test_tensors_are_copied_in_storage_order(tmp_path):
+    """Initializers listed against the order of their bytes: the bundle lists them in
+    storage order (a conversion reads the data file front to back), and an ONNX write lays
+    its side file out in its sources' order."""
+    arrays = {f"t{i}": np.full(1024, i, np.float32) for i in range(4)}
+    data = tmp_path / "m.data"
+    inits = []
+    with open(data, "wb") as f:
+        for i, (name, arr) in enumerate(reversed(arrays.items())):  # t3 first in the file
+            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[1024],
+                            data_location=TensorProto.EXTERNAL)
+            for k, v in (("location", "m.data"), ("offset", str(i * 4096)),
+                         ("length", "4096")):
+                t.external_data.add(key=k, value=v)
+            f.write(arr.tobytes())
+            inits.append(t)
+    inits.sort(key=lambda t: t.name)  # t0..t3 in the model, t3..t0 in the file
+    src = tmp_path / "m.onnx"
+    src.write_bytes(helper.make_model(helper.make_graph([], "g", [], [], initializer=inits))
+                    .SerializeToString())
+    with mlconv.open(src) as b:
+        assert list(b) == ["t3", "t2", "t1", "t0"]
+    st = tmp_path / "w.safetensors"  # header t2 t0 t3 t1, bytes t0 t1 t2 t3
+    header = json.dumps({k: {"dtype": "F32", "shape": [1024],
+                             "data_offsets": [int(k[1]) * 4096, int(k[1]) * 4096 + 4096]}
+                         for k in ("t2", "t0", "t3", "t1")}).encode()
+    st.write_bytes(struct.pack("<Q", len(header)) + header
+                   + b"".join(arrays[f"t{i}"].tobytes() for i in range(4)))
+    order = ["t0", "t1", "t2", "t3"]
+    out = tmp_path / "o.onnx"
+    mlconv.convert(st, out, options={"external_data": True})
+    model = onnx.load(str(out), load_external_data=False)
+    offsets = {t.name: int(dict((e.key, e.value) for e in t.external_data)["offset"])
+               for t in model.graph.initializer}
+    assert sorted(offsets, key=offsets.get) == order
+    assert [t.name for t in model.graph.initializer] == ["t2", "t0", "t3", "t1"]
+    back = onnx.load(str(out))
+    assert all(np.array_equal(numpy_helper.to_array(t), arrays[t.name])
+               for t in back.graph.initializer)

@@ -177,3 +177,23 @@ def varints(raw, path=None, entry=None):
         vals = (piece & 0x7F).astype(np.uint64) << shift.astype(np.uint64)
         out[i:i + e.size] = np.add.reduceat(vals, starts - first)
     return out
+
+
+def encode_varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (negative numbers as their 64-bit two's complement)."""
+    n &= MASK64
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field(number: int, value) -> bytes:
+    """One field: an int as a varint, bytes or str as length-delimited (str in UTF-8)."""
+    if isinstance(value, int):
+        return encode_varint(number << 3 | VARINT) + encode_varint(value)
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return encode_varint(number << 3 | BYTES) + encode_varint(len(value)) + value

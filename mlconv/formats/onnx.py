@@ -447,12 +447,19 @@ class Onnx(Format):
                 tensors = model.tensors()
                 what = "duplicate initializer name: a second tensor would silently replace " \
                     "the first"
+            entries, names = [], set()
             for name, msg in tensors:
-                if name in bundle or name in bundle.skipped:
+                if name in names:
                     raise FormatError(what, path, name)
+                names.add(name)
                 entry = self._tensor(reader, msg, name, bundle)
                 if entry is not None:
-                    bundle[name] = entry
+                    entries.append((name, entry))
+            if all(isinstance(e.source, FileSource) for _, e in entries):
+                # listed in storage order, so a conversion reads each file front to back
+                entries.sort(key=lambda item: (item[1].source.path, item[1].source.offset))
+            for name, entry in entries:
+                bundle[name] = entry
             if not path.lower().endswith(".pb"):
                 for name in model.sparse_names():
                     bundle.skipped[name] = "sparse initializers are not supported"
@@ -483,13 +490,33 @@ class Onnx(Format):
         return problems, warnings
 
     def write(self, bundle: Bundle, f, path: str, options) -> None:
-        onnx = _onnx()
         tensors = list(bundle.items())  # fitted: tensors of dtypes ONNX holds
         total = sum(t.nbytes or 0 for _, t in tensors)
         external = self.own(options).external_data or total > EXTERNAL_LIMIT
         template = self.own(options).template
         if template is None and bundle.format == self.id:
             template = bundle.encoding.get("onnx.model")  # onnx -> onnx keeps its graph
+        # a side file name unique to this write: the model published with it is the only
+        # one that refers to it, so the pair changes as one rename (see _write_side)
+        folder = os.path.dirname(os.path.abspath(path))
+        side_name = f"{os.path.basename(path)}.{secrets.token_hex(6)}.data"
+        old = _own_side_files(path)
+        if external and not template and all(t.dtype.bits for _, t in tensors):
+            # weights only, all in the side file: the model is a few fields per tensor,
+            # encoded here without importing onnx (its import costs more than the copy)
+            spans: list = []
+            _write_side([t for _, t in tensors], folder, side_name, f, options, spans)
+            f.write(_weights_bytes(tensors, spans, side_name, bundle.metadata))
+        else:
+            f.write(self._model(bundle, tensors, template, external, folder, side_name, f,
+                                options, path))
+        if hasattr(f, "after_publish"):
+            f.after_publish.append(lambda: _remove(old - {side_name}, folder))
+
+    def _model(self, bundle, tensors, template, external, folder, side_name, f, options,
+               path) -> bytes:
+        """The model's bytes through the onnx package: templates, inline data (checked)."""
+        onnx = _onnx()
         if template:
             model, pending = _fill_template(template, dict(tensors), path)
         else:
@@ -499,10 +526,6 @@ class Onnx(Format):
         del model.metadata_props[:]
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
-        # a side file name unique to this write: the model published with it is the only
-        # one that refers to it, so the pair changes as one rename (see _publish_side)
-        folder = os.path.dirname(os.path.abspath(path))
-        side_name = f"{os.path.basename(path)}.{secrets.token_hex(6)}.data"
         placed = []
         for proto in model.graph.initializer:
             t = pending.get(proto.name)
@@ -514,37 +537,61 @@ class Onnx(Format):
             else:
                 _fill_inline(proto, t)
         if placed:
-            _write_side(placed, folder, side_name, f, options)
+            spans: list = []
+            _write_side([t for _, t in placed], folder, side_name, f, options, spans)
+            for (proto, _), (start, length) in zip(placed, spans, strict=True):
+                del proto.external_data[:]
+                for k, v in (("location", side_name), ("offset", str(start)),
+                             ("length", str(length))):
+                    proto.external_data.add(key=k, value=v)
         else:  # (with external data the checker wants the side file in place)
             try:
                 onnx.checker.check_model(model)
             except Exception as e:  # noqa: BLE001 - the checker raises many kinds
                 raise UnsupportedError(f"the model would not pass onnx.checker: {e}",
                                        path) from None
-        old = _own_side_files(path)
-        f.write(model.SerializeToString())
-        if hasattr(f, "after_publish"):
-            f.after_publish.append(lambda: _remove(old - {side_name}, folder))
+        return model.SerializeToString()
 
 
-def _write_side(placed, folder: str, side_name: str, f, options) -> None:
+def _weights_bytes(tensors, spans, side_name: str, metadata: dict) -> bytes:
+    """The ModelProto ``_weights_model`` makes, with every initializer in ``side_name`` at
+    ``spans``, encoded field by field (byte for byte what onnx serializes, tested)."""
+    f = pb.field
+    inits, outputs = [], []
+    for (name, t), (start, length) in zip(tensors, spans, strict=True):
+        code = D.to_onnx(t.dtype)
+        external = b"".join(f(13, f(1, k) + f(2, v)) for k, v in (
+            ("location", side_name), ("offset", str(start)), ("length", str(length))))
+        inits.append(f(5, b"".join(f(1, d) for d in t.shape) + f(2, code) + f(8, name)
+                       + external + f(14, EXTERNAL)))
+        shape = b"".join(f(1, f(1, d)) for d in t.shape)
+        outputs.append(f(12, f(1, name) + f(2, f(1, f(1, code) + f(2, shape)))))
+    graph = f(2, "mlconv_weights") + b"".join(inits) + b"".join(outputs)
+    meta = b"".join(f(14, f(1, str(k)) + f(2, str(v))) for k, v in metadata.items())
+    return (f(1, _ir_version({t.dtype for _, t in tensors})) + f(2, "mlconv") + f(7, graph)
+            + f(8, f(1, "") + f(2, 21)) + meta)
+
+
+def _write_side(tensors, folder: str, side_name: str, f, options, spans: list) -> None:
     """Write the payloads to a temp file, then rename it to ``side_name`` (a fresh name, so
-    nothing is replaced); it is removed again if the model is not published."""
+    nothing is replaced); it is removed again if the model is not published. One pass, in
+    source order, each at a 4 KiB-aligned offset; ``spans`` gets (offset, length) of each."""
     from .. import atomic, fileio
 
     tmp = atomic.temp_path(folder, side_name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    spans[:] = [None] * len(tensors)
+    # copied in the order the bytes lie in their source files: both files front to back
+    order = sorted(range(len(tensors)), key=lambda i: (0, *tensors[i].span[:2])
+                   if tensors[i].span is not None else (1, "", i))
     try:
         try:
             sink = fileio.Sink(fd, options.progress, options.kernel_copy)
-            for proto, t in placed:
+            for i in order:
                 sink.pad_to(ALIGN)
                 start = sink.pos
-                t.write_to(sink)
-                del proto.external_data[:]
-                for k, v in (("location", side_name), ("offset", str(start)),
-                             ("length", str(sink.pos - start))):
-                    proto.external_data.add(key=k, value=v)
+                tensors[i].write_to(sink)
+                spans[i] = (start, sink.pos - start)
         finally:
             os.close(fd)
         final = os.path.join(folder, side_name)
@@ -567,18 +614,20 @@ def _own_side_files(path: str) -> set:
     if not os.path.isfile(path) or os.path.getsize(path) > OLD_MODEL_LIMIT:
         return set()  # (a model that big holds its data inline: no side file to remove)
     base = os.path.basename(path)
-    try:
-        model = _onnx().load(path, load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable old output: keep its files
-        return set()
     out = set()
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            v = e.value
-            if e.key == "location" and v.startswith(base + ".") and v.endswith(".data") \
-                    and all(c in "0123456789abcdef" for c in v[len(base) + 1:-5]) \
-                    and len(v) == len(base) + 18:
-                out.add(v)
+    try:
+        buf = _mapped(path)
+        try:
+            for _, msg in _Model(buf, path).tensors():
+                v = _entries(msg, _T_EXTERNAL, "external data").get("location", "")
+                if v.startswith(base + ".") and v.endswith(".data") \
+                        and all(c in "0123456789abcdef" for c in v[len(base) + 1:-5]) \
+                        and len(v) == len(base) + 18:
+                    out.add(v)
+        finally:
+            _close(buf)
+    except (MlconvError, OSError):  # an unreadable old output: keep its files
+        return set()
     return out
 
 
