@@ -57,19 +57,17 @@ _ONNX_CODES = 28  # element types the onnx package knows (mlconv reads fewer)
 
 
 def _mapped(path: str):
-    """The file's bytes as a read-only mmap (b"" when empty): scanning copies only what it
-    keeps (names, text, typed values); payloads are mapped again by FileMap."""
-    import mmap
-
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    """The file's bytes for the scanner, read a page at a time (pread): only the pages that
+    hold fields are read, never the payloads between them (a memory map of the whole file
+    would count the kernel's read-around of every touched page as our memory)."""
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    return _Ranged(lambda start, end: os.pread(fd, end - start, start), size, keep=8,
+                   closer=lambda: os.close(fd))
 
 
 def _close(buf) -> None:
-    if not isinstance(buf, bytes):
-        buf.close()
+    buf.close()
 
 
 def _entries(msg: pb.Message, number: int, what: str) -> dict[str, str]:
@@ -302,21 +300,31 @@ def _optional(reader: _Reader, opt: pb.Message, name: str) -> list:
 
 
 class _Ranged:
-    """A remote object's bytes for the scanner, fetched a page at a time through
-    ``get(start, end)`` (Format.header_ranges): fields are skipped by their length, so the
-    pages holding raw_data payloads are never asked for."""
+    """Bytes for the scanner, fetched a page at a time through ``get(start, end)``: a
+    local file (pread, the last ``keep`` pages kept) or a remote object (Format.header_ranges,
+    every page kept). Fields are skipped by their length, so pages holding only payloads
+    are never asked for."""
 
     PAGE = 4096
 
-    def __init__(self, get, size: int):
-        self.get, self.size, self.pages = get, size, {}
+    def __init__(self, get, size: int, keep: int | None = None, closer=None):
+        self.get, self.size, self.keep, self.closer = get, size, keep, closer
+        self.pages: dict[int, bytes] = {}
 
     def __len__(self) -> int:
         return self.size
 
+    def close(self) -> None:
+        self.pages.clear()
+        if self.closer is not None:
+            self.closer()
+            self.closer = None
+
     def _page(self, k: int) -> bytes:
         page = self.pages.get(k)
         if page is None:
+            if self.keep is not None and len(self.pages) >= self.keep:
+                del self.pages[next(iter(self.pages))]  # the oldest: scans move forward
             page = self.pages[k] = self.get(k * self.PAGE, min(self.size, (k + 1) * self.PAGE))
         return page
 
