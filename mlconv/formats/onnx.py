@@ -56,18 +56,15 @@ MAX_DIMS = 64     # numpy's own limit on dimensions
 _ONNX_CODES = 28  # element types the onnx package knows (mlconv reads fewer)
 
 
-def _mapped(path: str):
+def _pages(path: str) -> _Ranged:
     """The file's bytes for the scanner, read a page at a time (pread): only the pages that
-    hold fields are read, never the payloads between them (a memory map of the whole file
-    would count the kernel's read-around of every touched page as our memory)."""
+    hold fields are read, never the payloads between them. (Not a memory map: a file
+    written in one write sits in large page-cache folios, and each field touched through a
+    map would count a whole folio as ours.)"""
     fd = os.open(path, os.O_RDONLY)
     size = os.fstat(fd).st_size
     return _Ranged(lambda start, end: os.pread(fd, end - start, start), size, keep=8,
                    closer=lambda: os.close(fd))
-
-
-def _close(buf) -> None:
-    buf.close()
 
 
 def _entries(msg: pb.Message, number: int, what: str) -> dict[str, str]:
@@ -408,13 +405,13 @@ class OnnxOptions:
 
 class Onnx(Format):
     def side_files(self, path: str) -> list[str]:
-        buf = _mapped(path)
+        buf = _pages(path)
         try:
             model = _Model(buf, path)
             return [_entries(msg, _T_EXTERNAL, "external data").get("location", "")
                     for _, msg in model.tensors() if msg.has(_T_EXTERNAL)]
         finally:
-            _close(buf)
+            buf.close()
 
     def header_ranges(self, get, size: int, path: str) -> bool:
         """The model's structure, scanned through ranged reads: raw_data is skipped by
@@ -442,7 +439,7 @@ class Onnx(Format):
         reader = _Reader(path)
         bundle = Bundle(path=path, format=self.id)
         bundle.on_close(reader.close)
-        buf = _mapped(path)
+        buf = _pages(path)
         try:
             if path.lower().endswith(".pb"):
                 tensors = _pb_tensors(reader, buf, stem_name(path))
@@ -472,7 +469,7 @@ class Onnx(Format):
                 for name in model.sparse_names():
                     bundle.skipped[name] = "sparse initializers are not supported"
         finally:
-            _close(buf)
+            buf.close()
         return bundle
 
     def _tensor(self, reader, proto, name, bundle):
@@ -624,7 +621,7 @@ def _own_side_files(path: str) -> set:
     base = os.path.basename(path)
     out = set()
     try:
-        buf = _mapped(path)
+        buf = _pages(path)
         try:
             for _, msg in _Model(buf, path).tensors():
                 v = _entries(msg, _T_EXTERNAL, "external data").get("location", "")
@@ -633,7 +630,7 @@ def _own_side_files(path: str) -> set:
                         and len(v) == len(base) + 18:
                     out.add(v)
         finally:
-            _close(buf)
+            buf.close()
     except (MlconvError, OSError):  # an unreadable old output: keep its files
         return set()
     return out
@@ -694,7 +691,7 @@ def _fill_template(template: str, tensors: dict, path):
     model = read_model(template)
     reader = _Reader(template)
     kept: dict = {}  # the template's own tensors, read by the scanner: checked or carried
-    buf = _mapped(template)
+    buf = _pages(template)
     try:
         for name, msg in _Model(buf, template).tensors():
             if name not in tensors:
@@ -703,7 +700,7 @@ def _fill_template(template: str, tensors: dict, path):
                 except MlconvError as e:
                     kept[name] = e
     finally:
-        _close(buf)
+        buf.close()
     mismatches = []
     present = {p.name: p for p in model.graph.initializer}
     for name in tensors:
