@@ -1,14 +1,19 @@
-"""ONNX benchmark (issue 5): a ~1 GiB model of 200 float32 tensors, safetensors -> ONNX with
-external data and back, against the reference path (``numpy_helper.from_array`` +
-``onnx.save_model(save_as_external_data=True)``; ``onnx.load`` + ``numpy_helper.to_array``
-+ ``safetensors.numpy.save_file``) and ``cp``; whole processes, runs alternated.
+"""ONNX benchmark (issues 5, 16): ~1 GiB of float32 as one tensor and as 200 tensors,
+safetensors -> ONNX with external data and back, against ``cp`` of the same bytes and the
+onnx package's own path (``numpy_helper.from_array`` + ``onnx.save_model(...,
+save_as_external_data=True)``; ``onnx.load`` + ``numpy_helper.to_array`` +
+``safetensors.numpy.save_file``); then the same with the bytes embedded in the .onnx
+(raw_data, under protobuf's 2 GiB cap) -> safetensors. Whole processes, runs alternated,
+files in a temp folder under /tmp, deleted after. The machine is shared: the load average
+is printed before and after.
 
-    python benchmarks/bench_onnx.py [--gib 1] [--runs 3]
+    python benchmarks/bench_onnx.py [--gib 1] [--runs 3] [--no-peer]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 
@@ -33,37 +38,99 @@ save_file({t.name: numpy_helper.to_array(t) for t in m.graph.initializer}, sys.a
 """
 
 
+def make_model(path: str, gib: float, count: int) -> None:
+    """``count`` float32 tensors of ``gib`` GiB in all (rows of 256), as safetensors."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    per = int(gib * (1 << 30)) // count // 4 // 256 * 256
+    save_file({f"layer{i // 4}/w{i % 4}": rng.standard_normal(per, dtype=np.float32)
+               .reshape(-1, 256) for i in range(count)}, path)
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _side(folder: str, model: str) -> str:
+    (data,) = glob.glob(os.path.join(folder, os.path.basename(model) + ".*.data"))
+    return data
+
+
+def _row(label: str, got: dict, peer: str | None) -> str:
+    cp, ml = got["cp"][0], got["mlconv"][0]
+    vs = f"{ml / got[peer][0]:.2f}" if peer else "-"
+    peer_rss = f"{got[peer][1]:.0f}" if peer else "-"
+    return f"| {label} | {ml / cp:.2f} | {vs} | {got['mlconv'][1]:.0f} | {peer_rss} |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-peer", action="store_true", help="skip the onnx package's path")
     args = ap.parse_args()
     tmp = tempdir()
     j = lambda n: os.path.join(tmp, n)  # noqa: E731
+    ml = [PY, "-m", "mlconv"]
+    rows = []
+    print(f"{args.gib} GiB float32, {args.runs} alternating runs; {_load()}")
     try:
-        src = j("m.safetensors")
-        run_function("bench_fast_edges.py", "make_model", src, args.gib)
-        print(f"{args.gib} GiB, 200 float32 tensors, {args.runs} alternating runs")
-        print("\nsafetensors -> ONNX with external data")
-        compare({
-            "cp": (["cp", src, j("cp")], remover(j("cp"))),
-            "mlconv": ([PY, "-m", "mlconv", src, j("ml.onnx"), "--external-data"],
-                       remover(j("ml.onnx"), j("ml.onnx.data"))),
-            "numpy_helper + onnx.save_model": ([PY, "-c", EXPORT, src, j("ref.onnx")],
-                                               remover(j("ref.onnx"), j("ref.onnx.data"))),
-        }, runs=args.runs)
-        run_once([PY, "-m", "mlconv", src, j("ml.onnx"), "--external-data", "--force"])
-        print("\nONNX with external data -> safetensors")
-        compare({
-            "cp": (["cp", j("ml.onnx.data"), j("cp")], remover(j("cp"))),
-            "mlconv": ([PY, "-m", "mlconv", j("ml.onnx"), j("back.safetensors")],
-                       remover(j("back.safetensors"))),
-            "onnx.load + to_array + save_file": ([PY, "-c", IMPORT, j("ml.onnx"),
-                                                  j("ref.safetensors")],
-                                                 remover(j("ref.safetensors"))),
-        }, runs=args.runs)
+        for count in (1, 200):
+            src = j(f"m{count}.safetensors")
+            run_function(__file__, "make_model", src, args.gib, count)
+            print(f"\n{count} tensor(s): safetensors -> ONNX with external data")
+            cases = {
+                "cp": (["cp", src, j("cp")], remover(j("cp"))),
+                "mlconv": (ml + [src, j("ml.onnx"), "--external-data", "--force"],
+                           lambda: [os.unlink(p) for p in glob.glob(j("ml.onnx*"))]),
+            }
+            if not args.no_peer:
+                cases["onnx package"] = ([PY, "-c", EXPORT, src, j("ref.onnx")],
+                                         remover(j("ref.onnx"), j("ref.onnx.data")))
+            got = compare(cases, runs=args.runs)
+            rows.append(_row(f"safetensors → ONNX external data, {count}", got,
+                             None if args.no_peer else "onnx package"))
+            run_once(ml + [src, j("ml.onnx"), "--external-data", "--force"])
+            data = _side(tmp, j("ml.onnx"))
+            print(f"\n{count} tensor(s): ONNX with external data -> safetensors")
+            cases = {
+                "cp": (["cp", data, j("cp")], remover(j("cp"))),
+                "mlconv": (ml + [j("ml.onnx"), j("back.safetensors")],
+                           remover(j("back.safetensors"))),
+            }
+            if not args.no_peer:
+                cases["onnx package"] = ([PY, "-c", IMPORT, j("ml.onnx"), j("ref.safetensors")],
+                                         remover(j("ref.safetensors")))
+            got = compare(cases, runs=args.runs)
+            rows.append(_row(f"ONNX external data → safetensors, {count}", got,
+                             None if args.no_peer else "onnx package"))
+            for p in glob.glob(j("ml.onnx*")):
+                os.unlink(p)
+            if args.gib < 2:  # embedded raw_data: memory-mapped where it lies, kernel-copied
+                run_once(ml + [src, j("in.onnx")])
+                print(f"\n{count} tensor(s): ONNX with raw_data -> safetensors")
+                cases = {
+                    "cp": (["cp", j("in.onnx"), j("cp")], remover(j("cp"))),
+                    "mlconv": (ml + [j("in.onnx"), j("back.safetensors")],
+                               remover(j("back.safetensors"))),
+                }
+                if not args.no_peer:
+                    cases["onnx package"] = ([PY, "-c", IMPORT, j("in.onnx"),
+                                              j("ref.safetensors")], remover(j("ref.safetensors")))
+                got = compare(cases, runs=args.runs)
+                rows.append(_row(f"ONNX raw_data → safetensors, {count}", got,
+                                 None if args.no_peer else "onnx package"))
+                os.unlink(j("in.onnx"))
+            os.unlink(src)
     finally:
         shutil.rmtree(tmp)
+    print(f"\n{_load()}\n")
+    print(f"| {args.gib} GiB conversion, tensors | mlconv ÷ cp | mlconv ÷ onnx package "
+          "| mlconv RSS MiB | peer RSS MiB |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

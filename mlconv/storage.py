@@ -6,8 +6,9 @@ binary file object) is *staged* into a private temp folder under its own base na
 
 - for ``inspect`` (``headers=True``) as a sparse file of the object's full size holding only
   the byte ranges the format's headers live in (safetensors and npy headers, the Parquet
-  footer, the Arrow IPC footer and batch metadata), fetched with ranged reads; formats whose
-  headers are spread through the file (HDF5, ONNX, npz, Arrow streams) are fetched whole;
+  footer, the Arrow IPC footer and batch metadata, an ONNX model's structure without its
+  raw_data), fetched with ranged reads; formats whose headers are spread through the file
+  (HDF5, npz, Arrow streams) are fetched whole;
 - otherwise whole, in large ranges fetched concurrently.
 
 HDF5 is thus always read from a local copy, so the crash guard checks that copy as usual.
@@ -248,10 +249,10 @@ class _TooBig(Exception):
 def _header_ranges(s: _Sparse, name: str) -> bool:
     """Fetch what a reader of the object's format needs for headers (the format says, by
     its magic); False: fetch it all."""
-    from .formats import by_magic
+    from .formats import by_extension, by_magic
 
     size = s.obj.size
-    fmt = by_magic(s.get(0, min(size, HEAD)), size)
+    fmt = by_magic(s.get(0, min(size, HEAD)), size) or by_extension(name)  # ONNX: no magic
     return fmt.header_ranges(s.get, size, s.path) if fmt is not None else False
 
 

@@ -430,6 +430,26 @@ def test_template_and_onnx_external_data_remote(mem, tmp_path):
         assert np.array_equal(b["w"].numpy(), w * 2)
 
 
+def test_onnx_inspect_fetches_structure_not_raw_data(mem, tmp_path):
+    """A ~50 MB model with raw_data initializers: inspect scans the protobuf through ranged
+    reads and skips every payload (< 1 MiB fetched); load fetches a tensor when used."""
+    fs, root = mem
+    rng = np.random.default_rng(0)
+    tensors = {f"layer{i}/w": rng.random((250, 500), dtype=np.float32) for i in range(100)}
+    local = tmp_path / "m.onnx"
+    mlconv.save(tensors, local, format="onnx", metadata={"k": "v"})
+    assert local.stat().st_size > 50_000_000
+    fs.put_file(str(local), f"{root}/m.onnx")
+    stats = _count()
+    remote = mlconv.inspect(f"memory://{root}/m.onnx")
+    assert stats["bytes"] < 1 << 20, stats
+    assert {**remote, "path": None} == {**mlconv.inspect(local), "path": None}
+    stats = _count()
+    with mlconv.open(f"memory://{root}/m.onnx") as b:
+        assert np.array_equal(b["layer7/w"].numpy(), tensors["layer7/w"])
+    assert stats["bytes"] < (1 << 20) + tensors["layer7/w"].nbytes, stats
+
+
 def test_remote_losses_keep_their_data(mem, tmp_path):
     """Review finding: nulls filled while a remote conversion streams crashed the report
     (plain strings among the Loss objects); each loss keeps kind and way out."""
