@@ -12,6 +12,7 @@ its .pyc files, and compiling mlconv's modules on every start costs about 0.3 s.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import statistics
@@ -59,6 +60,8 @@ PAIRS = [
     ("safetensors -> npy", ".safetensors", ".npy", NPY_WRITE),
 ]
 
+FLAGS = {".onnx": ["--external-data"]}  # the peer writes external data at every size
+
 
 def make(path: str, gib: float, count: int) -> None:
     """``count`` float32 tensors, ``gib`` GiB in all, as safetensors (or npy for one)."""
@@ -76,6 +79,13 @@ def make(path: str, gib: float, count: int) -> None:
         return
     save_file({f"layer{i // 4}.w{i % 4}": rng.standard_normal(per, dtype=np.float32)
                .reshape(-1, 256) for i in range(count)}, path)
+
+
+def _fresh_dir(path: str):
+    def clean():
+        shutil.rmtree(path, ignore_errors=True)
+        os.mkdir(path)
+    return clean
 
 
 def _outputs(path: str):
@@ -114,14 +124,16 @@ def main() -> None:
             if count == 1:
                 run_function(__file__, "make", base + ".npy", args.gib, 1)
             for ext in (".h5", ".onnx"):
-                run_once(mlconv + [base + ".safetensors", base + ext, "--force"])
+                run_once(mlconv + [base + ".safetensors", base + ext, "--force", *FLAGS.get(ext, [])])
             for label, src_ext, dst_ext, peer in PAIRS:
                 one_only = label.startswith("npy ") or label.endswith("-> npy")
                 if args.only not in label or (one_only and count != 1):
                     continue
                 src, out, ref, dup = base + src_ext, j("o" + dst_ext), j("p" + dst_ext), j("cp")
-                got = measure({"cp": (["cp", src, dup], remover(dup)),
-                               "mlconv": (mlconv + [src, out, "--force"], _outputs(out)),
+                side = sorted(glob.glob(glob.escape(src) + ".*"))  # ONNX external data
+                got = measure({"cp": (["cp", src, *side, dup], _fresh_dir(dup)),
+                               "mlconv": (mlconv + [src, out, "--force"] + FLAGS.get(dst_ext, []),
+                                          _outputs(out)),
                                "peer": ([PY, "-c", peer, src, ref], _outputs(ref))}, args.runs)
                 rows.append((label, count, got))
                 print(f"  measured {label}, {count} tensor(s)", flush=True)
