@@ -124,7 +124,8 @@ def main() -> None:
             if count == 1:
                 run_function(__file__, "make", base + ".npy", args.gib, 1)
             for ext in (".h5", ".onnx"):
-                run_once(mlconv + [base + ".safetensors", base + ext, "--force", *FLAGS.get(ext, [])])
+                flags = ["--force", *FLAGS.get(ext, [])]
+                run_once(mlconv + [base + ".safetensors", base + ext, *flags])
             for label, src_ext, dst_ext, peer in PAIRS:
                 one_only = label.startswith("npy ") or label.endswith("-> npy")
                 if args.only not in label or (one_only and count != 1):
