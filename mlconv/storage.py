@@ -255,19 +255,64 @@ def _header_ranges(s: _Sparse, name: str) -> bool:
     return fmt.header_ranges(s.get, size, s.path) if fmt is not None else False
 
 
+TEMP_PREFIX = "mlconv-remote-"
+_LOCK = ".mlconv-owner"  # flock'ed by the process using the folder, all its life
+_swept: list[bool] = []
+
+
+def _sweep_stale() -> None:
+    """Remove temp folders left by processes that died (a Dask worker killed mid-write),
+    once per process. A folder is stale when nobody holds its lock: the kernel drops a
+    flock when its process dies, however it dies; a live owner (any PID namespace sharing
+    this /tmp) still holds it, so its folder is never touched."""
+    import fcntl
+
+    if _swept:
+        return
+    _swept.append(True)
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            fd = os.open(os.path.join(folder, _LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # no lock file (yet, or another tool's folder): leave it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its owner is alive
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def _temp_folder():
-    folder = tempfile.mkdtemp(prefix="mlconv-remote-")
+    import fcntl
+
+    _sweep_stale()
+    folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    new = os.path.join(folder, _LOCK + ".new")
+    lock = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(new, os.path.join(folder, _LOCK))  # a sweeper sees it locked already
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        os.close(lock)
 
 
 def _base(p) -> str:
     name = shown(p).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     name = re.sub(r"[\x00/\\]", "_", name)
-    return name if name not in ("", ".", "..") else "object"
+    return name if name not in ("", ".", "..", _LOCK, _LOCK + ".new") else "object"
 
 
 def stage(p, headers: bool = False):
@@ -456,7 +501,7 @@ def _output(dst, overwrite: bool):
         yield path
         # the writer succeeded: publish the file and any companions (ONNX external data)
         for entry in sorted(os.scandir(folder), key=lambda e: e.name != _base(dst)):
-            if not entry.is_file():
+            if not entry.is_file() or entry.name == _LOCK:
                 continue
             if fs is None:
                 with open(entry.path, "rb") as f:
@@ -464,13 +509,22 @@ def _output(dst, overwrite: bool):
                 continue
             target = rpath if entry.name == _base(dst) else \
                 rpath.rsplit("/", 1)[0] + "/" + entry.name
-            upload(fs, entry.path, target, name)
+            upload(fs, entry.path, target, name, create=not overwrite)
 
 
-def upload(fs, path: str, target: str, name: str) -> None:
-    """Put local ``path`` at ``target``: one object, visible only once complete."""
+def upload(fs, path: str, target: str, name: str, create: bool = False) -> None:
+    """Put local ``path`` at ``target``: one object, visible only once complete.
+    ``create``: never replace an object that appeared since the existence check (on S3 a
+    conditional PUT, ``If-None-Match: *``; other stores check just before writing)."""
+    import inspect
+
+    mode = {"mode": "create"} if create and "mode" in \
+        inspect.signature(fs.put_file).parameters else {}
     try:
-        fs.put_file(path, target)
+        fs.put_file(path, target, **mode)
+    except FileExistsError:
+        raise OutputExistsError("output exists (written by someone else meanwhile); use "
+                                "--force to replace it", name) from None
     except Exception as e:  # noqa: BLE001
         with contextlib.suppress(Exception):
             if fs.exists(target) and fs.size(target) != os.path.getsize(path):

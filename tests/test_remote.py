@@ -464,3 +464,55 @@ def test_remote_corrupt_arrow_footer_is_a_format_error(mem, tmp_path):
     with pytest.raises(MlconvError) as remote:
         mlconv.inspect(f"memory://{root}/x.arrow")
     assert type(remote.value) is type(here.value)
+
+
+def test_temp_folder_of_a_killed_process_is_swept(tmp_path, monkeypatch):
+    """A process killed while staging a remote DST (a Dask worker) leaves its temp folder;
+    the next process to stage anything removes it. A live owner's folder is left alone."""
+    import signal
+    import tempfile
+    import time
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    code = ("import sys, time, numpy as np, mlconv\n"
+            "from mlconv import storage\n"
+            "with storage.staged(None, 'memory://x/y.npy') as (_, out, _n):\n"
+            "    np.save(out, np.zeros(1000))\n"
+            "    print('in', flush=True)\n"
+            "    time.sleep(600)\n")
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})
+                for _ in range(2)]
+    try:
+        for child in children:
+            assert child.stdout.readline() == b"in\n"
+        folders = sorted(p for p in tmp_path.iterdir() if p.name.startswith("mlconv-remote-"))
+        assert len(folders) == 2
+        children[0].send_signal(signal.SIGKILL)
+        children[0].wait()
+        monkeypatch.setattr(storage, "_swept", [])
+        mlconv.save({"w": np.arange(3)}, "memory://x/z.npy")  # any staging sweeps once
+        time.sleep(0.1)
+        left = sorted(p for p in tmp_path.iterdir() if p.name.startswith("mlconv-remote-"))
+        assert len(left) == 1 and (left[0] / "y.npy").exists()  # the live one's
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        fsspec.filesystem("memory").rm("/x", recursive=True)
+
+
+def test_remote_dst_created_meanwhile_is_not_replaced(s3, tmp_path):
+    """The existence check and the upload are apart in time; on S3 the upload is a
+    conditional PUT (If-None-Match: *), so an object written meanwhile by someone else is
+    kept and the run fails with one line."""
+    fs, bucket = s3
+    url = f"s3://{bucket}/x.npy"
+    with pytest.raises(OutputExistsError) as e:
+        with storage.staged(None, url) as (_, out, _names):
+            np.save(out, np.arange(3))
+            fs.pipe_file(f"{bucket}/x.npy", b"theirs")  # another writer, meanwhile
+    assert url in str(e.value) and "\n" not in str(e.value)
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{bucket}/x.npy") == b"theirs"
