@@ -27,6 +27,7 @@ import shutil
 import struct
 import tempfile
 
+from . import ranged
 from .errors import (
     Loss,
     MissingDependencyError,
@@ -231,14 +232,30 @@ class _Sparse:
 
     def fill(self, start: int, end: int) -> None:
         """Fetch what is missing of ``start:end`` (in RANGE pieces, several at once)."""
+        self.fill_ranges([(start, end)])
+
+    def fill_ranges(self, ranges) -> None:
+        """``fill`` for several ranges: all their missing pieces fetched together."""
         with self.lock:
-            missing = [(max(0, start), min(self.obj.size, end))]
+            missing = [(max(0, s), min(self.obj.size, e)) for s, e in ranges]
             for a, b in self.have:
                 missing = [piece for s, e in missing for piece in
                            ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
+            missing = _merged(missing)
             pieces = [(i, min(i + RANGE, e)) for s, e in missing for i in range(s, e, RANGE)]
             _fetch(self.obj, self.fd, pieces)
-            self.have.extend(missing)
+            self.have = _merged(self.have + missing)
+
+
+def _merged(ranges) -> list[tuple[int, int]]:
+    """Sorted ranges with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(r for r in ranges if r[1] > r[0]):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 class _TooBig(Exception):
@@ -336,22 +353,26 @@ def fetcher_for(path: str):
 
 
 def lazy_bundle(bundle, path: str, fetcher) -> None:
-    """Tensors memory-mapped from a copy holding headers only (safetensors, npy) fetch their
-    own bytes on first use (a memory map of the copy then sees them); any other bundle gets
-    the rest now."""
+    """Tensors memory-mapped from a copy holding headers only (safetensors, npy, stored npz
+    members) fetch their own bytes on first use (a memory map of the copy then sees them);
+    readers that ``ranged.claim`` the copy fetch the rest themselves (Parquet column
+    chunks, Arrow IPC batches, deflated npz members); any other bundle gets it all now."""
     from .model import Tensor
     from .sources import FileSource
 
     if fetcher is None:
         return
-    ok = all(  # payloads at offsets the headers gave: each fetched on first use
-        isinstance(e, Tensor) and isinstance(e.source, FileSource) and e.source.fmap.path == path
-        for e in bundle.values())
-    if not ok:
+
+    def mapped(e):  # a payload at an offset the headers gave: fetched on first use
+        return isinstance(e, Tensor) and isinstance(e.source, FileSource) and \
+            e.source.fmap.path == path
+
+    if not ranged.claimed(path) and not all(mapped(e) for e in bundle.values()):
         fetcher.fill(0, fetcher.obj.size)
         return
     for entry in bundle.values():
-        entry.source = _Fetching(entry.source, fetcher)
+        if mapped(entry):
+            entry.source = _Fetching(entry.source, fetcher)
 
 
 def _stage(p, headers: bool):
@@ -372,6 +393,9 @@ def _stage(p, headers: bool):
                 partial = sparse if _header_ranges(sparse, _base(p)) else None
             except (_TooBig, struct.error, ValueError, IndexError):
                 partial = None
+            if partial is not None:  # readers that know their ranges fetch them as they go
+                ranged.register(path, sparse.fill_ranges)
+                stack.callback(ranged.unregister, path)
         if partial is None:
             os.ftruncate(fd, 0)
             _fetch_all(obj, fd)

@@ -516,3 +516,53 @@ def test_remote_dst_created_meanwhile_is_not_replaced(s3, tmp_path):
     assert url in str(e.value) and "\n" not in str(e.value)
     fs.invalidate_cache()
     assert fs.cat_file(f"{bucket}/x.npy") == b"theirs"
+
+
+def _big_remote(kind: str, tmp_path):
+    """(local file, its part of interest in bytes, select, exclude, target) of ~32 MB:
+    four 8 MB float64 columns (Parquet, Arrow IPC) or eight 4 MB members (npz)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    local = tmp_path / f"t.{kind.split('-')[0]}"
+    if kind.startswith("npz"):
+        arrs = {f"w{i}": rng.random(500_000) for i in range(8)}
+        (np.savez_compressed if kind == "npz-deflate" else np.savez)(local, **arrs)
+        return local, arrs["w3"].nbytes, ["w3"], [], "npy"
+    table = pa.table({c: rng.random(1_000_000) for c in "abcd"})
+    if kind == "parquet":
+        pq.write_table(table, local, row_group_size=125_000, compression="none")
+        meta = pq.ParquetFile(local).metadata
+        part = sum(meta.row_group(i).column(0).total_compressed_size  # column a's chunks
+                   for i in range(meta.num_row_groups))
+        return local, part, [], ["t/b", "t/c", "t/d"], "parquet"
+    else:
+        with pa.ipc.new_file(local, table.schema) as w:
+            for batch in table.to_batches(125_000):
+                w.write_batch(batch)
+    return local, table["a"].nbytes, [], ["t/b", "t/c", "t/d"], "parquet"
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrow", "npz", "npz-deflate"])
+def test_ranged_reads_fetch_what_is_converted(mem, tmp_path, kind):
+    """Parquet column chunks, Arrow IPC record batch buffers and npz members are fetched
+    when read: one column (or member) of a 32 MB object costs little more than its own
+    bytes; converting the whole object fetches each byte about once. Outputs equal the
+    local run's."""
+    fs, root = mem
+    local, part, select, exclude, target = _big_remote(kind, tmp_path)
+    url = f"memory://{root}/{local.name}"
+    fs.put_file(str(local), url)
+    stats = _count()
+    mlconv.convert(url, tmp_path / f"one.{target}", select=select, exclude=exclude)
+    assert part <= stats["bytes"] < part * 1.1 + 2 * storage.HEAD, stats
+    mlconv.convert(local, tmp_path / f"here.{target}", select=select, exclude=exclude)
+    assert (tmp_path / f"one.{target}").read_bytes() == \
+        (tmp_path / f"here.{target}").read_bytes()
+    stats = _count()
+    out = tmp_path / f"all{local.suffix}"
+    mlconv.convert(url, out)
+    assert 0.99 * local.stat().st_size <= stats["bytes"] < 1.1 * local.stat().st_size, stats
+    mlconv.convert(local, tmp_path / f"all-here{local.suffix}")
+    assert out.read_bytes() == (tmp_path / f"all-here{local.suffix}").read_bytes()
