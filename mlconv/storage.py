@@ -4,15 +4,19 @@ Readers and writers work on local files (memory maps, h5py, pyarrow, ``copy_file
 A remote input (``s3://``, ``gs://``, ``az://``, ``memory://``, ``http(s)://`` or an open
 binary file object) is *staged* into a private temp folder under its own base name:
 
-- for ``inspect`` (``headers=True``) as a sparse file of the object's full size holding only
-  the byte ranges the format's headers live in (safetensors and npy headers, the Parquet
-  footer, the Arrow IPC footer and batch metadata), fetched with ranged reads; formats whose
-  headers are spread through the file (HDF5, ONNX, npz, Arrow streams) are fetched whole;
-- otherwise whole, in large ranges fetched concurrently.
+- where the format says where its headers are (``Format.header_ranges``: safetensors, npy,
+  GGUF, Parquet, Arrow IPC files, npz), as a sparse file of the object's full size holding
+  only those ranges, fetched with ranged reads. The copy is then registered with
+  ``ranged``: safetensors/npy/stored npz tensors fetch their bytes on first use, Parquet,
+  Arrow IPC and npz readers fetch the ranges they read (``ranged.claim``); for any other
+  reader (``lazy=False``, or a reader that does not claim) the rest comes at once;
+- otherwise (HDF5, ONNX, Arrow streams) whole, in large ranges fetched concurrently.
 
-HDF5 is thus always read from a local copy, so the crash guard checks that copy as usual.
-A remote output is written to a local temp file and uploaded only once the writer succeeded
-(one PUT, or a multipart upload completed at its end): a failed run leaves nothing at DST.
+HDF5 is thus always read from a complete local copy, so the crash guard checks that copy
+as usual. A remote output is written to a local temp file and uploaded only once the
+writer succeeded (one PUT, or a multipart upload completed at its end; conditional on S3
+unless replacing): a failed run leaves nothing at DST. Temp folders are flock'ed by their
+process; the next process sweeps those whose owner died.
 
 fsspec is imported only when a URL or a file object is given; ``file://`` URLs are plain
 local paths. Error messages name the URL, never the temp copy.

@@ -219,10 +219,11 @@ def _split(client, src, dst, options, split_size: int):
     that lays payloads out verbatim and writes through mlconv's own file splits."""
     from ..formats import get
 
-    size = _size(src)
     fmt = get(options["to_format"])
-    if size is None or size <= split_size or storage.is_remote(dst) or \
-            not fmt.caps.raw_payload:
+    if not fmt.caps.raw_payload or storage.is_remote(dst) or storage.is_fileobj(src):
+        return None
+    size = _size(src)
+    if size is None or size <= split_size:
         return None
     try:
         layout = _layout(src, dst, fmt, options)
@@ -255,23 +256,14 @@ def _layout(src, dst, fmt, options):
     import time
 
     from ..atomic import _WholeWrites, temp_path
-    from ..formats.base import ReadOptions
-    from ..model import Tensor
-    from .execute import fit, open_sources, write_options
+    from .execute import write_options
 
     t0 = time.perf_counter()
     dst = os.path.abspath(storage.local(dst))
     wopts = write_options(fmt, compression=options["compression"],
                           kernel_copy=options["kernel_copy"], options=options["options"])
-    read = ReadOptions(allow_external=options["allow_external"],
-                       max_memory=options["max_memory"], allow_expand=options["allow_expand"])
     with contextlib.ExitStack() as stack:
-        lsrc, _, names = stack.enter_context(storage.staged(src, lazy=True))
-        bundle, in_id, _ = stack.enter_context(
-            open_sources(lsrc, options["from_format"], read, options["allow_lossy"]))
-        fitted, warnings = fit(bundle, fmt, select=options["select"],
-                               exclude=options["exclude"], casts=options["cast"],
-                               allow_lossy=options["allow_lossy"], pad=options["pad"])
+        lsrc, in_id, fitted, warnings, names = _fitted(stack, src, options)
         if len(fitted) < 2 or not all(isinstance(e, Tensor) and e.nbytes is not None
                                       for e in fitted.values()):
             return None
@@ -304,6 +296,24 @@ def _layout(src, dst, fmt, options):
     return tmp, report, placed
 
 
+def _fitted(stack, src, options):
+    """(local copy, format id, fitted bundle, losses, names) of ``src`` opened as
+    ``convert`` opens it (remote: headers only, tensors fetched when written), in ``stack``."""
+    from ..formats import get
+    from ..formats.base import ReadOptions
+    from .execute import fit, open_sources
+
+    read = ReadOptions(allow_external=options["allow_external"],
+                       max_memory=options["max_memory"], allow_expand=options["allow_expand"])
+    lsrc, _, names = stack.enter_context(storage.staged(src, lazy=True))
+    bundle, in_id, _ = stack.enter_context(
+        open_sources(lsrc, options["from_format"], read, options["allow_lossy"]))
+    fitted, losses = fit(bundle, get(options["to_format"]), select=options["select"],
+                         exclude=options["exclude"], casts=options["cast"],
+                         allow_lossy=options["allow_lossy"], pad=options["pad"])
+    return lsrc, in_id, fitted, losses, names
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -327,21 +337,11 @@ def _write_part(task) -> tuple[str, int]:
     """A Dask task: write the payloads of ``group`` at their offsets of ``tmp``;
     (error line or "", bytes written). Writing the same bytes twice (a rerun) is harmless."""
     from ..fileio import Sink
-    from ..formats import get
-    from ..formats.base import ReadOptions
-    from .execute import fit, open_sources
 
     src, tmp, group, options = task
-    read = ReadOptions(allow_external=options["allow_external"],
-                       max_memory=options["max_memory"], allow_expand=options["allow_expand"])
     try:
         with contextlib.ExitStack() as stack:
-            lsrc, _, _ = stack.enter_context(storage.staged(src, lazy=True))
-            bundle, _, _ = stack.enter_context(
-                open_sources(lsrc, options["from_format"], read, options["allow_lossy"]))
-            fitted, _ = fit(bundle, get(options["to_format"]), select=options["select"],
-                            exclude=options["exclude"], casts=options["cast"],
-                            allow_lossy=options["allow_lossy"], pad=options["pad"])
+            fitted = _fitted(stack, src, options)[2]
             fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW)
             try:
                 sink = Sink(fd, None, options["kernel_copy"])
