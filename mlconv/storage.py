@@ -8,8 +8,8 @@ binary file object) is *staged* into a private temp folder under its own base na
   GGUF, Parquet, Arrow IPC files, npz), as a sparse file of the object's full size holding
   only those ranges, fetched with ranged reads. The copy is then registered with
   ``ranged``: safetensors/npy/stored npz tensors fetch their bytes on first use, Parquet,
-  Arrow IPC and npz readers fetch the ranges they read (``ranged.claim``); for any other
-  reader (``lazy=False``, or a reader that does not claim) the rest comes at once;
+  Arrow IPC and npz readers fetch the ranges they read (``ranged.claim``); for a reader
+  that does neither, ``lazy_bundle`` fetches the rest at once (``inspect`` never does);
 - otherwise (HDF5, ONNX, Arrow streams) whole, in large ranges fetched concurrently.
 
 HDF5 is thus always read from a complete local copy, so the crash guard checks that copy
