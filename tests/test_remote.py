@@ -97,7 +97,7 @@ def test_memory_inspect_fetches_header_only(mem):
     assert stats["bytes"] <= storage.HEAD and stats["requests"] == 1
 
 
-@pytest.mark.parametrize("kind", ["npy", "parquet", "arrow", "gguf"])
+@pytest.mark.parametrize("kind", ["npy", "parquet", "arrow", "gguf", "npz"])
 def test_memory_inspect_headers_only_other_formats(mem, tmp_path, kind):
     """The manifest equals the local file's, from a small part of the object."""
     import pyarrow as pa
@@ -107,6 +107,8 @@ def test_memory_inspect_headers_only_other_formats(mem, tmp_path, kind):
     local = tmp_path / f"x.{kind}"
     if kind == "npy":
         np.save(local, np.zeros((1000, 1000)))
+    elif kind == "npz":  # the central directory and each member's headers
+        np.savez(local, a=np.zeros((500, 1000)), b=np.ones(10), c=np.zeros((500, 1000)))
     elif kind == "gguf":  # key-values and tensor infos from a prefix, payloads never
         mlconv.save({"w": np.zeros((1000, 1000), np.float32)}, local,
                     metadata={"general.name": "m"})
