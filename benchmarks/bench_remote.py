@@ -172,9 +172,12 @@ def main() -> None:
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--skip-many", action="store_true")
     args = ap.parse_args()
+    print("load average before: %.2f %.2f %.2f (%d cores)" % (*os.getloadavg(),
+                                                            os.cpu_count()))
     if not args.skip_many:
         many(args)
     inspect_remote(args)
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -4,16 +4,20 @@ Readers and writers work on local files (memory maps, h5py, pyarrow, ``copy_file
 A remote input (``s3://``, ``gs://``, ``az://``, ``memory://``, ``http(s)://`` or an open
 binary file object) is *staged* into a private temp folder under its own base name:
 
-- for ``inspect`` (``headers=True``) as a sparse file of the object's full size holding only
-  the byte ranges the format's headers live in (safetensors and npy headers, the Parquet
-  footer, the Arrow IPC footer and batch metadata, an ONNX model's structure without its
-  raw_data), fetched with ranged reads; formats whose headers are spread through the file
-  (HDF5, npz, Arrow streams) are fetched whole;
-- otherwise whole, in large ranges fetched concurrently.
+- where the format says where its headers are (``Format.header_ranges``: safetensors, npy,
+  GGUF, Parquet, Arrow IPC files, npz, ONNX: its structure without raw_data), as a sparse
+  file of the object's full size holding only those ranges, fetched with ranged reads. The
+  copy is then registered with ``ranged``: safetensors/npy/stored npz tensors fetch their
+  bytes on first use, Parquet, Arrow IPC and npz readers fetch the ranges they read
+  (``ranged.claim``); for a reader that does neither (ONNX), ``lazy_bundle`` fetches the rest
+  at once (``inspect`` never does);
+- otherwise (HDF5, Arrow streams) whole, in large ranges fetched concurrently.
 
-HDF5 is thus always read from a local copy, so the crash guard checks that copy as usual.
-A remote output is written to a local temp file and uploaded only once the writer succeeded
-(one PUT, or a multipart upload completed at its end): a failed run leaves nothing at DST.
+HDF5 is thus always read from a complete local copy, so the crash guard checks that copy
+as usual. A remote output is written to a local temp file and uploaded only once the
+writer succeeded (one PUT, or a multipart upload completed at its end; conditional on S3
+unless replacing): a failed run leaves nothing at DST. Temp folders are flock'ed by their
+process; the next process sweeps those whose owner died.
 
 fsspec is imported only when a URL or a file object is given; ``file://`` URLs are plain
 local paths. Error messages name the URL, never the temp copy.
@@ -28,6 +32,7 @@ import shutil
 import struct
 import tempfile
 
+from . import ranged
 from .errors import (
     Loss,
     MissingDependencyError,
@@ -232,14 +237,30 @@ class _Sparse:
 
     def fill(self, start: int, end: int) -> None:
         """Fetch what is missing of ``start:end`` (in RANGE pieces, several at once)."""
+        self.fill_ranges([(start, end)])
+
+    def fill_ranges(self, ranges) -> None:
+        """``fill`` for several ranges: all their missing pieces fetched together."""
         with self.lock:
-            missing = [(max(0, start), min(self.obj.size, end))]
+            missing = [(max(0, s), min(self.obj.size, e)) for s, e in ranges]
             for a, b in self.have:
                 missing = [piece for s, e in missing for piece in
                            ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
+            missing = _merged(missing)
             pieces = [(i, min(i + RANGE, e)) for s, e in missing for i in range(s, e, RANGE)]
             _fetch(self.obj, self.fd, pieces)
-            self.have.extend(missing)
+            self.have = _merged(self.have + missing)
+
+
+def _merged(ranges) -> list[tuple[int, int]]:
+    """Sorted ranges with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(r for r in ranges if r[1] > r[0]):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 class _TooBig(Exception):
@@ -256,19 +277,64 @@ def _header_ranges(s: _Sparse, name: str) -> bool:
     return fmt.header_ranges(s.get, size, s.path) if fmt is not None else False
 
 
+TEMP_PREFIX = "mlconv-remote-"
+_LOCK = ".mlconv-owner"  # flock'ed by the process using the folder, all its life
+_swept: list[bool] = []
+
+
+def _sweep_stale() -> None:
+    """Remove temp folders left by processes that died (a Dask worker killed mid-write),
+    once per process. A folder is stale when nobody holds its lock: the kernel drops a
+    flock when its process dies, however it dies; a live owner (any PID namespace sharing
+    this /tmp) still holds it, so its folder is never touched."""
+    import fcntl
+
+    if _swept:
+        return
+    _swept.append(True)
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            fd = os.open(os.path.join(folder, _LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # no lock file (yet, or another tool's folder): leave it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its owner is alive
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def _temp_folder():
-    folder = tempfile.mkdtemp(prefix="mlconv-remote-")
+    import fcntl
+
+    _sweep_stale()
+    folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    new = os.path.join(folder, _LOCK + ".new")
+    lock = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(new, os.path.join(folder, _LOCK))  # a sweeper sees it locked already
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        os.close(lock)
 
 
 def _base(p) -> str:
     name = shown(p).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     name = re.sub(r"[\x00/\\]", "_", name)
-    return name if name not in ("", ".", "..") else "object"
+    return name if name not in ("", ".", "..", _LOCK, _LOCK + ".new") else "object"
 
 
 def stage(p, headers: bool = False):
@@ -292,22 +358,26 @@ def fetcher_for(path: str):
 
 
 def lazy_bundle(bundle, path: str, fetcher) -> None:
-    """Tensors memory-mapped from a copy holding headers only (safetensors, npy) fetch their
-    own bytes on first use (a memory map of the copy then sees them); any other bundle gets
-    the rest now."""
+    """Tensors memory-mapped from a copy holding headers only (safetensors, npy, stored npz
+    members) fetch their own bytes on first use (a memory map of the copy then sees them);
+    readers that ``ranged.claim`` the copy fetch the rest themselves (Parquet column
+    chunks, Arrow IPC batches, deflated npz members); any other bundle gets it all now."""
     from .model import Tensor
     from .sources import FileSource
 
     if fetcher is None:
         return
-    ok = all(  # payloads at offsets the headers gave: each fetched on first use
-        isinstance(e, Tensor) and isinstance(e.source, FileSource) and e.source.fmap.path == path
-        for e in bundle.values())
-    if not ok:
+
+    def mapped(e):  # a payload at an offset the headers gave: fetched on first use
+        return isinstance(e, Tensor) and isinstance(e.source, FileSource) and \
+            e.source.fmap.path == path
+
+    if not ranged.claimed(path) and not all(mapped(e) for e in bundle.values()):
         fetcher.fill(0, fetcher.obj.size)
         return
     for entry in bundle.values():
-        entry.source = _Fetching(entry.source, fetcher)
+        if mapped(entry):
+            entry.source = _Fetching(entry.source, fetcher)
 
 
 def _stage(p, headers: bool):
@@ -328,6 +398,9 @@ def _stage(p, headers: bool):
                 partial = sparse if _header_ranges(sparse, _base(p)) else None
             except (_TooBig, struct.error, ValueError, IndexError):
                 partial = None
+            if partial is not None:  # readers that know their ranges fetch them as they go
+                ranged.register(path, sparse.fill_ranges)
+                stack.callback(ranged.unregister, path)
         if partial is None:
             os.ftruncate(fd, 0)
             _fetch_all(obj, fd)
@@ -457,7 +530,7 @@ def _output(dst, overwrite: bool):
         yield path
         # the writer succeeded: publish the file and any companions (ONNX external data)
         for entry in sorted(os.scandir(folder), key=lambda e: e.name != _base(dst)):
-            if not entry.is_file():
+            if not entry.is_file() or entry.name == _LOCK:
                 continue
             if fs is None:
                 with open(entry.path, "rb") as f:
@@ -465,13 +538,22 @@ def _output(dst, overwrite: bool):
                 continue
             target = rpath if entry.name == _base(dst) else \
                 rpath.rsplit("/", 1)[0] + "/" + entry.name
-            upload(fs, entry.path, target, name)
+            upload(fs, entry.path, target, name, create=not overwrite)
 
 
-def upload(fs, path: str, target: str, name: str) -> None:
-    """Put local ``path`` at ``target``: one object, visible only once complete."""
+def upload(fs, path: str, target: str, name: str, create: bool = False) -> None:
+    """Put local ``path`` at ``target``: one object, visible only once complete.
+    ``create``: never replace an object that appeared since the existence check (on S3 a
+    conditional PUT, ``If-None-Match: *``; other stores check just before writing)."""
+    import inspect
+
+    mode = {"mode": "create"} if create and "mode" in \
+        inspect.signature(fs.put_file).parameters else {}
     try:
-        fs.put_file(path, target)
+        fs.put_file(path, target, **mode)
+    except FileExistsError:
+        raise OutputExistsError("output exists (written by someone else meanwhile); use "
+                                "--force to replace it", name) from None
     except Exception as e:  # noqa: BLE001
         with contextlib.suppress(Exception):
             if fs.exists(target) and fs.size(target) != os.path.getsize(path):

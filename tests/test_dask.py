@@ -136,3 +136,93 @@ def test_cli_dask_local(tmp_path):
     r = CliRunner().invoke(cli, [str(tmp_path / "in" / "s00.h5"), str(tmp_path / "x.parquet"),
                                  "--dask", "local"], catch_exceptions=False)
     assert r.exit_code == 2
+
+
+def _big_safetensors(path, n=6):
+    rng = np.random.default_rng(1)
+    tensors = {f"w{i}": rng.random((500, 1000)).astype(np.float32) for i in range(n)}
+    mlconv.save({**tensors, "b": np.arange(7)}, path, metadata={"k": "v"})  # 2 MB each
+
+
+def _kinds(client, run):
+    """What ``run()`` submitted: the kinds of task keys (convert, part, publish) counted."""
+    from collections import Counter
+
+    with distributed.get_task_stream(client) as ts:
+        result = run()
+    return result, Counter(t["key"].split("-")[1] for t in ts.data)
+
+
+@pytest.mark.parametrize("to", ["safetensors", "gguf", "npz"])
+def test_large_file_split_into_tensor_ranges(client, tmp_path, to):
+    """A file over --split-size into a target that lays payloads out verbatim is written
+    by one task per range of tensors plus a publishing task; the output is byte for byte
+    the local run's. Other targets (npz: zip members) run as one task."""
+    (tmp_path / "in").mkdir()
+    _big_safetensors(tmp_path / "in" / "m.safetensors")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "dask").mkdir()
+    src = [str(tmp_path / "in" / "m.safetensors")]
+    lossy = to == "npz"  # the file metadata
+    assert mlconv.convert_many(src, tmp_path / "local", to=to, jobs=1, allow_lossy=lossy)[0].ok
+    results, kinds = _kinds(client, lambda: mlconv.convert_many(
+        src, tmp_path / "dask", to=to, client=client, split_size=3 << 20, allow_lossy=lossy))
+    assert [r.ok for r in results] == [True], results[0].error
+    if to == "npz":
+        assert kinds == {"convert": 1}
+    else:
+        assert kinds == {"part": 4, "publish": 1}  # 2+2, 2+2, 2+2 MB, then b
+        assert results[0].report.bytes_written == os.path.getsize(results[0].dst)
+    assert _tree(tmp_path / "dask") == _tree(tmp_path / "local")
+
+
+def test_split_part_killed_is_rerun(tmp_path):
+    """A worker dies while writing its range of a split file (after scribbling over it):
+    the part runs again, the output equals the local run's, no temp file is left."""
+    (tmp_path / "in").mkdir()
+    _big_safetensors(tmp_path / "in" / "m.safetensors")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "dask").mkdir()
+    src = [str(tmp_path / "in" / "m.safetensors")]
+    assert mlconv.convert_many(src, tmp_path / "local", to="safetensors", jobs=1)[0].ok
+    marker = tmp_path / "killed"
+
+    def die_once():  # in each worker: the first part written anywhere kills its worker
+        from mlconv.convert import many
+
+        real = many._write_part
+
+        def dies(task):
+            try:
+                fd = os.open(str(marker), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return real(task)
+            os.close(fd)
+            _, tmp, group, _ = task
+            with open(tmp, "r+b") as f:  # half-written garbage, then gone
+                f.seek(group[0][1])
+                f.write(b"\xff" * (group[0][2] // 2))
+            os._exit(9)
+
+        many._write_part = dies
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    c = distributed.Client(cluster)
+    try:
+        c.run(die_once)
+        results = mlconv.convert_many(src, tmp_path / "dask", to="safetensors", client=c,
+                                      split_size=3 << 20)
+    finally:
+        c.close()
+        cluster.close()
+    assert marker.exists()
+    assert [r.ok for r in results] == [True], results[0].error
+    assert _tree(tmp_path / "dask") == _tree(tmp_path / "local")  # and no temp file
+
+
+def test_cli_split_size(tmp_path):
+    r = CliRunner().invoke(cli, [str(tmp_path / "x.h5"), str(tmp_path) + "/", "--to",
+                                 "parquet", "--dask", "local:1", "--split-size", "lots"],
+                           catch_exceptions=False)
+    assert r.exit_code == 2 and "--split-size" in r.output

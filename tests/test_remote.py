@@ -97,7 +97,7 @@ def test_memory_inspect_fetches_header_only(mem):
     assert stats["bytes"] <= storage.HEAD and stats["requests"] == 1
 
 
-@pytest.mark.parametrize("kind", ["npy", "parquet", "arrow", "gguf"])
+@pytest.mark.parametrize("kind", ["npy", "parquet", "arrow", "gguf", "npz"])
 def test_memory_inspect_headers_only_other_formats(mem, tmp_path, kind):
     """The manifest equals the local file's, from a small part of the object."""
     import pyarrow as pa
@@ -107,6 +107,8 @@ def test_memory_inspect_headers_only_other_formats(mem, tmp_path, kind):
     local = tmp_path / f"x.{kind}"
     if kind == "npy":
         np.save(local, np.zeros((1000, 1000)))
+    elif kind == "npz":  # the central directory and each member's headers
+        np.savez(local, a=np.zeros((500, 1000)), b=np.ones(10), c=np.zeros((500, 1000)))
     elif kind == "gguf":  # key-values and tensor infos from a prefix, payloads never
         mlconv.save({"w": np.zeros((1000, 1000), np.float32)}, local,
                     metadata={"general.name": "m"})
@@ -484,3 +486,105 @@ def test_remote_corrupt_arrow_footer_is_a_format_error(mem, tmp_path):
     with pytest.raises(MlconvError) as remote:
         mlconv.inspect(f"memory://{root}/x.arrow")
     assert type(remote.value) is type(here.value)
+
+
+def test_temp_folder_of_a_killed_process_is_swept(tmp_path, monkeypatch):
+    """A process killed while staging a remote DST (a Dask worker) leaves its temp folder;
+    the next process to stage anything removes it. A live owner's folder is left alone."""
+    import signal
+    import tempfile
+    import time
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    code = ("import sys, time, numpy as np, mlconv\n"
+            "from mlconv import storage\n"
+            "with storage.staged(None, 'memory://x/y.npy') as (_, out, _n):\n"
+            "    np.save(out, np.zeros(1000))\n"
+            "    print('in', flush=True)\n"
+            "    time.sleep(600)\n")
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})
+                for _ in range(2)]
+    try:
+        for child in children:
+            assert child.stdout.readline() == b"in\n"
+        folders = sorted(p for p in tmp_path.iterdir() if p.name.startswith("mlconv-remote-"))
+        assert len(folders) == 2
+        children[0].send_signal(signal.SIGKILL)
+        children[0].wait()
+        monkeypatch.setattr(storage, "_swept", [])
+        mlconv.save({"w": np.arange(3)}, "memory://x/z.npy")  # any staging sweeps once
+        time.sleep(0.1)
+        left = sorted(p for p in tmp_path.iterdir() if p.name.startswith("mlconv-remote-"))
+        assert len(left) == 1 and (left[0] / "y.npy").exists()  # the live one's
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        fsspec.filesystem("memory").rm("/x", recursive=True)
+
+
+def test_remote_dst_created_meanwhile_is_not_replaced(s3, tmp_path):
+    """The existence check and the upload are apart in time; on S3 the upload is a
+    conditional PUT (If-None-Match: *), so an object written meanwhile by someone else is
+    kept and the run fails with one line."""
+    fs, bucket = s3
+    url = f"s3://{bucket}/x.npy"
+    with pytest.raises(OutputExistsError) as e:
+        with storage.staged(None, url) as (_, out, _names):
+            np.save(out, np.arange(3))
+            fs.pipe_file(f"{bucket}/x.npy", b"theirs")  # another writer, meanwhile
+    assert url in str(e.value) and "\n" not in str(e.value)
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{bucket}/x.npy") == b"theirs"
+
+
+def _big_remote(kind: str, tmp_path):
+    """(local file, its part of interest in bytes, select, exclude, target) of ~32 MB:
+    four 8 MB float64 columns (Parquet, Arrow IPC) or eight 4 MB members (npz)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    local = tmp_path / f"t.{kind.split('-')[0]}"
+    if kind.startswith("npz"):
+        arrs = {f"w{i}": rng.random(500_000) for i in range(8)}
+        (np.savez_compressed if kind == "npz-deflate" else np.savez)(local, **arrs)
+        return local, arrs["w3"].nbytes, ["w3"], [], "npy"
+    table = pa.table({c: rng.random(1_000_000) for c in "abcd"})
+    if kind == "parquet":
+        pq.write_table(table, local, row_group_size=125_000, compression="none")
+        meta = pq.ParquetFile(local).metadata
+        part = sum(meta.row_group(i).column(0).total_compressed_size  # column a's chunks
+                   for i in range(meta.num_row_groups))
+        return local, part, [], ["t/b", "t/c", "t/d"], "parquet"
+    else:
+        with pa.ipc.new_file(local, table.schema) as w:
+            for batch in table.to_batches(125_000):
+                w.write_batch(batch)
+    return local, table["a"].nbytes, [], ["t/b", "t/c", "t/d"], "parquet"
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrow", "npz", "npz-deflate"])
+def test_ranged_reads_fetch_what_is_converted(mem, tmp_path, kind):
+    """Parquet column chunks, Arrow IPC record batch buffers and npz members are fetched
+    when read: one column (or member) of a 32 MB object costs little more than its own
+    bytes; converting the whole object fetches each byte about once. Outputs equal the
+    local run's."""
+    fs, root = mem
+    local, part, select, exclude, target = _big_remote(kind, tmp_path)
+    url = f"memory://{root}/{local.name}"
+    fs.put_file(str(local), url)
+    stats = _count()
+    mlconv.convert(url, tmp_path / f"one.{target}", select=select, exclude=exclude)
+    assert part <= stats["bytes"] < part * 1.1 + 2 * storage.HEAD, stats
+    mlconv.convert(local, tmp_path / f"here.{target}", select=select, exclude=exclude)
+    assert (tmp_path / f"one.{target}").read_bytes() == \
+        (tmp_path / f"here.{target}").read_bytes()
+    stats = _count()
+    out = tmp_path / f"all{local.suffix}"
+    mlconv.convert(url, out)
+    assert 0.99 * local.stat().st_size <= stats["bytes"] < 1.1 * local.stat().st_size, stats
+    mlconv.convert(local, tmp_path / f"all-here{local.suffix}")
+    assert out.read_bytes() == (tmp_path / f"all-here{local.suffix}").read_bytes()

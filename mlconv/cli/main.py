@@ -223,6 +223,9 @@ def _convert_options(f):
 @click.option("--dask", metavar="ADDRESS",
               help="Files into a folder on Dask: a scheduler (tcp://host:8786) or "
               "local[:N] for a local cluster of N workers.")
+@click.option("--split-size", metavar="SIZE",
+              help="With --dask: files larger than SIZE (default 1GiB) into tensor formats "
+              "are written by several tasks, one per range of tensors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every loss, not one line per kind.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
@@ -231,7 +234,7 @@ def _convert_options(f):
 @click.pass_context
 def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_lossy,
             compression, allow_external, path, force, pad, dry_run, progress, jobs, dask,
-            as_json, verbose, quiet, max_memory, allow_expand, debug, **own):
+            split_size, as_json, verbose, quiet, max_memory, allow_expand, debug, **own):
     # long: one command's modes (folder, stdio, dry run, one file) read best side by side
     """Convert SRC to DST (format from DST's extension or --to).
 
@@ -257,6 +260,7 @@ def convert(ctx, paths, from_format, to_format, select, exclude, cast, allow_los
     many = len(srcs) > 1 or any(c in srcs[0] for c in "*?[")
     if dask is not None:
         options["client"] = dask
+        options["split_size"] = _split_size(split_size)
     if dst.endswith(("/", os.sep)) or (os.path.isdir(dst) and dst != "-"):
         if not to_format:
             raise click.UsageError("converting into a folder needs --to FORMAT")
@@ -323,6 +327,17 @@ def print_losses(losses, notes, verbosity: int) -> None:
             "(-v lists them)", err=True)
     for note in map(as_loss, notes):
         say(f"mlconv: note: {one_line(note.render(cli=True))}", err=True)
+
+
+def _split_size(text):
+    from ..errors import OptionError
+    from ..formats.base import parse_size
+
+    try:
+        return None if text is None else parse_size(text)
+    except OptionError:
+        raise click.BadParameter(f"expects a size such as 512M or 2GiB, not {text!r}",
+                                 param_hint="--split-size") from None
 
 
 def _convert_into_folder(ctx, debug, sources, dst, to_format, options, jobs, show_bar,

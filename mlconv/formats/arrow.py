@@ -13,6 +13,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .. import ranged
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
@@ -99,15 +100,16 @@ def batch_info(metadata, body) -> tuple[int, int] | None:
     return rows, total
 
 
-def _file_blocks(buf) -> list[tuple[int, int]]:
-    """(offset, metadata length) of each record batch block in an IPC file's footer."""
+def _file_blocks(buf) -> list[tuple[int, int, int]]:
+    """(offset, metadata length, body length) of each record batch block in an IPC file's
+    footer."""
     size = len(buf)
     (n,) = struct.unpack_from("<i", buf, size - 10)
     start = size - 10 - n
     if n <= 0 or start < 8:
         raise ValueError("footer length outside the file")
     footer = _root(memoryview(buf)[start:size - 10])
-    return [struct.unpack_from("<qi", footer.buf, at) for at in footer.vector(3, 24)]
+    return [struct.unpack_from("<qi4xq", footer.buf, at) for at in footer.vector(3, 24)]
 
 
 def _validate(batch, path) -> None:
@@ -153,6 +155,7 @@ class _Source(TableSource):
         import pyarrow as pa
 
         self.path, self.limit = path, limit
+        self.remote = ranged.claim(path)  # a copy holding the metadata only: batches fetched
         self._cache: tuple[int, object] | None = None  # (index, batch) last decoded
         self._stream_at: tuple[int, object] | None = None  # (next index, reader) of a stream
         # our own map (not pa.memory_map) so a streamed pass can drop the pages it read
@@ -197,7 +200,8 @@ class _Source(TableSource):
                     if info is not None:
                         out.append(info)
             else:
-                for offset, _ in _file_blocks(self.map):
+                self.blocks = _file_blocks(self.map)
+                for offset, _, _ in self.blocks:
                     message = pa.ipc.read_message(self.buffer.slice(offset))
                     info = batch_info(message.metadata, message.body)
                     if info is None:
@@ -211,13 +215,15 @@ class _Source(TableSource):
                               self.path)
         return out
 
-    def batch(self, i: int):
+    def batch(self, i: int, columns=None):
         """Record batch ``i``, decoded only if its decoded size is within --max-memory;
-        the last one is kept, so reading rows in order decodes each batch once."""
+        the last one is kept, so reading rows in order decodes each batch once. A remote
+        copy fetches it first (only the buffers of ``columns`` when given)."""
         import pyarrow as pa
 
         if self._cache is not None and self._cache[0] == i:
             return self._cache[1]
+        self._fetch(i, columns)
         check_memory(self.sizes[i][1], self.limit, self.path, f"record batch {i}")
         try:
             if not self.stream:
@@ -245,6 +251,43 @@ class _Source(TableSource):
         self._cache = (i, batch)
         return batch
 
+    def _fetch(self, i: int, columns=None) -> None:
+        """A remote copy: fetch record batch ``i`` (of a file), or only the buffers of
+        ``columns`` when its buffers are stored uncompressed: pyarrow's zero-copy slices of
+        the map say where they lie (a probe batch, never used for data)."""
+        import pyarrow as pa
+
+        if not self.remote or self.stream or not 0 <= i < len(self.blocks):
+            return
+        offset, meta, body = self.blocks[i]
+        whole = [(offset, offset + meta + body)]
+        if columns is None:
+            ranged.fill_many(self.path, whole)
+            return
+        try:
+            message = pa.ipc.read_message(self.buffer.slice(offset))
+            compressed = _root(memoryview(message.metadata)).table(2).table(3) is not None
+            probe = None if compressed else self.reader.get_batch(i).select(columns)
+        except (ValueError, struct.error, AttributeError, *layouts.arrow_errors()):
+            probe = None  # the real read says what is wrong
+        if probe is None:
+            ranged.fill_many(self.path, whole)
+            if self.sizes and i < len(self.sizes):  # decoded sizes need the body
+                message = pa.ipc.read_message(self.buffer.slice(offset))
+                self.sizes[i] = batch_info(message.metadata, message.body) or self.sizes[i]
+            return
+        base, end = self.buffer.address, self.buffer.address + self.buffer.size
+        ranges = []
+        for col in probe.columns:
+            for buf in col.buffers():
+                if buf is None or not buf.size:
+                    continue
+                if not base <= buf.address <= buf.address + buf.size <= end:
+                    ranges = whole  # a buffer pyarrow copied: fetch it all
+                    break
+                ranges.append((buf.address - base, buf.address - base + buf.size))
+        ranged.fill_many(self.path, ranges)
+
     def drop_pages(self) -> None:
         """Let the kernel reclaim mapped pages already read (RSS stays bounded); arrays
         still in use fault them back in from the page cache."""
@@ -255,16 +298,13 @@ class _Source(TableSource):
         except (OSError, ValueError, AttributeError):
             pass
 
-    def raw_batches(self):
-        for i in range(len(self.sizes)):
-            yield self.batch(i)
-            self._cache = None  # a pass in order keeps only the batch in use
-
     def batches(self, rows: int, columns=None):
-        for batch in self.raw_batches():
-            _validate(batch, self.path)
-            if columns is not None:
+        for i in range(len(self.sizes)):
+            batch = self.batch(i, columns)
+            self._cache = None  # a pass in order keeps only the batch in use
+            if columns is not None:  # only the columns asked for are validated, or read
                 batch = batch.select(columns)
+            _validate(batch, self.path)
             for start in range(0, max(batch.num_rows, 1), rows):
                 if batch.num_rows:
                     yield batch.slice(start, rows)
@@ -274,6 +314,7 @@ class _Source(TableSource):
 
     def piece(self, k: int, columns):
         """Record batch ``k`` of a file (random access), validated, of only ``columns``."""
+        self._fetch(k, columns)
         try:
             batch = self.reader.get_batch(k)
         except layouts.arrow_errors() as e:
@@ -349,7 +390,7 @@ class Arrow(Format):
                 mm.close()
             except BufferError:  # a failed parse's view still holds it: freed with that view
                 pass
-        for offset, meta in blocks:
+        for offset, meta, _ in blocks:
             get(offset, offset + meta)
         for offset, meta, body in dictionaries:
             get(offset, offset + meta + body)

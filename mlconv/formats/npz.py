@@ -16,6 +16,7 @@ import zipfile
 import zlib
 
 from .. import dtypes as D
+from .. import ranged
 from ..errors import (
     FormatError,
     MlconvError,
@@ -43,7 +44,7 @@ class _Inflater:
         import bz2
 
         self._path, self._entry, self._info = path, entry, info
-        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._f = ranged.open_read(path)  # closed by close()
         self._f.seek(start)
         self._left_in, self._left_out, self._crc = info.compress_size, info.file_size, 0
         self._pending = b""
@@ -134,10 +135,16 @@ def _data_start(fh, info: zipfile.ZipInfo, size: int, path, entry) -> int:
 
 
 class Npz(Format):
+    def header_ranges(self, get, size: int, path: str) -> bool:
+        """Nothing more up front: the reader's every read of a remote copy fetches what it
+        covers (the central directory, each member's local and npy headers)."""
+        return True
+
     def read(self, path: str, options) -> Bundle:
         size = os.path.getsize(path)
+        ranged.claim(path)  # a remote copy: members are fetched when their data is read
         try:
-            zf = zipfile.ZipFile(path)
+            zf = zipfile.ZipFile(ranged.source(path))
             infos = zf.infolist()
         except _ZIP_ERRORS as e:
             raise FormatError(f"not a valid zip archive: {e}", path) from None
@@ -148,7 +155,7 @@ class Npz(Format):
         refused: list[MlconvError] = []
         spans: list = []
         try:
-            with open(path, "rb") as fh:
+            with ranged.open_read(path) as fh:
                 for info in infos:
                     if not info.filename.endswith(".npy") or info.is_dir():  # (names "")
                         continue
@@ -203,6 +210,7 @@ class Npz(Format):
 
         @contextlib.contextmanager
         def opener():
+            ranged.fill(path, start, start + info.compress_size)  # remote: all at once
             with _Inflater(path, start, info, name) as member:
                 member.read(h.data_offset)
                 yield member
@@ -217,6 +225,7 @@ class Npz(Format):
                 import numpy as np
 
                 if stored:
+                    ranged.fill(path, base, base + h.nbytes)
                     raw = fmap.array()[base:base + h.nbytes]
                 else:
                     check_memory(h.nbytes, limit, path, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import ranged
 from ..atomic import library_path
 from ..errors import FormatError, MlconvError, UnsupportedError
 from ..fileio import prefetch
@@ -43,8 +44,8 @@ def _open(path: str):
             raise FormatError("not a Parquet file: it must start and end with PAR1", path)
         _refuse_encrypted_columns(fh, path)
     limit = thrift_limit(path)
-    try:
-        return pq.ParquetFile(path, thrift_string_size_limit=limit,
+    try:  # a remote copy holding the footer only: column chunks fetched as they are read
+        return pq.ParquetFile(ranged.source(path), thrift_string_size_limit=limit,
                               thrift_container_size_limit=limit)
     except layouts.arrow_errors() as e:
         raise FormatError(f"not a readable Parquet file: {layouts.one_line(e)}", path) from None
@@ -191,11 +192,11 @@ class Parquet(Format):
         n = struct.unpack("<I", get(size - 8, size - 4))[0]
         if n + 12 > size:
             return False  # the reader says what is wrong
-        footer = get(size - 8 - n, size)
-        # the entries layout's reader reads the small name/dtype/shape columns too
-        return not (layouts.LAYOUT_KEY in footer and b"entries" in footer)
+        get(size - 8 - n, size)  # the rest (column chunks) is fetched as it is read
+        return True
 
     def read(self, path: str, options) -> Bundle:
+        ranged.claim(path)  # every read below goes through the ParquetFile's source
         pf = _open(path)
         name = stem_name(path)
         starts = []
