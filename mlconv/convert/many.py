@@ -220,7 +220,8 @@ def _split(client, src, dst, options, split_size: int):
     from ..formats import get
 
     fmt = get(options["to_format"])
-    if not fmt.caps.raw_payload or storage.is_remote(dst) or storage.is_fileobj(src):
+    if not fmt.caps.raw_payload or fmt.caps.payload_checksums or storage.is_remote(dst) \
+            or storage.is_fileobj(src):
         return None
     size = _size(src)
     if size is None or size <= split_size:

@@ -88,6 +88,8 @@ class Capabilities:
     max_entries: int | None = None   # npy holds exactly one
     zero_copy: bool = False          # readers hand out memory maps
     raw_payload: bool = False        # writers put tensor payloads verbatim (kernel-copyable)
+    payload_checksums: bool = False  # headers hold checksums of the payload bytes (npz's
+    #                                  CRC-32s): no payload can be written apart from them
     compressions: tuple[str, ...] = ("none",)  # first one is the default
 
     def as_dict(self) -> dict:

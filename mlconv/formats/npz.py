@@ -404,6 +404,6 @@ FORMAT = Npz(
     description="NumPy zip of arrays (np.savez)",
     extensions=(".npz",),
     caps=Capabilities(tensors=True, dtypes=D.NPY_DTYPES, zero_copy=True, raw_payload=True,
-                      compressions=("none", "deflate")),
+                      payload_checksums=True, compressions=("none", "deflate")),
     magic=(b"PK\x03\x04", b"PK\x05\x06"),
 )
