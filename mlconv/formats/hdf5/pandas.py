@@ -98,13 +98,14 @@ class _Column:
     def __init__(self, name, field, index, dtype, meta, nan_rep, tz, categories):
         self.name, self.field, self.index = name, field, index
         self.dtype, self.meta, self.nan_rep, self.tz = dtype, meta, nan_rep, tz
-        self.categories = categories
+        self.categories, self.ordered = categories, False
 
     def arrow_type(self, encoding):
         import pyarrow as pa
 
         if self.meta == "category":
-            return pa.dictionary(pa.from_numpy_dtype(self.codes_dtype), self.categories.type)
+            return pa.dictionary(pa.from_numpy_dtype(self.codes_dtype), self.categories.type,
+                                 self.ordered)
         return _plain_type(self.dtype, self.tz)
 
     def convert(self, rows, encoding, path, entry):
@@ -118,7 +119,7 @@ class _Column:
         if self.meta == "category":
             codes = values.astype(self.codes_dtype)
             return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0),
-                                                  self.categories)
+                                                  self.categories, ordered=self.ordered)
         return _plain(values, self.dtype, self.tz, self.nan_rep, encoding, self.name,
                       path, entry)
 
@@ -234,7 +235,11 @@ def _frame_table(g, group: str, path: str):
         dtype = _text(tattrs.get(f"{vc}_dtype"), "")
         meta = pickled(tattrs, f"{vc}_meta")
         nan_rep = _text(tattrs.get(f"{vc}_nan_rep"), None) or group_nan or "nan"
-        tz = pickled(tattrs, f"{vc}_tz")
+        # pandas keeps a values block's tz and ordered flag in the group's info by block
+        block_info = info.get(vc) if isinstance(info, dict) else None
+        block_info = block_info if isinstance(block_info, dict) else {}
+        tz = block_info.get("tz", pickled(tattrs, f"{vc}_tz"))
+        ordered = block_info.get("ordered") is True
         if not isinstance(vc, str) or vc not in fields or not isinstance(kinds, list):
             raise UnsupportedError(f"values column {vc!r} is missing")
         if not all(_plain_name(k) for k in kinds):
@@ -250,6 +255,7 @@ def _frame_table(g, group: str, path: str):
                         tz if isinstance(tz, str) else None, categories)
             if meta == "category":
                 c.codes_dtype = (block.subdtype[0] if block.subdtype else block).newbyteorder("=")
+                c.ordered = ordered
             columns[col] = c
     missing = [n for n in names if n not in columns]
     if missing:
@@ -262,6 +268,8 @@ def _frame_table(g, group: str, path: str):
     index_dtype = {"integer": "int64", "float": "float64", "datetime64": "datetime64[ns]",
                    "timedelta64": "timedelta64[ns]", "string": "string",
                    "bool": "bool"}.get(index_kind)
+    if re.fullmatch(r"(datetime|timedelta)64\[(s|ms|us|ns)\]", index_kind):
+        index_dtype = index_kind  # pandas >= 3 records the unit
     if index_dtype is None or "index" not in fields:
         raise UnsupportedError(f"index of kind {index_kind!r} is not supported")
     index = _Column(index_name, "index", None, index_dtype, None, "nan",
@@ -378,7 +386,7 @@ class _FrameTableSource(TableSource):
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
 
 
-BATCH_BYTES = 16 << 20  # rows of a pandas table decoded at once
+BATCH_BYTES = 8 << 20  # rows of a pandas table decoded at once (as a row group holds)
 RAW_CHUNK_BYTES = 64 << 20  # larger chunks are read through h5py (its reads are bounded)
 
 
