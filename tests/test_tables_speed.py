@@ -227,3 +227,34 @@ def test_decode_error_in_the_helper_thread_is_one_line_and_no_dst(tmp_path, smal
     assert "column 's': cannot decode text" in err and "bad.h5" in err and ":df" in err
     assert threads == ["mlconv-prefetch"]
     assert sorted(os.listdir(tmp_path)) == ["bad.h5"]
+
+
+def test_numbers_over_their_bytes_as_pa_array_gives_them():
+    """Columns viewed as Arrow without pa.array equal what pa.array makes of them; a width
+    other than the type's goes through pa.array's checked conversion."""
+    cases = [(np.arange(5, dtype=">i4"), pa.int32()), (np.arange(5, dtype="<u2"), pa.uint16()),
+             (np.linspace(0, 1, 5).astype(np.float16), pa.float16()),
+             (np.arange(5, dtype="i4"), pa.int64()), (np.array([0, 1, 2, 0, 255], "u1"),
+                                                      pa.bool_())]
+    null = np.array([False, True, False, False, True])
+    for values, typ in cases:
+        want = pa.array(values.astype(typ.to_pandas_dtype()), typ)
+        assert pandas_hdf._numbers(values, typ).equals(want)
+        assert pandas_hdf._numbers(values, typ, null).to_pylist() == [
+            None if m else v for v, m in zip(want.to_pylist(), null, strict=True)]
+    with pytest.raises(pa.ArrowInvalid):
+        pandas_hdf._numbers(np.array([1 << 40]), pa.int32())
+
+
+def test_table_conversion_does_not_import_pandas(tmp_path):
+    """pa.array asks pandas whether a column is a Series, importing it (0.6 s): the
+    decoding builds its arrays over the bytes instead."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "t.h5"
+    _frame(500).to_hdf(src, key="df", format="table")
+    code = ("import sys, mlconv\n"
+            f"mlconv.convert({str(src)!r}, {str(tmp_path / 'o.parquet')!r})\n"
+            "sys.exit('pandas' in sys.modules)\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

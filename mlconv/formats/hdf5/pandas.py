@@ -118,8 +118,9 @@ class _Column:
             values = values[:, 0]
         if self.meta == "category":
             codes = values.astype(self.codes_dtype)
-            return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0),
-                                                  self.categories, ordered=self.ordered)
+            return pa.DictionaryArray.from_arrays(
+                _numbers(codes, pa.from_numpy_dtype(codes.dtype), codes < 0),
+                self.categories, ordered=self.ordered)
         return _plain(values, self.dtype, self.tz, self.nan_rep, encoding, self.name,
                       path, entry)
 
@@ -146,15 +147,40 @@ def _plain(values, dtype, tz, nan_rep, encoding, name, path, entry):
     typ = _plain_type(dtype, tz)
     if pa.types.is_timestamp(typ) or pa.types.is_duration(typ):
         ints = np.ascontiguousarray(values, "=i8")
-        nat = ints == np.iinfo(np.int64).min
-        return pa.array(ints, mask=nat if nat.any() else None).cast(typ)
+        return _numbers(ints, typ, ints == np.iinfo(np.int64).min)
     if pa.types.is_string(typ):
         try:
             return _text_array(values, nan_rep, encoding)
         except (UnicodeError, LookupError, AttributeError, pa.ArrowInvalid) as e:
             raise FormatError(f"column {name!r}: cannot decode text ({e})", path,
                               entry) from None
-    return pa.array(np.ascontiguousarray(values, values.dtype.newbyteorder("=")), type=typ)
+    return _numbers(values, typ)
+
+
+def _numbers(values, typ, null=None):
+    """A numpy column as Arrow ``typ`` (``null``: where values are missing), over its
+    bytes. Not ``pa.array``: its first call imports pandas (0.6 s) to ask whether this is
+    a Series. Values stored wider or narrower than ``typ`` go through ``pa.array``'s
+    checked conversion; pandas' bools (stored as bytes) become bits."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, values.dtype.newbyteorder("="))
+    n, bitmap, nulls = len(values), None, 0
+    if null is not None and null.any():
+        bitmap = pa.py_buffer(np.packbits(~null, bitorder="little"))
+        nulls = int(np.count_nonzero(null))
+    if pa.types.is_boolean(typ) and values.dtype.kind in "biu":
+        data = np.packbits(values != 0, bitorder="little")
+    elif pa.types.is_timestamp(typ) or pa.types.is_duration(typ):
+        data = values if values.dtype == np.dtype("=i8") else None
+    elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        data = values if values.dtype == np.dtype(typ.to_pandas_dtype()) else None
+    else:
+        data = None
+    if data is None:
+        return pa.array(values, type=typ, mask=None if bitmap is None else null)
+    return pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
 
 
 def _text_array(values, nan_rep, encoding: str):
