@@ -258,3 +258,16 @@ def test_table_conversion_does_not_import_pandas(tmp_path):
             f"mlconv.convert({str(src)!r}, {str(tmp_path / 'o.parquet')!r})\n"
             "sys.exit('pandas' in sys.modules)\n")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_values_column_that_is_not_a_name_is_refused_cleanly(tmp_path):
+    """values_cols naming a block by a list (unhashable): a clean refusal, not a
+    TypeError from looking the block up in the frame's info."""
+    import pickle
+
+    src = tmp_path / "odd.h5"
+    _frame(50).to_hdf(src, key="df", format="table")
+    with h5py.File(src, "a") as f:
+        f["df"].attrs["values_cols"] = np.bytes_(pickle.dumps([["values_block_0"]], 0))
+    err = cli_refuses(src, tmp_path, ["parquet"])
+    assert "values column" in err and "odd.h5:df" in err

@@ -262,7 +262,7 @@ def _frame_table(g, group: str, path: str):
         meta = pickled(tattrs, f"{vc}_meta")
         nan_rep = _text(tattrs.get(f"{vc}_nan_rep"), None) or group_nan or "nan"
         # pandas keeps a values block's tz and ordered flag in the group's info by block
-        block_info = info.get(vc) if isinstance(info, dict) else None
+        block_info = info.get(vc) if isinstance(info, dict) and isinstance(vc, str) else None
         block_info = block_info if isinstance(block_info, dict) else {}
         tz = block_info.get("tz", pickled(tattrs, f"{vc}_tz"))
         ordered = block_info.get("ordered") is True
