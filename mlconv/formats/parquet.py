@@ -175,6 +175,11 @@ class ParquetOptions:
 
 
 GROUP_BYTES = 8 << 20  # a row group's (uncompressed) bytes unless --row-group-size says
+# A column chunk is dictionary-encoded until its dictionary reaches this size, then falls
+# back to plain: pyarrow's 1 MiB hashes ~130k values of every high-cardinality column of
+# every row group before giving up (4x the CPU of the whole write, and larger files, since
+# the abandoned dictionary stays); 64 KiB keeps dictionaries for low-cardinality columns.
+DICTIONARY_BYTES = 64 << 10
 
 
 class Parquet(Format):
@@ -289,7 +294,8 @@ class Parquet(Format):
         # (random access, inspect --deep), so its size bounds their memory
         limit = (64 << 20) if self.own(options).row_group_size else GROUP_BYTES
         try:
-            with pq.ParquetWriter(library_path(f), schema, compression=comp) as writer:
+            with pq.ParquetWriter(library_path(f), schema, compression=comp,
+                                  dictionary_pagesize_limit=DICTIONARY_BYTES) as writer:
                 pending, count, size = [], 0, 0
                 for batch in prefetch(table.batches(min(rows, 1 << 18)), depth=4):
                     batch = batch.replace_schema_metadata(schema.metadata)

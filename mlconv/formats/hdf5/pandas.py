@@ -16,6 +16,7 @@ The index is kept as the first column, under its name or ``index``.
 from __future__ import annotations
 
 import re
+import sys
 
 from ...errors import FormatError, UnsafeInputError, UnsupportedError
 from ...model import Bundle, Table, TableSource
@@ -97,13 +98,14 @@ class _Column:
     def __init__(self, name, field, index, dtype, meta, nan_rep, tz, categories):
         self.name, self.field, self.index = name, field, index
         self.dtype, self.meta, self.nan_rep, self.tz = dtype, meta, nan_rep, tz
-        self.categories = categories
+        self.categories, self.ordered = categories, False
 
     def arrow_type(self, encoding):
         import pyarrow as pa
 
         if self.meta == "category":
-            return pa.dictionary(pa.from_numpy_dtype(self.codes_dtype), self.categories.type)
+            return pa.dictionary(pa.from_numpy_dtype(self.codes_dtype), self.categories.type,
+                                 self.ordered)
         return _plain_type(self.dtype, self.tz)
 
     def convert(self, rows, encoding, path, entry):
@@ -116,8 +118,9 @@ class _Column:
             values = values[:, 0]
         if self.meta == "category":
             codes = values.astype(self.codes_dtype)
-            return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0),
-                                                  self.categories)
+            return pa.DictionaryArray.from_arrays(
+                _numbers(codes, pa.from_numpy_dtype(codes.dtype), codes < 0),
+                self.categories, ordered=self.ordered)
         return _plain(values, self.dtype, self.tz, self.nan_rep, encoding, self.name,
                       path, entry)
 
@@ -144,23 +147,85 @@ def _plain(values, dtype, tz, nan_rep, encoding, name, path, entry):
     typ = _plain_type(dtype, tz)
     if pa.types.is_timestamp(typ) or pa.types.is_duration(typ):
         ints = np.ascontiguousarray(values, "=i8")
-        nat = ints == np.iinfo(np.int64).min
-        return pa.array(ints, mask=nat if nat.any() else None).cast(typ)
+        return _numbers(ints, typ, ints == np.iinfo(np.int64).min)
     if pa.types.is_string(typ):
-        import pyarrow.compute as pc
-
         try:
-            if values.dtype.kind == "S" and encoding.lower().replace("-", "") == "utf8":
-                text = pa.array(values).cast(typ)  # trailing NULs dropped, UTF-8 checked
-            else:
-                text = pa.array([v.decode(encoding) for v in values.tolist()], type=typ)
-        except (UnicodeDecodeError, LookupError, AttributeError, pa.ArrowInvalid) as e:
+            return _text_array(values, nan_rep, encoding)
+        except (UnicodeError, LookupError, AttributeError, pa.ArrowInvalid) as e:
             raise FormatError(f"column {name!r}: cannot decode text ({e})", path,
                               entry) from None
-        if nan_rep is None:
-            return text
-        return pc.if_else(pc.equal(text, nan_rep), pa.scalar(None, typ), text)
-    return pa.array(np.ascontiguousarray(values, values.dtype.newbyteorder("=")), type=typ)
+    return _numbers(values, typ)
+
+
+def _numbers(values, typ, null=None):
+    """A numpy column as Arrow ``typ`` (``null``: where values are missing), over its
+    bytes. Not ``pa.array``: its first call imports pandas (0.6 s) to ask whether this is
+    a Series. Values stored wider or narrower than ``typ`` go through ``pa.array``'s
+    checked conversion; pandas' bools (stored as bytes) become bits."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, values.dtype.newbyteorder("="))
+    n, bitmap, nulls = len(values), None, 0
+    if null is not None and null.any():
+        bitmap = pa.py_buffer(np.packbits(~null, bitorder="little"))
+        nulls = int(np.count_nonzero(null))
+    if pa.types.is_boolean(typ) and values.dtype.kind in "biu":
+        data = np.packbits(values != 0, bitorder="little")
+    elif pa.types.is_timestamp(typ) or pa.types.is_duration(typ):
+        data = values if values.dtype == np.dtype("=i8") else None
+    elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        data = values if values.dtype == np.dtype(typ.to_pandas_dtype()) else None
+    else:
+        data = None
+    if data is None:
+        return pa.array(values, type=typ, mask=None if bitmap is None else null)
+    return pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
+
+
+def _text_array(values, nan_rep, encoding: str):
+    """Fixed-width text as pandas reads it back, vectorised: trailing NULs are not part of
+    a value (numpy's ``S`` semantics), values equal to ``nan_rep`` are null, the rest are
+    decoded with the frame's encoding (UTF-8 checked by Arrow; another encoding goes
+    through Python only when the column holds bytes beyond ASCII)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if values.dtype.kind != "S":
+        return pa.array([v.decode(encoding) for v in values.tolist()], pa.string())
+    values = np.ascontiguousarray(values)
+    n, width = len(values), values.dtype.itemsize
+    valid = None
+    if nan_rep is not None:
+        token = nan_rep.encode(encoding)
+        if len(token) <= width:
+            valid = values != np.bytes_(token)  # numpy compares without trailing NULs
+            valid = None if valid.all() else valid
+    if not _is_utf8(encoding) and not (_ascii_compatible(encoding)
+                                       and values.view(np.uint8).max(initial=0) < 0x80):
+        text = [v.decode(encoding) for v in values.tolist()]
+        return pa.array(text, pa.string(), mask=None if valid is None else ~valid)
+    if width == 0:
+        return pa.array([""] * n, pa.string(), mask=None if valid is None else ~valid)
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    fixed = pa.Array.from_buffers(pa.binary(width), n, [bitmap, pa.py_buffer(values)],
+                                  null_count=-1 if valid is not None else 0)
+    # binary -> string checks the UTF-8 (an error, as pandas' decode is); NUL is one byte
+    # in UTF-8, so trimming U+0000 drops exactly the trailing NUL bytes
+    return pc.utf8_rtrim(fixed.cast(pa.binary()).cast(pa.string()), characters="\x00")
+
+
+def _is_utf8(encoding: str) -> bool:
+    import codecs
+
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    """ASCII bytes decode to the same text in this encoding as in UTF-8."""
+    ascii_ = bytes(range(128))
+    return ascii_.decode(encoding) == ascii_.decode("ascii")
 
 
 def _frame_table(g, group: str, path: str):
@@ -196,7 +261,11 @@ def _frame_table(g, group: str, path: str):
         dtype = _text(tattrs.get(f"{vc}_dtype"), "")
         meta = pickled(tattrs, f"{vc}_meta")
         nan_rep = _text(tattrs.get(f"{vc}_nan_rep"), None) or group_nan or "nan"
-        tz = pickled(tattrs, f"{vc}_tz")
+        # pandas keeps a values block's tz and ordered flag in the group's info by block
+        block_info = info.get(vc) if isinstance(info, dict) and isinstance(vc, str) else None
+        block_info = block_info if isinstance(block_info, dict) else {}
+        tz = block_info.get("tz", pickled(tattrs, f"{vc}_tz"))
+        ordered = block_info.get("ordered") is True
         if not isinstance(vc, str) or vc not in fields or not isinstance(kinds, list):
             raise UnsupportedError(f"values column {vc!r} is missing")
         if not all(_plain_name(k) for k in kinds):
@@ -212,6 +281,7 @@ def _frame_table(g, group: str, path: str):
                         tz if isinstance(tz, str) else None, categories)
             if meta == "category":
                 c.codes_dtype = (block.subdtype[0] if block.subdtype else block).newbyteorder("=")
+                c.ordered = ordered
             columns[col] = c
     missing = [n for n in names if n not in columns]
     if missing:
@@ -224,6 +294,8 @@ def _frame_table(g, group: str, path: str):
     index_dtype = {"integer": "int64", "float": "float64", "datetime64": "datetime64[ns]",
                    "timedelta64": "timedelta64[ns]", "string": "string",
                    "bool": "bool"}.get(index_kind)
+    if re.fullmatch(r"(datetime|timedelta)64\[(s|ms|us|ns)\]", index_kind):
+        index_dtype = index_kind  # pandas >= 3 records the unit
     if index_dtype is None or "index" not in fields:
         raise UnsupportedError(f"index of kind {index_kind!r} is not supported")
     index = _Column(index_name, "index", None, index_dtype, None, "nan",
@@ -251,8 +323,8 @@ def _categories(g, vc: str, path, group, encoding):
     dtype = _text(mattrs.get("values_dtype"), str(values.dtype))
     if values.dtype.kind == "S":
         try:
-            return pa.array([v.decode(encoding) for v in values.tolist()], pa.string())
-        except (UnicodeDecodeError, LookupError) as e:
+            return _text_array(np.asarray(values), None, encoding)
+        except (UnicodeError, LookupError, pa.ArrowInvalid) as e:
             raise FormatError(f"categories of {vc}: {e}", path, group) from None
     return _plain(np.asarray(values), dtype, None, None, encoding, vc, path, group)
 
@@ -324,16 +396,90 @@ class _FrameTableSource(TableSource):
         import pyarrow as pa
 
         ds, sch = self.ds, self.schema()
-        step = chunk_rows(ds, rows)
+        # rows per batch bounded by bytes too: a wide table's batch stays near BATCH_BYTES
+        step = chunk_rows(ds, max(1, min(rows, BATCH_BYTES // max(1, ds.dtype.itemsize))))
+        raw = _raw_chunks(ds)
         for i in range(0, self.num_rows, step):
             try:
-                block = ds[i:i + step]
+                block = raw(i, min(self.num_rows, i + step)) if raw else None
+                if block is None:
+                    block = ds[i:i + step]
             except H5_ERRORS as e:
                 raise FormatError(f"cannot read pandas rows: {e}", self.path, self.group) \
                     from None
             arrays = [c.convert(block, self.encoding, self.path, self.group)
                       for c in self.ordered]
             yield pa.RecordBatch.from_arrays(arrays, schema=sch)
+
+
+BATCH_BYTES = 8 << 20  # rows of a pandas table decoded at once (as a row group holds)
+RAW_CHUNK_BYTES = 64 << 20  # larger chunks are read through h5py (its reads are bounded)
+
+
+def _raw_chunks(ds):
+    """A reader of rows [start, stop) straight from the stored chunks, or None.
+
+    PyTables tables are chunked, usually unfiltered, compound rows of plain numbers and
+    fixed-width strings: their stored bytes are already the numpy records h5py would
+    return, but h5py converts them member by member (5x slower than reading them). Used
+    only when every member lies at numpy's offset with numpy's size, byte order and kind;
+    a chunk that is missing (fill value) or not of its full size is read through h5py."""
+    import h5py
+    import numpy as np
+
+    try:
+        if (not ds.chunks or len(ds.chunks) != 1 or len(ds.shape) != 1
+                or ds.id.get_create_plist().get_nfilters()
+                or ds.dtype.names is None or ds.dtype.hasobject):
+            return None
+        c, itemsize = ds.chunks[0], ds.dtype.itemsize
+        ftype = ds.id.get_type()
+        if c * itemsize > RAW_CHUNK_BYTES or ftype.get_size() != itemsize \
+                or ftype.get_nmembers() != len(ds.dtype.names):
+            return None
+        for k, name in enumerate(ds.dtype.names):
+            dt, offset = ds.dtype.fields[name][:2]
+            if ftype.get_member_name(k).decode("utf-8", "replace") != name \
+                    or ftype.get_member_offset(k) != offset \
+                    or not _same_bytes(ftype.get_member_type(k), dt, h5py):
+                return None
+    except H5_ERRORS:
+        return None
+
+    def read(start: int, stop: int):
+        first = start // c * c
+        out = np.empty(-(-(stop - first) // c) * c, ds.dtype)
+        view = out.view(np.uint8)
+        for k, row in enumerate(range(first, stop, c)):
+            try:
+                _, got = ds.id.read_direct_chunk((row,), out=view[k * c * itemsize:])
+            except H5_ERRORS:
+                return None  # not stored (fill value) or damaged: h5py says which
+            if got.nbytes != c * itemsize:
+                return None
+        return out[start - first:stop - first]
+
+    return read
+
+
+def _same_bytes(tid, dt, h5py) -> bool:
+    """The stored member ``tid`` has the bytes numpy reads as ``dt``."""
+    if dt.subdtype is not None:
+        if tid.get_class() != h5py.h5t.ARRAY or tuple(tid.get_array_dims()) != dt.shape:
+            return False
+        tid, dt = tid.get_super(), dt.subdtype[0]
+    kind = {h5py.h5t.INTEGER: "iu", h5py.h5t.FLOAT: "f", h5py.h5t.BITFIELD: "ub",
+            h5py.h5t.STRING: "S"}.get(tid.get_class())
+    if kind is None or dt.kind not in kind or tid.get_size() != dt.itemsize:
+        return False
+    if dt.kind == "S":  # fixed width; its padding is what numpy strips, as pandas reads it
+        return not tid.is_variable_str()
+    if dt.kind == "f" and not tid.equal(h5py.h5t.py_create(dt)):
+        return False  # an unusual float layout: h5py converts it
+    if dt.itemsize > 1:
+        big = dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big")
+        return tid.get_order() == (h5py.h5t.ORDER_BE if big else h5py.h5t.ORDER_LE)
+    return True
 
 
 class _FrameFixedSource(TableSource):
