@@ -58,6 +58,14 @@ def _unpickle(value, what: str, path, entry):
     return raw.decode("utf-8", "replace")
 
 
+def _named_zone(tz, path, entry) -> None:
+    """A time zone pandas pickled as an object (a fixed offset), not a name: refused, where
+    dropping it would shift every timestamp's meaning."""
+    if isinstance(tz, safepickle.Opaque):
+        raise UnsupportedError(f"a time zone pickled as {tz.name!r}, not a zone name",
+                               path, entry)
+
+
 def fold_frames(bundle: Bundle, f, path: str) -> None:
     """Replace the raw datasets of each pandas frame in ``bundle`` by one Table."""
     for group, attrs in list(bundle.group_attrs.items()):
@@ -265,6 +273,7 @@ def _frame_table(g, group: str, path: str):
         block_info = info.get(vc) if isinstance(info, dict) and isinstance(vc, str) else None
         block_info = block_info if isinstance(block_info, dict) else {}
         tz = block_info.get("tz", pickled(tattrs, f"{vc}_tz"))
+        _named_zone(tz, path, group)
         ordered = block_info.get("ordered") is True
         if not isinstance(vc, str) or vc not in fields or not isinstance(kinds, list):
             raise UnsupportedError(f"values column {vc!r} is missing")
@@ -291,6 +300,7 @@ def _frame_table(g, group: str, path: str):
     index_name = index_name if isinstance(index_name, str) else "index"
     index_kind = _text(tattrs.get("index_kind"), "integer")
     index_tz = index_info.get("tz") if isinstance(index_info, dict) else None
+    _named_zone(index_tz, path, group)
     index_dtype = {"integer": "int64", "float": "float64", "datetime64": "datetime64[ns]",
                    "timedelta64": "timedelta64[ns]", "string": "string",
                    "bool": "bool"}.get(index_kind)

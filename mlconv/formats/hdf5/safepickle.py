@@ -1,6 +1,11 @@
 """Decode plain pickled data (lists, tuples, dicts of str/bytes/int/float/bool/None) without
-``pickle.loads``: a small stack machine over ``pickletools.genops`` that refuses every opcode
-able to import or call anything. PyTables/pandas keep such lists as attributes.
+``pickle.loads``: a small stack machine over ``pickletools.genops`` that never imports or
+calls anything. PyTables/pandas keep such lists as attributes.
+
+An object of a class inside them (pandas keeps a DatetimeIndex's ``freq`` as a pickled
+``Day(1)`` in the ``info`` dict) becomes an inert ``Opaque`` naming the class: the class is
+neither imported nor called, its arguments and state are dropped. Callers accept an Opaque
+only where the value does not matter (``freq``) and refuse it elsewhere.
 """
 
 from __future__ import annotations
@@ -15,6 +20,24 @@ _MAX_VALUES = 1_000_000  # values once shared references (memo GETs) are expande
 
 class _Mark:
     pass
+
+
+class Opaque:
+    """A pickled object of class ``name`` ("module qualname"), never built."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.name}>"
+
+
+def _opaque(value) -> Opaque:
+    if not isinstance(value, Opaque):
+        raise ValueError("a call of something that is not a class")
+    return Opaque(value.name)
 
 
 _SCALAR_ARG = {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING",
@@ -77,6 +100,22 @@ def loads(data: bytes, what: str = "pickled attribute"):
                     memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
                 stack.append(memo[arg])
+            elif name == "GLOBAL":  # named, never imported
+                stack.append(Opaque(str(arg)))
+            elif name == "STACK_GLOBAL":
+                qual, module = stack.pop(), stack.pop()
+                if not isinstance(qual, str) or not isinstance(module, str):
+                    raise ValueError("STACK_GLOBAL of non-strings")
+                stack.append(Opaque(f"{module} {qual}"))
+            elif name in ("REDUCE", "NEWOBJ"):  # an instance, never constructed
+                stack.pop()
+                stack.append(_opaque(stack.pop()))
+            elif name == "NEWOBJ_EX":
+                del stack[-2:]
+                stack.append(_opaque(stack.pop()))
+            elif name == "BUILD":  # its state is dropped with it
+                stack.pop()
+                _opaque(stack[-1])
             elif name == "STOP":
                 if len(stack) != 1:
                     raise UnsafeInputError(f"{what}: malformed pickle")
@@ -87,8 +126,8 @@ def loads(data: bytes, what: str = "pickled attribute"):
                 return stack[0]
             else:
                 raise UnsafeInputError(
-                    f"{what}: pickle opcode {name} could run code; mlconv never unpickles "
-                    "anything but plain lists, dicts and strings")
+                    f"{what}: pickle opcode {name} is not read; mlconv never unpickles "
+                    "anything but plain lists, dicts, strings and named classes")
     except UnsafeInputError:
         raise
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
