@@ -62,7 +62,9 @@ def test_generic_edges_where_not(files):
     assert methods(cast)["w"] == "streamed" and "cast bfloat16 -> float32" in cast.steps[1].note
     entries = mlconv.plan(files["st"], d / "o.parquet", options={"layout": "entries"})
     assert set(methods(entries).values()) == {"in-memory"}
-    assert methods(mlconv.plan(files["npy"], d / "o.npz")) == {"x": "streamed"}
+    assert methods(mlconv.plan(files["npy"], d / "o.npz")) == {"x": "zero-copy"}  # stored
+    deflated = mlconv.plan(files["npy"], d / "o.npz", compression="deflate")
+    assert methods(deflated) == {"x": "streamed"} and deflated.steps[0].note == "deflate"
     generic = mlconv.plan(files["npy"], d / "o.safetensors", kernel_copy=False)
     assert methods(generic) == {"x": "streamed"}
     assert generic.cost > mlconv.plan(files["npy"], d / "o.safetensors").cost
@@ -82,7 +84,8 @@ def test_format_level_plan():
     p = mlconv.plan("safetensors", "npy")
     assert methods(p)["tensors"] == "zero-copy"
     assert any("bfloat16" in loss for loss in p.losses)
-    assert methods(mlconv.plan("safetensors", "npz"))["tensors"] == "streamed"
+    assert methods(mlconv.plan("safetensors", "npz"))["tensors"] == "zero-copy"  # stored
+    assert methods(mlconv.plan("safetensors", "parquet"))["tensors"] != "zero-copy"
 
 
 def test_dry_run_writes_nothing(files):
