@@ -450,6 +450,16 @@ def test_onnx_inspect_fetches_structure_not_raw_data(mem, tmp_path):
     with mlconv.open(f"memory://{root}/m.onnx") as b:
         assert np.array_equal(b["layer7/w"].numpy(), tensors["layer7/w"])
     assert stats["bytes"] < (1 << 20) + tensors["layer7/w"].nbytes, stats
+    stats = _count()  # a conversion fetches the tensors it writes, each byte once
+    mlconv.convert(f"memory://{root}/m.onnx", tmp_path / "one.safetensors", select=["layer7/w"])
+    assert stats["bytes"] < (1 << 20) + tensors["layer7/w"].nbytes, stats
+    stats = _count()
+    mlconv.convert(f"memory://{root}/m.onnx", tmp_path / "all.safetensors")
+    assert stats["bytes"] <= local.stat().st_size * 1.1, stats
+    from safetensors.numpy import load_file
+
+    assert load_file(tmp_path / "all.safetensors")["layer7/w"].tobytes() == \
+        tensors["layer7/w"].tobytes()
 
 
 def test_remote_losses_keep_their_data(mem, tmp_path):
