@@ -226,3 +226,52 @@ def test_cli_split_size(tmp_path):
                                  "parquet", "--dask", "local:1", "--split-size", "lots"],
                            catch_exceptions=False)
     assert r.exit_code == 2 and "--split-size" in r.output
+
+
+def test_dask_reads_and_writes_s3_without_a_shared_disk(client, tmp_path, monkeypatch):
+    """Sources and destination on S3 (moto's server on loopback): the workers reach it the
+    usual way (AWS_* variables) and the outputs equal the local run's, byte for byte."""
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def set_env(values=env):
+        os.environ.update(values)
+        s3fs.S3FileSystem.clear_instance_cache()
+
+    def unset_env(keys=tuple(env)):
+        for k in keys:
+            os.environ.pop(k, None)
+        s3fs.S3FileSystem.clear_instance_cache()
+
+    client.run(set_env)
+    try:
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("shards")
+        files = _shards(tmp_path / "in", n=3)
+        for f in files:
+            fs.put_file(f, f"shards/in/{os.path.basename(f)}")
+        (tmp_path / "local").mkdir()
+        local = mlconv.convert_many(files, tmp_path / "local", to="parquet", jobs=1)
+        remote = mlconv.convert_many("s3://shards/in/*.h5", "s3://shards/out/", to="parquet",
+                                     client=client)
+        assert all(r.ok for r in local + remote), [r.error for r in remote if not r.ok]
+        assert sorted(fs.ls("shards/out", detail=False)) == [
+            f"shards/out/{name}" for name in sorted(_tree(tmp_path / "local"))]
+        for name, data in _tree(tmp_path / "local").items():
+            assert fs.cat_file(f"shards/out/{name}") == data
+    finally:
+        client.run(unset_env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
