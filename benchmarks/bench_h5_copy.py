@@ -18,19 +18,10 @@ import os
 import shutil
 import subprocess
 
+from bench_relayout import H5_READ, H5_WRITE
 from harness import PY, compare, remover, run_function, run_once, tempdir
 
-PEERS = {
-    ("safetensors", "hdf5"): "import sys, h5py; from safetensors.numpy import load_file\n"
-                             "with h5py.File(sys.argv[2], 'w') as f:\n"
-                             "    for k, v in load_file(sys.argv[1]).items(): f[k] = v\n",
-    ("hdf5", "safetensors"): "import sys, h5py; from safetensors.numpy import save_file\n"
-                             "out = {}\n"
-                             "with h5py.File(sys.argv[1]) as f:\n"
-                             "    f.visititems(lambda n, o: out.__setitem__(n, o[()]) "
-                             "if hasattr(o, 'shape') else None)\n"
-                             "save_file(out, sys.argv[2])\n",
-}
+PEERS = {("safetensors", "hdf5"): H5_WRITE, ("hdf5", "safetensors"): H5_READ}  # one copy
 EXT = {"safetensors": ".safetensors", "hdf5": ".h5"}
 
 # phases of one h5 -> safetensors conversion, in one child (seconds on stdout)
