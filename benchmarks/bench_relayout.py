@@ -15,9 +15,8 @@ import argparse
 import glob
 import os
 import shutil
-import statistics
 
-from harness import PY, remover, run_function, run_once, tempdir
+from harness import PY, compare, remover, run_function, run_once, tempdir
 
 H5_READ = ("import sys, h5py; from safetensors.numpy import save_file\n"
            "out = {}\n"
@@ -92,21 +91,6 @@ def _outputs(path: str):
     return remover(path, path + ".data", os.path.splitext(path)[0] + ".onnx.data")
 
 
-def measure(cases: dict, runs: int) -> dict:
-    """{name: (median seconds, peak RSS MiB)}; cases alternate, the first run is a warm-up."""
-    times = {n: [] for n in cases}
-    rss = {n: 0.0 for n in cases}
-    order = list(cases)
-    for i in range(runs + 1):
-        for name in order[i % len(order):] + order[:i % len(order)]:
-            cmd, clean = cases[name]
-            t, r = run_once(cmd, clean)
-            if i:
-                times[name].append(t)
-                rss[name] = max(rss[name], r)
-    return {n: (statistics.median(times[n]), rss[n]) for n in cases}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=1.0)
@@ -132,10 +116,11 @@ def main() -> None:
                     continue
                 src, out, ref, dup = base + src_ext, j("o" + dst_ext), j("p" + dst_ext), j("cp")
                 side = sorted(glob.glob(glob.escape(src) + ".*"))  # ONNX external data
-                got = measure({"cp": (["cp", src, *side, dup], _fresh_dir(dup)),
+                got = compare({"cp": (["cp", src, *side, dup], _fresh_dir(dup)),
                                "mlconv": (mlconv + [src, out, "--force"] + FLAGS.get(dst_ext, []),
                                           _outputs(out)),
-                               "peer": ([PY, "-c", peer, src, ref], _outputs(ref))}, args.runs)
+                               "peer": ([PY, "-c", peer, src, ref], _outputs(ref))}, args.runs,
+                              quiet=True)
                 rows.append((label, count, got))
                 print(f"  measured {label}, {count} tensor(s)", flush=True)
                 _outputs(out)()
@@ -175,7 +160,7 @@ def _startup(j, mlconv, runs):
     cache = j("cache")
     env_guard = ["env", "MLCONV_HDF5_GUARD=1", f"MLCONV_CACHE_DIR={cache}"]
     env_plain = ["env", "MLCONV_HDF5_GUARD=0"]
-    got = measure({
+    got = compare({
         "guarded": (env_guard + mlconv + ["inspect", small + ".h5"], lambda: shutil.rmtree(
             cache, ignore_errors=True)),
         "unguarded": (env_plain + mlconv + ["inspect", small + ".h5"], None),
@@ -185,7 +170,7 @@ def _startup(j, mlconv, runs):
         "safe_open": ([PY, "-c", "from safetensors import safe_open\n"
                        f"with safe_open({small + '.safetensors'!r}, 'np') as f: list(f.keys())"],
                       None),
-    }, max(runs, 5))
+    }, max(runs, 5), quiet=True)
     return [("mlconv inspect small.h5: guarded (no verdict) ÷ unguarded", got["guarded"][0],
              got["unguarded"][0]),
             ("mlconv inspect small.npy ÷ python -c np.load", got["npy"][0], got["np.load"][0]),

@@ -41,8 +41,9 @@ def run_once(cmd: list[str], cleanup=None) -> tuple[float, float]:
 
 
 def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
-            baseline: str = "cp") -> dict[str, tuple[float, float]]:
-    """Run every case ``runs`` times, alternating; print medians, ratios and peak RSS."""
+            baseline: str = "cp", quiet: bool = False) -> dict[str, tuple[float, float]]:
+    """Run every case ``runs`` times, alternating; print medians, ratios and peak RSS
+    (``quiet``: only return them, for a script that prints one table at the end)."""
     times = {name: [] for name in cases}
     rss = {name: 0.0 for name in cases}
     for cmd, cleanup in cases.values():  # warm-up: page cache, imports
@@ -55,6 +56,8 @@ def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
             times[name].append(t)
             rss[name] = max(rss[name], r)
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    if quiet:
+        return {name: (med[name], rss[name]) for name in cases}
     base = med[baseline]
     print(f"{'case':<34} {'median s':>9} {'x ' + baseline:>8} {'peak RSS MiB':>13}")
     for name in cases:

@@ -198,6 +198,14 @@ def _strace_bytes(args, cwd) -> dict[str, int]:
     return total
 
 
+def assert_kernel_copied(src, dst, cwd, payload_bytes: int) -> None:
+    """The installed CLI converts ``src`` to ``dst`` with at least ``payload_bytes`` moved by
+    copy_file_range/sendfile, and only headers (< 1 MiB) through write()."""
+    moved = _strace_bytes([str(src), str(dst)], cwd)
+    assert moved.get("copy_file_range", 0) + moved.get("sendfile", 0) >= payload_bytes, moved
+    assert moved.get("write", 0) + moved.get("pwrite64", 0) < 1 << 20, moved
+
+
 def _zero_copy_pairs():
     tensor = [f for f in WRITERS if f.caps.tensors and DType.float32 in f.caps.dtypes]
     for a in tensor:
@@ -218,10 +226,7 @@ def test_zero_copy_claims_hold_at_the_syscall_level(tmp_path, a, b):
     plan = mlconv.plan(src, dst)
     if [s.method for s in plan.steps] != ["zero-copy"]:
         pytest.skip(f"no zero-copy claim for this file: {plan.steps}")
-    moved = _strace_bytes([str(src), str(dst)], tmp_path)
-    kernel = moved.get("copy_file_range", 0) + moved.get("sendfile", 0)
-    assert kernel >= n * 4, moved
-    assert moved.get("write", 0) + moved.get("pwrite64", 0) < 1 << 20, moved
+    assert_kernel_copied(src, dst, tmp_path, n * 4)
 
 
 @pytest.mark.parametrize("fmt", WRITERS, ids=ids)

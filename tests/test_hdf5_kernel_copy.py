@@ -19,7 +19,7 @@ from mlconv.errors import MlconvError
 from mlconv.sources import FileSource
 
 from .helpers import payload, st_read, st_write
-from .test_conformance import _strace_bytes
+from .test_conformance import assert_kernel_copied
 
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
                                   reason="strace is not installed")
@@ -60,10 +60,7 @@ def test_contiguous_h5_moves_by_kernel_copy(tmp_path, target):
     datasets = {"w": w} if target == ".npy" else {"w": w, "g__b": np.arange(3 << 18, dtype="<i2")}
     src = _h5(tmp_path / "in.h5", **datasets)
     dst = tmp_path / f"out{target}"
-    moved = _strace_bytes([str(src), str(dst)], tmp_path)
-    total = sum(a.nbytes for a in datasets.values())
-    assert moved.get("copy_file_range", 0) + moved.get("sendfile", 0) >= total, moved
-    assert moved.get("write", 0) + moved.get("pwrite64", 0) < 1 << 20, moved
+    assert_kernel_copied(src, dst, tmp_path, sum(a.nbytes for a in datasets.values()))
     ref = _h5py_values(src)
     if target == ".npy":
         assert _converted(dst) == {"": payload(ref["w"])}
@@ -224,10 +221,7 @@ def test_to_h5_moves_by_kernel_copy(tmp_path, source):
     src = tmp_path / f"in{source}"
     mlconv.save(tensors, src)
     dst = tmp_path / "o.h5"
-    moved = _strace_bytes([str(src), str(dst)], tmp_path)
-    total = sum(a.nbytes for a in tensors.values())
-    assert moved.get("copy_file_range", 0) + moved.get("sendfile", 0) >= total, moved
-    assert moved.get("write", 0) + moved.get("pwrite64", 0) < 1 << 20, moved
+    assert_kernel_copied(src, dst, tmp_path, sum(a.nbytes for a in tensors.values()))
     got = _h5py_values(dst)
     if source == ".npy":
         tensors = {"in": tensors["w"]}

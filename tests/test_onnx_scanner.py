@@ -24,7 +24,7 @@ from mlconv.errors import FormatError, MlconvError
 from mlconv.formats import _protobuf as pb
 
 from .conftest import CORPUS
-from .test_conformance import MLCONV, _strace_bytes
+from .test_conformance import MLCONV, assert_kernel_copied
 
 WHEEL_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 
@@ -103,9 +103,7 @@ def test_onnx_to_safetensors_moves_raw_data_by_kernel_copy(tmp_path):
     mlconv.save({"w": np.arange(n, dtype=np.float32)}, src, format="onnx")
     assert [s.method for s in mlconv.plan(src, tmp_path / "o.safetensors").steps] == \
         ["zero-copy"]
-    moved = _strace_bytes([str(src), str(tmp_path / "o.safetensors")], tmp_path)
-    assert moved.get("copy_file_range", 0) + moved.get("sendfile", 0) >= n * 4, moved
-    assert moved.get("write", 0) + moved.get("pwrite64", 0) < 1 << 20, moved
+    assert_kernel_copied(src, tmp_path / "o.safetensors", tmp_path, n * 4)
     with mlconv.open(tmp_path / "o.safetensors") as b:
         assert np.array_equal(b["w"].numpy(), np.arange(n, dtype=np.float32))
 
