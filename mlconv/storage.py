@@ -1,6 +1,6 @@
 """Where files live: local paths as they are; fsspec URLs and open file objects staged.
 
-Readers and writers work on local files (memory maps, h5py, pyarrow, ``copy_file_range``).
+Readers and writers work on local files (memory maps, h5py, pyarrow, file-to-file copies).
 A remote input (``s3://``, ``gs://``, ``az://``, ``memory://``, ``http(s)://`` or an open
 binary file object) is *staged* into a private temp folder under its own base name:
 

@@ -1,4 +1,4 @@
-"""npz's own stored-member writer (issue 16): one ordered pass, payloads by kernel copy, the
+"""npz's own stored-member writer (issue 16): one ordered pass, payloads file to file, the
 CRC computed beside the copy. numpy, zipfile and unzip are the judges."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from mlconv.errors import FormatError, MlconvError
 from mlconv.formats import _protobuf as pb
 
 from .conftest import CORPUS
-from .test_conformance import MLCONV, assert_kernel_copied
+from .test_conformance import MLCONV, assert_copied_file_to_file
 
 WHEEL_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 
@@ -97,13 +97,13 @@ def test_raw_data_is_mapped_where_it_lies(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-def test_onnx_to_safetensors_moves_raw_data_by_kernel_copy(tmp_path):
+def test_onnx_to_safetensors_moves_raw_data_file_to_file(tmp_path):
     n = 4 << 20
     src = tmp_path / "m.onnx"
     mlconv.save({"w": np.arange(n, dtype=np.float32)}, src, format="onnx")
     assert [s.method for s in mlconv.plan(src, tmp_path / "o.safetensors").steps] == \
         ["zero-copy"]
-    assert_kernel_copied(src, tmp_path / "o.safetensors", tmp_path, n * 4)
+    assert_copied_file_to_file(src, tmp_path / "o.safetensors", tmp_path, n * 4)
     with mlconv.open(tmp_path / "o.safetensors") as b:
         assert np.array_equal(b["w"].numpy(), np.arange(n, dtype=np.float32))
 

@@ -5,8 +5,8 @@ representations is an edge carrying a cost and the losses on the way.
 An edge moves each entry one of three ways, cheapest first:
 
 - ``zero-copy``: the tensor's bytes lie verbatim in the source file and the writer places
-  payloads verbatim (npy, safetensors, HDF5 contiguous), so the kernel copies them file to
-  file (``copy_file_range``, else ``sendfile``): they never enter this process;
+  payloads verbatim (npy, safetensors, HDF5 contiguous), so they go file to file, never
+  decoded: extents shared by the filesystem where it can, else through one 1 MiB buffer;
 - ``streamed``: bounded chunks through memory (casts, byte swaps, Fortran order, deflate,
   chunked HDF5, Parquet/Arrow batches, zip members);
 - ``in-memory``: the whole entry is held at once (an entries-layout row, HDF5 compression
@@ -82,7 +82,7 @@ class Plan:
 
 
 def _general(t: Tensor, generic: bool, raw_payload: bool) -> tuple[str, str]:
-    """How a tensor travels judged from its source: verbatim bytes go by kernel copy when
+    """How a tensor travels judged from its source: verbatim bytes go file to file when
     the writer places payloads verbatim; held entries go whole; the rest in chunks."""
     from ..sources import CastSource, FileSource
 
@@ -98,7 +98,7 @@ def _general(t: Tensor, generic: bool, raw_payload: bool) -> tuple[str, str]:
     if t.itemsize is None or src.held:
         return "in-memory", "; ".join(notes + ["whole entry held"])
     if not generic and raw_payload and t.span is not None:
-        return "zero-copy", "kernel copy (copy_file_range)"
+        return "zero-copy", "file to file, not decoded"
     if generic and t.span is not None:
         notes.append("generic path: bytes through memory")
     return "streamed", "; ".join(notes) or "bounded chunks"

@@ -23,6 +23,7 @@ from ..errors import (
     UnsafeInputError,
     UnsupportedError,
 )
+from ..fileio import COPY_CHUNK
 from ..model import Bundle, Tensor
 from ..sources import FileMap, FileSource, StreamSource, check_memory
 from . import npy
@@ -289,7 +290,7 @@ class Npz(Format):
 
 # --- stored members in one ordered pass ------------------------------------------------
 # zipfile writes every byte through Python. Our own writer lays each member out as
-# [local header][npy header][payload], moves the payload by kernel copy while a thread
+# [local header][npy header][payload], copies the payload file to file while a thread
 # computes its CRC-32 from the source (zlib releases the GIL), then patches the CRC in.
 _LOCAL, _CENTRAL = b"PK\x03\x04", b"PK\x01\x02"
 _MAX32, _UTF8, _ALIGN_ID = 0xFFFFFFFF, 0x800, 0xD935  # 0xD935: zipalign's padding field
@@ -304,7 +305,7 @@ def _field(value: int) -> int:
 
 def _payload_crc(entry, crc: int, out: list) -> None:
     path, offset, count = entry.span
-    buf = bytearray(8 << 20)
+    buf = bytearray(COPY_CHUNK)
     with open(path, "rb", buffering=0) as src:
         while count:
             n = os.preadv(src.fileno(), [memoryview(buf)[:min(count, len(buf))]], offset)

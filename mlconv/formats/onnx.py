@@ -2,7 +2,7 @@
 
 Reading never imports the onnx package: the protobuf is scanned by ``_protobuf`` for the
 few fields used, every length checked. Embedded ``raw_data`` is memory-mapped where it lies
-in the .onnx (zero-copy: conversions move it with ``copy_file_range``); typed fields are
+in the .onnx (zero-copy: conversions copy it file to file, never decoded); typed fields are
 decoded as onnx's ``numpy_helper`` does; external data is memory-mapped from its side file,
 whose location must be relative, without ``..``, and resolve (symlinks included) inside the
 model's folder, with offset + length inside the file. Standalone ``TensorProto`` files

@@ -1,5 +1,5 @@
 """Writing HDF5: datasets placed contiguous and aligned, payloads copied in afterwards at
-their offsets (a kernel copy where the bytes need no change); tables as compound datasets."""
+their offsets (copied file to file where the bytes need no change); tables as compound datasets."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _arrow_storage(field):
 def write(bundle: Bundle, f, path: str, options) -> None:
     """libhdf5 writes the structure with each tensor's space reserved (contiguous, allocated
     early, never filled); the file closed, the payloads go into their offsets in offset
-    order, by kernel copy where a source has a span, all in the temp file before the rename."""
+    order, file to file where a source has a span, all in the temp file before the rename."""
     h5py = _h5py()
     comp = options.compression or "none"
     placed: list[tuple[int, Tensor]] = []

@@ -1,5 +1,5 @@
-"""HDF5 relayouts as kernel copies (issue 16): a contiguous dataset's bytes lie verbatim at
-its offset, so h5 -> X copies them file to file, and X -> h5 reserves contiguous space in
+"""HDF5 relayouts as file-to-file copies (issue 16): a contiguous dataset's bytes lie verbatim
+at its offset, so h5 -> X copies them file to file, and X -> h5 reserves contiguous space in
 libhdf5's file and copies the payloads into it. Judged by h5py, numpy, safetensors and
 strace; every other layout keeps h5py's decoding path and must convert exactly."""
 
@@ -19,7 +19,7 @@ from mlconv.errors import MlconvError
 from mlconv.sources import FileSource
 
 from .helpers import payload, st_read, st_write
-from .test_conformance import assert_kernel_copied
+from .test_conformance import assert_copied_file_to_file
 
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
                                   reason="strace is not installed")
@@ -55,12 +55,12 @@ def _converted(dst):
 
 @needs_strace
 @pytest.mark.parametrize("target", [".safetensors", ".npy", ".gguf"])
-def test_contiguous_h5_moves_by_kernel_copy(tmp_path, target):
+def test_contiguous_h5_moves_file_to_file(tmp_path, target):
     w = np.arange(MIB4, dtype="<f4") * np.float32(0.5)
     datasets = {"w": w} if target == ".npy" else {"w": w, "g__b": np.arange(3 << 18, dtype="<i2")}
     src = _h5(tmp_path / "in.h5", **datasets)
     dst = tmp_path / f"out{target}"
-    assert_kernel_copied(src, dst, tmp_path, sum(a.nbytes for a in datasets.values()))
+    assert_copied_file_to_file(src, dst, tmp_path, sum(a.nbytes for a in datasets.values()))
     ref = _h5py_values(src)
     if target == ".npy":
         assert _converted(dst) == {"": payload(ref["w"])}
@@ -214,14 +214,14 @@ def test_big_endian_and_chunked_sources_to_h5(tmp_path):
 
 @needs_strace
 @pytest.mark.parametrize("source", [".safetensors", ".npy"])
-def test_to_h5_moves_by_kernel_copy(tmp_path, source):
+def test_to_h5_moves_file_to_file(tmp_path, source):
     tensors = {"w": np.arange(MIB4, dtype=np.float32)}
     if source == ".safetensors":
         tensors["g/b"] = np.arange(3 << 18, dtype=np.int16)
     src = tmp_path / f"in{source}"
     mlconv.save(tensors, src)
     dst = tmp_path / "o.h5"
-    assert_kernel_copied(src, dst, tmp_path, sum(a.nbytes for a in tensors.values()))
+    assert_copied_file_to_file(src, dst, tmp_path, sum(a.nbytes for a in tensors.values()))
     got = _h5py_values(dst)
     if source == ".npy":
         tensors = {"in": tensors["w"]}
@@ -235,7 +235,7 @@ def test_a_failure_mid_copy_leaves_no_dst(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     calls = []
-    real = os.copy_file_range
+    real = os.preadv
 
     def failing(*args):
         calls.append(args)
@@ -243,7 +243,7 @@ def test_a_failure_mid_copy_leaves_no_dst(tmp_path, monkeypatch):
             raise OSError(errno.EIO, "I/O error")
         return real(*args)
 
-    monkeypatch.setattr(os, "copy_file_range", failing)
+    monkeypatch.setattr(os, "preadv", failing)
     with pytest.raises((MlconvError, OSError)):
         mlconv.convert(src, out / "o.h5")
     assert len(calls) == 2  # the first payload was in, the second failed
