@@ -12,8 +12,6 @@ import errno
 import io
 import os
 import re
-import secrets
-import socket
 
 from .errors import MlconvError, OptionError, OutputExistsError
 
@@ -24,12 +22,12 @@ _TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)\.(?P<pid>[0-9]+)\.[0-9a-f]+\.mlconv-
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", os.uname().nodename)[:64] or "host"
 
 
 def temp_path(folder: str, base: str) -> str:
     """A fresh temp name for ``base`` in ``folder``, tagged with this host and process."""
-    return os.path.join(folder, f".{base}.{_host()}.{os.getpid()}.{secrets.token_hex(6)}"
+    return os.path.join(folder, f".{base}.{_host()}.{os.getpid()}.{os.urandom(6).hex()}"
                                 f"{SUFFIX}")
 
 

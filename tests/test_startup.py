@@ -16,7 +16,9 @@ from safetensors.numpy import save_file
 
 import mlconv
 
-HEAVY = ("ml_dtypes", "h5py", "pyarrow", "onnx", "fsspec", "pandas", "tables", "gguf", "dask")
+HEAVY = ("ml_dtypes", "h5py", "pyarrow", "onnx", "fsspec", "pandas", "tables", "gguf", "dask",
+         # not heavy, but every start paid 30 ms for them: plugin lookup, the guard's tools
+         "importlib.metadata", "subprocess", "hashlib", "socket")
 RUN = ("import json, sys\n"
        "from mlconv.cli.main import main\n"
        "try:\n"
@@ -58,13 +60,13 @@ def files(tmp_path_factory):
     (["inspect", "a.npy"], ()),
     (["inspect", "a.safetensors"], ()),  # a bfloat16 entry is a name, not an array
     (["inspect", "--json", "a.safetensors"], ()),
-    (["inspect", "a.h5"], ("h5py",)),
-    (["inspect", "a.parquet"], ("pyarrow",)),
+    (["inspect", "a.h5"], ("h5py", "hashlib", "subprocess")),  # the guard's verdict and child
+    (["inspect", "a.parquet"], ("pyarrow", "socket")),
     (["inspect", "a.npz"], ()),
     (["inspect", "a.gguf"], ()),
     (["validate", "a.safetensors"], ()),
     (["a.npy", "o.safetensors", "--force"], ()),
-    (["a.h5", "o.safetensors", "--force"], ("h5py",)),
+    (["a.h5", "o.safetensors", "--force"], ("h5py", "hashlib", "subprocess")),
     (["a.safetensors", "o.npz", "--force", "--select", "x"], ()),
 ])
 def test_a_command_imports_only_what_its_data_needs(files, tmp_path, args, allowed):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 
 import click
 
@@ -35,6 +34,12 @@ class _FormatIds(click.Choice):
 
 
 FORMAT_IDS = _FormatIds()
+
+
+def _print_traceback() -> None:
+    import traceback  # only for --debug: every start would pay for it
+
+    traceback.print_exc()
 
 
 def say(text: str, err: bool = False, nl: bool = True) -> None:
@@ -95,12 +100,12 @@ def _run(ctx: click.Context, debug: bool, action):
         return action()
     except MlconvError as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         say(fail_line(e.render(cli=True)), err=True)
         ctx.exit(2 if isinstance(e, OptionError) else 1)
     except OSError as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         say(fail_line(f"{e.strerror or e}{where}"), err=True)
         ctx.exit(1)
@@ -567,7 +572,7 @@ def main(argv=None) -> None:
         cli.main(args=args, prog_name="mlconv")
     except Exception as e:  # a bug, not the user's doing; keep it to one line
         if "--debug" in args:
-            traceback.print_exc()
+            _print_traceback()
         say(f"mlconv: internal error: {one_line(f'{type(e).__name__}: {e}')} "
             "(a bug in mlconv; --debug shows the traceback)", err=True)
         sys.exit(1)

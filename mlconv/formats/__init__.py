@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 from ..errors import FormatError, OptionError, SourceNotFoundError, UnsupportedError
 from .base import Capabilities, Format, ReadOptions, WriteOptions
@@ -37,14 +38,38 @@ def _entry_points() -> dict:
     """Formats other packages register (read once per process); a built-in id wins."""
     global _plugins
     if _plugins is None:
+        _plugins = {}
+        if not _maybe_declared():
+            return _plugins
         from importlib.metadata import entry_points
 
-        _plugins = {}
         for ep in entry_points(group=ENTRY_POINTS):
             fid = ep.name.lower()
             if fid not in IDS:
                 _plugins.setdefault(fid, ep)
     return _plugins
+
+
+def _maybe_declared() -> bool:
+    """False only when no installed distribution can declare our entry points. Reading the
+    entry_points.txt files costs about 1 ms; importing importlib.metadata, which every start
+    of the CLI would pay, about 20 ms. A zip or any other kind of path entry: maybe."""
+    for folder in sys.path:
+        try:
+            names = os.listdir(folder or ".")
+        except NotADirectoryError:
+            return True  # a zip archive: let importlib.metadata look inside
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info")):
+                try:
+                    with open(os.path.join(folder, name, "entry_points.txt"), "rb") as f:
+                        if ENTRY_POINTS.encode() in f.read():
+                            return True
+                except OSError:
+                    continue
+    return False
 
 
 def ids() -> tuple[str, ...]:

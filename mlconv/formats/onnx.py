@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from dataclasses import dataclass
 
 from .. import dtypes as D
@@ -504,7 +503,7 @@ class Onnx(Format):
         # a side file name unique to this write: the model published with it is the only
         # one that refers to it, so the pair changes as one rename (see _write_side)
         folder = os.path.dirname(os.path.abspath(path))
-        side_name = f"{os.path.basename(path)}.{secrets.token_hex(6)}.data"
+        side_name = f"{os.path.basename(path)}.{os.urandom(6).hex()}.data"
         old = _own_side_files(path)
         if external and not template and all(t.dtype.bits for _, t in tensors):
             # weights only, all in the side file: the model is a few fields per tensor,

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import os
 
-from .. import _guard_cache, isolation
 from .read import _h5py
+
+# isolation and _guard_cache are imported where used: every CLI start imports this module
+# (the registry lists write options), and they bring subprocess and hashlib
 
 ENV = "MLCONV_HDF5_GUARD"
 LIBRARY = "libhdf5"
@@ -60,6 +62,8 @@ class Pending:
     def wait(self) -> None:
         if self.proc is None:
             return
+        from .. import _guard_cache, isolation
+
         code, _ = isolation.finish(self.proc, self.path, TIMEOUT, LIBRARY)
         if code == 0:
             _passed.add(self.key)
@@ -70,6 +74,8 @@ def start(path: str, options) -> Pending:
     """Start the guard child for ``path`` (nothing to do if disabled or already passed)."""
     if not enabled(options):
         return Pending(path, None, None)
+    from .. import _guard_cache
+
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, options.allow_external,
            options.max_memory, options.allow_expand)
@@ -81,6 +87,8 @@ def start(path: str, options) -> Pending:
 
 def _launch(path: str, allow_external: bool, max_memory, allow_expand: bool):
     """The guard child: forked when that is safe, else a fresh interpreter."""
+    from .. import isolation
+
     _h5py()  # the fork must carry libhdf5 already loaded, or the child pays the import
     proc = isolation.fork(_forked_probe, (path, allow_external, max_memory, allow_expand),
                           CPU)
