@@ -66,8 +66,9 @@ class Sink:
         if gap:
             self.write(fill * gap)
 
-    def copy_from(self, path, offset: int, count: int) -> None:
-        """Append ``count`` bytes of file ``path`` starting at ``offset``.
+    def copy_from(self, path, offset: int, count: int, digest=None) -> None:
+        """Append ``count`` bytes of file ``path`` starting at ``offset``; ``digest(piece)``,
+        if given, is called on every piece in order (in a helper thread, see ``_digesting``).
 
         Block-aligned ranges are first offered to the filesystem to share (FICLONERANGE:
         btrfs, XFS; O(1) time and space). Otherwise the bytes go through one page-aligned
@@ -78,9 +79,12 @@ class Sink:
         """
         with open(path, "rb", buffering=0) as src:
             fd = src.fileno()
-            done = self._share(fd, offset, count)
-            if done < count:
-                self._copy(fd, offset + done, count - done, path)
+            if digest is not None:
+                self._digesting(fd, offset, count, path, digest)
+            else:
+                done = self._share(fd, offset, count)
+                if done < count:
+                    self._copy(fd, offset + done, count - done, path)
         self.flush_progress()
 
     def _share(self, src_fd: int, offset: int, count: int) -> int:
@@ -115,6 +119,46 @@ class Sink:
                 raise FormatError(f"file shrank while copying: {count} bytes missing", path)
             self._write_all(buf[:n])
             offset, count = offset + n, count - n
+
+    def _digesting(self, src_fd: int, offset: int, count: int, path, digest) -> None:
+        """The buffered copy, with each piece also handed to ``digest`` in a helper thread
+        while this one writes it and reads the next (zlib's CRC releases the GIL): a checksum
+        costs no second read of the source and, on two cores, little extra time."""
+        import mmap
+        import queue
+        import threading
+
+        free: queue.Queue = queue.Queue()
+        full: queue.Queue = queue.Queue()
+        for _ in range(3):
+            free.put(memoryview(mmap.mmap(-1, COPY_CHUNK)))
+        failed: list = []
+
+        def work():
+            while (item := full.get()) is not None:
+                if not failed:
+                    try:
+                        digest(item[0][:item[1]])
+                    except BaseException as e:  # re-raised below, in the writing thread
+                        failed.append(e)
+                free.put(item[0])  # both threads only read a piece: it is free once digested
+
+        thread = threading.Thread(target=work, name="mlconv-digest", daemon=True)
+        thread.start()
+        try:
+            while count and not failed:
+                buf = free.get()
+                n = os.preadv(src_fd, [buf[:min(count, COPY_CHUNK)]], offset)
+                if n == 0:
+                    raise FormatError(f"file shrank while copying: {count} bytes missing", path)
+                full.put((buf, n))
+                self._write_all(buf[:n])
+                offset, count = offset + n, count - n
+        finally:
+            full.put(None)
+            thread.join()
+        if failed:
+            raise failed[0]
 
     def _write_all(self, mv) -> None:
         while mv:

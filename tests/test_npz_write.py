@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 
 import mlconv
 from mlconv.errors import FormatError
+from mlconv.fileio import Sink
 from mlconv.formats import npz
 
 ARRAYS = {"a": np.arange(1000, dtype="<f4").reshape(10, 100), "dir/b": np.arange(7, dtype="<i8"),
@@ -61,17 +62,21 @@ def test_a_source_without_a_file_span_goes_through_memory(tmp_path):
     _judge(tmp_path / "b.npz", {"big": np.arange(50, dtype="<i4")})
 
 
-def test_a_source_that_shrinks_under_the_crc_is_an_error(tmp_path, monkeypatch):
-    np.save(tmp_path / "a.npy", np.arange(1 << 16, dtype=np.float32))
-    real = npz._payload_crc
+def test_a_source_that_shrinks_while_copied_is_an_error(tmp_path, monkeypatch):
+    """The source is cut short once the CRC thread has its first piece: a later read, which
+    waits for that piece's buffer, finds the end of the file."""
+    np.save(tmp_path / "a.npy", np.arange(2 << 20, dtype=np.float32))  # 8 pieces, 3 buffers
+    real = Sink.copy_from
 
-    def shrinking(entry, crc, out):
-        path, offset, count = entry.span
-        with open(path, "r+b") as f:
-            f.truncate(offset + 10)
-        real(entry, crc, out)
+    def shrinking(self, path, offset, count, digest=None):
+        def cut(piece):
+            with open(path, "r+b") as f:
+                f.truncate(offset + 10)
+            digest(piece)
 
-    monkeypatch.setattr(npz, "_payload_crc", shrinking)
+        real(self, path, offset, count, digest=cut)
+
+    monkeypatch.setattr(Sink, "copy_from", shrinking)
     with pytest.raises(FormatError, match="shrank"):
         mlconv.convert(tmp_path / "a.npy", tmp_path / "a.npz")
     assert not (tmp_path / "a.npz").exists()
@@ -83,3 +88,19 @@ def test_deflate_still_goes_through_zipfile(tmp_path):
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
     with np.load(tmp_path / "d.npz") as d:
         assert all(d[k].tobytes() == v.tobytes() for k, v in ARRAYS.items())
+
+
+def test_a_failure_in_the_crc_thread_reaches_the_caller(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.arange(2 << 20, dtype=np.float32))
+    real = Sink.copy_from
+
+    def failing(self, path, offset, count, digest=None):
+        def bad(piece):
+            raise OSError(5, "Input/output error")
+
+        real(self, path, offset, count, digest=bad)
+
+    monkeypatch.setattr(Sink, "copy_from", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        mlconv.convert(tmp_path / "a.npy", tmp_path / "a.npz")
+    assert not (tmp_path / "a.npz").exists()

@@ -23,7 +23,6 @@ from ..errors import (
     UnsafeInputError,
     UnsupportedError,
 )
-from ..fileio import COPY_CHUNK
 from ..model import Bundle, Tensor
 from ..sources import FileMap, FileSource, StreamSource, check_memory
 from . import npy
@@ -291,7 +290,8 @@ class Npz(Format):
 # --- stored members in one ordered pass ------------------------------------------------
 # zipfile writes every byte through Python. Our own writer lays each member out as
 # [local header][npy header][payload], copies the payload file to file while a thread
-# computes its CRC-32 from the source (zlib releases the GIL), then patches the CRC in.
+# computes its CRC-32 from the pieces in passing (zlib releases the GIL), then patches the
+# CRC in.
 _LOCAL, _CENTRAL = b"PK\x03\x04", b"PK\x01\x02"
 _MAX32, _UTF8, _ALIGN_ID = 0xFFFFFFFF, 0x800, 0xD935  # 0xD935: zipalign's padding field
 _ZIP64_FROM = _MAX32  # sizes and offsets from here on go in zip64 fields (tests lower it)
@@ -303,23 +303,8 @@ def _field(value: int) -> int:
     return _MAX32 if value >= _ZIP64_FROM else value
 
 
-def _payload_crc(entry, crc: int, out: list) -> None:
-    path, offset, count = entry.span
-    buf = bytearray(COPY_CHUNK)
-    with open(path, "rb", buffering=0) as src:
-        while count:
-            n = os.preadv(src.fileno(), [memoryview(buf)[:min(count, len(buf))]], offset)
-            if n == 0:
-                raise FormatError("file shrank while copying", path)
-            crc = zlib.crc32(memoryview(buf)[:n], crc)
-            offset, count = offset + n, count - n
-    out.append(crc)
-
-
 def _member(sink, name: bytes, header: bytes, entry) -> tuple:
     """Write one stored member at sink.pos; (name, offset, size, crc) for the directory."""
-    import threading
-
     start, size = sink.pos, len(header) + entry.nbytes
     zip64 = size >= _ZIP64_FROM
     extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
@@ -331,24 +316,13 @@ def _member(sink, name: bytes, header: bytes, entry) -> tuple:
     sink.write(header)
     crc = zlib.crc32(header)
     if entry.span is not None:
-        out: list = []
-        errors: list = []
+        state = [crc]
 
-        def work():
-            try:
-                _payload_crc(entry, crc, out)
-            except BaseException as e:  # re-raised below, in this thread
-                errors.append(e)
+        def digest(piece):
+            state[0] = zlib.crc32(piece, state[0])
 
-        thread = threading.Thread(target=work, name="mlconv-crc", daemon=True)
-        thread.start()
-        try:
-            entry.write_to(sink)
-        finally:
-            thread.join()
-        if errors:
-            raise errors[0]
-        crc = out[0]
+        sink.copy_from(*entry.span, digest=digest)
+        crc = state[0]
     else:
         begin = sink.pos
         for piece in entry.chunks():
