@@ -97,13 +97,16 @@ class Tensor:
         """The canonical payload (C order, little-endian) in pieces of about ``size`` bytes."""
         return self.source.chunks(size)
 
-    def write_to(self, sink) -> None:
-        """Append the canonical payload to a ``fileio.Sink``, file-to-file where possible."""
+    def write_to(self, sink, digest=None) -> None:
+        """Append the canonical payload to a ``fileio.Sink``, file-to-file where possible;
+        ``digest(piece)``, if given, sees every piece in order (a checksum)."""
         if self.span is not None:
-            sink.copy_from(*self.span)
+            sink.copy_from(*self.span, digest=digest)
             return
         start = sink.pos
         for piece in self.chunks():
+            if digest is not None:
+                digest(piece)
             sink.write(piece)
         if sink.pos - start != self.nbytes:
             raise FormatError(f"data yielded {sink.pos - start} bytes, {self.nbytes} expected",

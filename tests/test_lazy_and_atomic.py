@@ -50,7 +50,7 @@ def test_failed_write_leaves_no_dst_and_no_temp(tmp_path, monkeypatch):
     src = tmp_path / "in.safetensors"
     st_write(src, {"a": np.arange(10.0), "b": np.arange(5.0)})
 
-    def boom(self, sink):
+    def boom(self, sink, digest=None):
         sink.write(b"partial")
         raise RuntimeError("disk on fire")
 

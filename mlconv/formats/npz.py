@@ -315,22 +315,13 @@ def _member(sink, name: bytes, header: bytes, entry) -> tuple:
                            len(name), len(extra)) + name + extra)
     sink.write(header)
     crc = zlib.crc32(header)
-    if entry.span is not None:
-        state = [crc]
+    state = [crc]
 
-        def digest(piece):
-            state[0] = zlib.crc32(piece, state[0])
+    def digest(piece):
+        state[0] = zlib.crc32(piece, state[0])
 
-        sink.copy_from(*entry.span, digest=digest)
-        crc = state[0]
-    else:
-        begin = sink.pos
-        for piece in entry.chunks():
-            crc = zlib.crc32(piece, crc)
-            sink.write(piece)
-        if sink.pos - begin != entry.nbytes:
-            raise FormatError(f"data yielded {sink.pos - begin} bytes, {entry.nbytes} "
-                              "expected", None, name.decode())
+    entry.write_to(sink, digest)
+    crc = state[0]
     os.pwrite(sink.fd, struct.pack("<L", crc), start + 14)
     return name, start, size, crc
 
