@@ -39,7 +39,7 @@ class Sink:
         self.pos = os.lseek(fd, 0, os.SEEK_CUR)
         self.on_bytes = on_bytes
         self._clone = kernel_copy and sys.platform.startswith("linux")
-        self._buffer = None
+        self._buffers: list = []  # page-aligned, made once: fresh ones cost a fault per page
         self._unreported = 0
 
     def _advance(self, n: int) -> None:
@@ -107,12 +107,15 @@ class Sink:
             self._unreported += size
         return size
 
-    def _copy(self, src_fd: int, offset: int, count: int, path) -> None:
-        if self._buffer is None:
-            import mmap
+    def _ring(self, n: int) -> list:
+        import mmap
 
-            self._buffer = memoryview(mmap.mmap(-1, COPY_CHUNK))  # page-aligned
-        buf = self._buffer
+        while len(self._buffers) < n:
+            self._buffers.append(memoryview(mmap.mmap(-1, COPY_CHUNK)))
+        return self._buffers[:n]
+
+    def _copy(self, src_fd: int, offset: int, count: int, path) -> None:
+        (buf,) = self._ring(1)
         while count:
             n = os.preadv(src_fd, [buf[:min(count, COPY_CHUNK)]], offset)
             if n == 0:
@@ -124,14 +127,13 @@ class Sink:
         """The buffered copy, with each piece also handed to ``digest`` in a helper thread
         while this one writes it and reads the next (zlib's CRC releases the GIL): a checksum
         costs no second read of the source and, on two cores, little extra time."""
-        import mmap
         import queue
         import threading
 
         free: queue.Queue = queue.Queue()
         full: queue.Queue = queue.Queue()
-        for _ in range(3):
-            free.put(memoryview(mmap.mmap(-1, COPY_CHUNK)))
+        for buf in self._ring(3):
+            free.put(buf)
         failed: list = []
 
         def work():
