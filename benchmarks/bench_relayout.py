@@ -88,7 +88,12 @@ def _fresh_dir(path: str):
 
 
 def _outputs(path: str):
-    return remover(path, path + ".data", os.path.splitext(path)[0] + ".onnx.data")
+    """Removes an output and its ONNX side files: the peer's ``X.data`` and mlconv's
+    ``X.<hex>.data`` (a fresh name per write; left behind once the model is deleted)."""
+    def clean():
+        side = glob.glob(glob.escape(path) + ".*.data")
+        remover(path, path + ".data", os.path.splitext(path)[0] + ".onnx.data", *side)()
+    return clean
 
 
 def main() -> None:
