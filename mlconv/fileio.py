@@ -79,8 +79,10 @@ class Sink:
         """
         with open(path, "rb", buffering=0) as src:
             fd = src.fileno()
-            if digest is not None:
+            if digest is not None and count > 2 * COPY_CHUNK:
                 self._digesting(fd, offset, count, path, digest)
+            elif digest is not None:  # a thread's start and hand-offs cost more than this
+                self._copy(fd, offset, count, path, digest)
             else:
                 done = self._share(fd, offset, count)
                 if done < count:
@@ -114,12 +116,14 @@ class Sink:
             self._buffers.append(memoryview(mmap.mmap(-1, COPY_CHUNK)))
         return self._buffers[:n]
 
-    def _copy(self, src_fd: int, offset: int, count: int, path) -> None:
+    def _copy(self, src_fd: int, offset: int, count: int, path, digest=None) -> None:
         (buf,) = self._ring(1)
         while count:
             n = os.preadv(src_fd, [buf[:min(count, COPY_CHUNK)]], offset)
             if n == 0:
                 raise FormatError(f"file shrank while copying: {count} bytes missing", path)
+            if digest is not None:
+                digest(buf[:n])
             self._write_all(buf[:n])
             offset, count = offset + n, count - n
 

@@ -45,6 +45,18 @@ def test_stored_members_round_trip_and_payloads_are_aligned(tmp_path):
         assert t.span[1] % 64 == 0, name  # memory maps view them in place
 
 
+def test_members_around_the_copy_buffer_size_round_trip(tmp_path):
+    """Up to two buffers the CRC is computed in line, beyond in the helper thread: members
+    on both sides of that, and not whole buffers, must carry the right CRC."""
+    from mlconv.fileio import COPY_CHUNK
+
+    sizes = {"two": 2 * COPY_CHUNK, "two_and_one": 2 * COPY_CHUNK + 4, "five": 5 * COPY_CHUNK + 12}
+    arrays = {k: np.arange(n // 4, dtype="<f4") for k, n in sizes.items()}
+    save_file(arrays, str(tmp_path / "s.safetensors"))
+    mlconv.convert(tmp_path / "s.safetensors", tmp_path / "o.npz")
+    _judge(tmp_path / "o.npz", arrays)
+
+
 def test_zip64_records_are_written_where_sizes_need_them(tmp_path, monkeypatch):
     """Past 4 GiB sizes and offsets move to zip64 fields; lowered here so a test can see it."""
     monkeypatch.setattr(npz, "_ZIP64_FROM", 100)
