@@ -12,6 +12,7 @@ import errno
 import io
 import os
 import re
+import sys
 
 from .errors import MlconvError, OptionError, OutputExistsError
 
@@ -112,7 +113,7 @@ def atomic_output(dst, overwrite: bool = False):
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
-            os.replace(tmp, dst)
+            replace(tmp, dst)
         else:
             _link_new(tmp, dst)
     except BaseException as e:
@@ -153,6 +154,47 @@ def library_path(f) -> str:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(f.name)
     return f.name
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_exchange = None  # renameat2 from libc, looked up when first needed (False: not available)
+
+
+def replace(tmp: str, dst: str) -> None:
+    """``os.replace(tmp, dst)``, by swapping the two names where the kernel can (renameat2
+    with RENAME_EXCHANGE), then removing the old file from under the temp name.
+
+    ext4 flushes a file renamed over another one (its auto_da_alloc heuristic): 0.6 s per
+    GiB here, as long as the copy. A swap is O(1) and leaves the new file as a new file
+    would be (no extra flush). DST exists throughout either way. If the process dies between
+    the two steps, the old file stays under a temp name, which the next run sweeps.
+    """
+    import stat
+
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode) and _swap(tmp, dst):
+        os.unlink(tmp)
+        return
+    os.replace(tmp, dst)
+
+
+def _swap(a: str, b: str) -> bool:
+    global _exchange
+    if _exchange is None:
+        _exchange = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if hasattr(libc, "renameat2"):
+                _exchange = libc.renameat2
+    if not _exchange:
+        return False
+    at_cwd = -100
+    return _exchange(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _link_new(tmp: str, dst: str) -> None:

@@ -366,7 +366,7 @@ def _write_part(task) -> tuple[str, int]:
 def _publish(src, dst, tmp, report, *parts) -> FileResult:
     """The last task of a split file: rename the temp file into place when every part
     was written, else remove it."""
-    from ..atomic import _umask
+    from ..atomic import _umask, replace
 
     errors = [err for err, _ in parts if err]
     if errors:
@@ -374,7 +374,7 @@ def _publish(src, dst, tmp, report, *parts) -> FileResult:
         return FileResult(src, dst, error=MlconvError(f"a part failed: {errors[0]}"))
     try:
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dst)
+        replace(tmp, dst)
     except FileNotFoundError:
         if not os.path.exists(dst):  # an earlier attempt of this task published it
             raise
