@@ -19,6 +19,15 @@ _NO_CLONE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.E
              errno.EBADF, errno.EPERM, errno.ETXTBSY}
 
 
+def _read_into(fd: int, buf, offset: int) -> int:
+    """pread into ``buf``: straight into it where the platform has preadv."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buf], offset)
+    data = os.pread(fd, len(buf), offset)
+    buf[:len(data)] = data
+    return len(data)
+
+
 def read_exact(f, n: int, path, what: str) -> bytes:
     """Read exactly n bytes from f or raise FormatError naming what was truncated."""
     data = f.read(n)
@@ -119,7 +128,7 @@ class Sink:
     def _copy(self, src_fd: int, offset: int, count: int, path, digest=None) -> None:
         (buf,) = self._ring(1)
         while count:
-            n = os.preadv(src_fd, [buf[:min(count, COPY_CHUNK)]], offset)
+            n = _read_into(src_fd, buf[:min(count, COPY_CHUNK)], offset)
             if n == 0:
                 raise FormatError(f"file shrank while copying: {count} bytes missing", path)
             if digest is not None:
@@ -154,7 +163,7 @@ class Sink:
         try:
             while count and not failed:
                 buf = free.get()
-                n = os.preadv(src_fd, [buf[:min(count, COPY_CHUNK)]], offset)
+                n = _read_into(src_fd, buf[:min(count, COPY_CHUNK)], offset)
                 if n == 0:
                     raise FormatError(f"file shrank while copying: {count} bytes missing", path)
                 full.put((buf, n))

@@ -116,3 +116,17 @@ def test_a_failure_in_the_crc_thread_reaches_the_caller(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Input/output"):
         mlconv.convert(tmp_path / "a.npy", tmp_path / "a.npz")
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_copies_work_without_preadv(tmp_path, monkeypatch):
+    """Platforms without os.preadv read with os.pread into the same buffers."""
+    import os
+
+    monkeypatch.delattr(os, "preadv")
+    arrays = {"a": np.arange(3 << 20, dtype="<f4"), "b": np.arange(5, dtype="<i8")}
+    save_file(arrays, str(tmp_path / "s.safetensors"))
+    mlconv.convert(tmp_path / "s.safetensors", tmp_path / "o.npz")
+    _judge(tmp_path / "o.npz", arrays)
+    mlconv.convert(tmp_path / "s.safetensors", tmp_path / "o.h5")
+    with mlconv.open(tmp_path / "o.h5") as b:
+        assert all(b[k].numpy().tobytes() == v.tobytes() for k, v in arrays.items())
