@@ -19,13 +19,19 @@ _NO_CLONE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.E
              errno.EBADF, errno.EPERM, errno.ETXTBSY}
 
 
-def _read_into(fd: int, buf, offset: int) -> int:
-    """pread into ``buf``: straight into it where the platform has preadv."""
+def _read_piece(fd: int, buf, offset: int, left: int, path) -> int:
+    """Read the next piece of a copy (``left`` bytes still to come) into ``buf``: straight
+    into it where the platform has preadv. Nothing read means the file shrank."""
+    view = buf[:min(left, COPY_CHUNK)]
     if hasattr(os, "preadv"):
-        return os.preadv(fd, [buf], offset)
-    data = os.pread(fd, len(buf), offset)
-    buf[:len(data)] = data
-    return len(data)
+        n = os.preadv(fd, [view], offset)
+    else:
+        data = os.pread(fd, len(view), offset)
+        n = len(data)
+        view[:n] = data
+    if n == 0:
+        raise FormatError(f"file shrank while copying: {left} bytes missing", path)
+    return n
 
 
 def read_exact(f, n: int, path, what: str) -> bytes:
@@ -113,7 +119,7 @@ class Sink:
             if e.errno in _NO_CLONE:
                 self._clone = False
             return 0  # EINVAL: this range is not shareable (block size); copy it instead
-        self.seek(self.pos + size)
+        self.pos = os.lseek(self.fd, self.pos + size, os.SEEK_SET)  # past the shared bytes
         if self.on_bytes is not None:
             self._unreported += size
         return size
@@ -128,9 +134,7 @@ class Sink:
     def _copy(self, src_fd: int, offset: int, count: int, path, digest=None) -> None:
         (buf,) = self._ring(1)
         while count:
-            n = _read_into(src_fd, buf[:min(count, COPY_CHUNK)], offset)
-            if n == 0:
-                raise FormatError(f"file shrank while copying: {count} bytes missing", path)
+            n = _read_piece(src_fd, buf, offset, count, path)
             if digest is not None:
                 digest(buf[:n])
             self._write_all(buf[:n])
@@ -163,9 +167,7 @@ class Sink:
         try:
             while count and not failed:
                 buf = free.get()
-                n = _read_into(src_fd, buf[:min(count, COPY_CHUNK)], offset)
-                if n == 0:
-                    raise FormatError(f"file shrank while copying: {count} bytes missing", path)
+                n = _read_piece(src_fd, buf, offset, count, path)
                 full.put((buf, n))
                 self._write_all(buf[:n])
                 offset, count = offset + n, count - n
