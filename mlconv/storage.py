@@ -28,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import struct
-import tempfile
 
 from . import ranged
 from .errors import (
@@ -288,6 +286,8 @@ def _sweep_stale() -> None:
     flock when its process dies, however it dies; a live owner (any PID namespace sharing
     this /tmp) still holds it, so its folder is never touched."""
     import fcntl
+    import shutil
+    import tempfile
 
     if _swept:
         return
@@ -317,6 +317,8 @@ def _sweep_stale() -> None:
 @contextlib.contextmanager
 def _temp_folder():
     import fcntl
+    import shutil
+    import tempfile
 
     _sweep_stale()
     folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
@@ -533,6 +535,8 @@ def _output(dst, overwrite: bool):
             if not entry.is_file() or entry.name == _LOCK:
                 continue
             if fs is None:
+                import shutil
+
                 with open(entry.path, "rb") as f:
                     shutil.copyfileobj(f, dst, RANGE)
                 continue

@@ -18,7 +18,9 @@ import mlconv
 
 HEAVY = ("ml_dtypes", "h5py", "pyarrow", "onnx", "fsspec", "pandas", "tables", "gguf", "dask",
          # not heavy, but every start paid 30 ms for them: plugin lookup, the guard's tools
-         "importlib.metadata", "subprocess", "hashlib", "socket")
+         "importlib.metadata", "subprocess", "hashlib", "socket",
+         # 5-10 ms together: zipfile brings pathlib and urllib; writing npz never needs it
+         "zipfile", "tempfile", "shutil", "difflib")
 RUN = ("import json, sys\n"
        "from mlconv.cli.main import main\n"
        "try:\n"
@@ -62,7 +64,7 @@ def files(tmp_path_factory):
     (["inspect", "--json", "a.safetensors"], ()),
     (["inspect", "a.h5"], ("h5py", "hashlib", "subprocess")),  # the guard's verdict and child
     (["inspect", "a.parquet"], ("pyarrow", "socket")),
-    (["inspect", "a.npz"], ()),
+    (["inspect", "a.npz"], ("zipfile", "shutil")),  # reading a zip is zipfile's job
     (["inspect", "a.gguf"], ()),
     (["validate", "a.safetensors"], ()),
     (["a.npy", "o.safetensors", "--force"], ()),

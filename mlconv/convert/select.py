@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 
 from .. import dtypes as D
@@ -82,6 +81,8 @@ def select_entries(bundle, select=(), exclude=()) -> list[str]:
     lists the closest names."""
     names = [n for n in bundle if kept(n, select, exclude)]
     if select and not names and len(bundle):
+        import difflib  # only for a selection that matched nothing
+
         close: list[str] = []
         for p in select:
             close += difflib.get_close_matches(p, list(bundle), n=5, cutoff=0.4)

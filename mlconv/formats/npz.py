@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import zipfile
 import zlib
+from typing import TYPE_CHECKING
 
 from .. import dtypes as D
 from .. import ranged
@@ -28,12 +28,17 @@ from ..sources import FileMap, FileSource, StreamSource, check_memory
 from . import npy
 from .base import Capabilities, Format
 
+if TYPE_CHECKING:
+    import zipfile
+
 MAX_DEFLATE_RATIO = 1032  # deflate's hard limit; a larger declared size is a lie
-_METHODS = {zipfile.ZIP_STORED: "none", zipfile.ZIP_DEFLATED: "deflate",
-            zipfile.ZIP_BZIP2: "bzip2"}
+# zip's method numbers (APPNOTE 4.4.5), so that importing this module does not import
+# zipfile (and pathlib with it): writing stored members never needs it
+_STORED, _DEFLATED, _BZIP2 = 0, 8, 12
+_METHODS = {_STORED: "none", _DEFLATED: "deflate", _BZIP2: "bzip2"}
 _IN = 1 << 16  # compressed bytes fed to a decoder at a time
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-               NotImplementedError, RuntimeError)
+_ZIP_ERRORS = (zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+               RuntimeError)  # and zipfile.BadZipFile, where zipfile is imported
 
 
 class _Inflater:
@@ -49,8 +54,8 @@ class _Inflater:
         self._left_in, self._left_out, self._crc = info.compress_size, info.file_size, 0
         self._pending = b""
         method = info.compress_type
-        self._d = None if method == zipfile.ZIP_STORED else \
-            zlib.decompressobj(-15) if method == zipfile.ZIP_DEFLATED else bz2.BZ2Decompressor()
+        self._d = None if method == _STORED else \
+            zlib.decompressobj(-15) if method == _DEFLATED else bz2.BZ2Decompressor()
 
     def _feed(self) -> bytes:
         data = self._f.read(min(_IN, self._left_in))
@@ -141,12 +146,14 @@ class Npz(Format):
         return True
 
     def read(self, path: str, options) -> Bundle:
+        import zipfile
+
         size = os.path.getsize(path)
         ranged.claim(path)  # a remote copy: members are fetched when their data is read
         try:
             zf = zipfile.ZipFile(ranged.source(path))
             infos = zf.infolist()
-        except _ZIP_ERRORS as e:
+        except (zipfile.BadZipFile, *_ZIP_ERRORS) as e:
             raise FormatError(f"not a valid zip archive: {e}", path) from None
         bundle = Bundle(path=path, format=self.id)
         bundle.on_close(zf.close)
@@ -183,10 +190,10 @@ class Npz(Format):
         if info.compress_type not in _METHODS:
             raise UnsupportedError(f"zip compression method {info.compress_type} (mlconv "
                                    "reads stored, deflate and bzip2 members)", path, name)
-        stored = info.compress_type == zipfile.ZIP_STORED
+        stored = info.compress_type == _STORED
         if stored and info.compress_size != info.file_size:
             raise FormatError("stored zip member with mismatched sizes", path, name)
-        deflate = info.compress_type == zipfile.ZIP_DEFLATED
+        deflate = info.compress_type == _DEFLATED
         if not stored and info.file_size > info.compress_size * MAX_DEFLATE_RATIO + (1 << 16) \
                 and (deflate or not options.allow_expand):
             raise FormatError(
@@ -246,6 +253,8 @@ class Npz(Format):
     def check(self, path: str, bundle: Bundle, deep: bool):
         problems, warnings = super().check(path, bundle, deep)
         if deep:  # every member's CRC, including members that are not arrays
+            import zipfile
+
             size = os.path.getsize(path)
             try:
                 with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
@@ -259,7 +268,7 @@ class Npz(Format):
                                     pass
                         except FormatError as e:
                             problems.append((info.filename, f"zip member corrupt: {e.message}"))
-            except _ZIP_ERRORS as e:
+            except (zipfile.BadZipFile, *_ZIP_ERRORS) as e:
                 problems.append((None, f"zip archive corrupt: {e}"))
         return problems, warnings
 
@@ -273,7 +282,9 @@ class Npz(Format):
         if method != "deflate":
             _write_stored(bundle, f, path, options)
             return
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        import zipfile
+
+        with zipfile.ZipFile(f, "w", compression=_DEFLATED, allowZip64=True) as zf:
             for name, entry in bundle.items():  # fitted: tensors of dtypes npz holds
                 _check_name(name, path)
                 header = npy.make_header(D.to_npy_descr(entry.dtype, entry.itemsize),
