@@ -31,18 +31,25 @@ RUN = ("import json, sys\n"
        "    code = 0\n"
        "sys.stdout.flush()\n"
        "mods = [m for m in " + repr(HEAVY) + " if m in sys.modules]\n"
-       "print(json.dumps({'code': code, 'modules': mods}), file=sys.stderr)\n")
+       "threads = len(__import__('os').listdir('/proc/self/task'))\n"
+       "print(json.dumps({'code': code, 'modules': mods, 'threads': threads}), "
+       "file=sys.stderr)\n")
 
 
-def _imports(*args, cache=None) -> list[str]:
+def _report(*args, cache=None) -> dict:
     env = dict(os.environ, MLCONV_HDF5_GUARD="1")
+    env.pop("OPENBLAS_NUM_THREADS", None)
     if cache:
         env["MLCONV_CACHE_DIR"] = str(cache)
     res = subprocess.run([sys.executable, "-c", RUN, *map(str, args)], capture_output=True,
                          text=True, env=env, check=False)
     report = json.loads(res.stderr.strip().splitlines()[-1])
     assert report["code"] in (0, None), res.stderr
-    return report["modules"]
+    return report
+
+
+def _imports(*args, cache=None) -> list[str]:
+    return _report(*args, cache=cache)["modules"]
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +104,21 @@ def test_the_cli_guard_forks_instead_of_starting_an_interpreter(files, tmp_path)
                          capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 0, res.stderr
     assert "[100, 100]" in res.stdout and os.listdir(tmp_path / "hdf5-guard")
+
+
+def test_the_cli_starts_no_blas_threads(files, tmp_path):
+    """numpy, imported for h5py, would start OpenBLAS's thread pool (one thread per core);
+    the CLI does no linear algebra, so its process keeps one thread."""
+    report = _report(files / "a.safetensors", tmp_path / "o.h5", "--select", "x")
+    assert "h5py" in report["modules"] and report["threads"] == 1
+
+
+def test_the_library_leaves_the_blas_setting_alone(files, tmp_path):
+    """Only the CLI owns its process: ``import mlconv`` in a user's program changes nothing."""
+    code = ("import os, mlconv\n"
+            f"mlconv.convert({str(files / 'a.h5')!r}, {str(tmp_path / 'o.safetensors')!r})\n"
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.strip() == "None"

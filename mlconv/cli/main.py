@@ -568,6 +568,10 @@ def formats(as_json, as_graph):
 def main(argv=None) -> None:
     """Console entry point: a bug is one line too (--debug shows its traceback)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    # mlconv does no linear algebra, yet numpy (imported for h5py) starts OpenBLAS's thread
+    # pool: 15-30 ms of every HDF5 start on 2 cores, and a thread competing with the copy.
+    # Only the CLI, whose process this is; a user's value wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         cli.main(args=args, prog_name="mlconv")
     except Exception as e:  # a bug, not the user's doing; keep it to one line
