@@ -14,7 +14,7 @@ import shutil
 import statistics
 import time
 
-from harness import PY, compare, remover, run_function, run_once, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, run_once, tempdir
 
 PEERS = {
     ("npy", "safetensors"): "import sys, numpy as np; from safetensors.numpy import save_file; "
@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = tempdir()
     j = lambda n: os.path.join(tmp, n)  # noqa: E731
-    mlconv = [PY, "-m", "mlconv"]
+    mlconv = MLCONV
     try:
         # the single tensor in every source format, written by mlconv from one npy
         run_function(__file__, "make_tensor", j("x.npy"), args.gib)

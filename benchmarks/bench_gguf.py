@@ -16,7 +16,7 @@ import shutil
 import struct
 
 import numpy as np
-from harness import PY, compare, remover, run_function, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, tempdir
 
 # (safetensors dtype, bytes per element, share of the total)
 PARTS = [("F32", 4, 0.5), ("F16", 2, 0.25), ("BF16", 2, 0.25)]
@@ -82,7 +82,7 @@ def main() -> None:
               f"{os.cpu_count()} cores")
         compare({
             "cp": (["cp", src, cp1], remover(cp1)),
-            "mlconv": ([PY, "-m", "mlconv", src, ml1], remover(ml1)),
+            "mlconv": ([*MLCONV, src, ml1], remover(ml1)),
             "gguf-py GGUFWriter (memmaps)": ([PY, "-c", PEER, src, peer], remover(peer)),
         }, runs=args.runs)
         os.unlink(peer) if os.path.exists(peer) else None
@@ -92,7 +92,7 @@ def main() -> None:
         print(f"\n{args.gib} GiB gguf -> safetensors")
         compare({
             "cp": (["cp", ml1, cp2], remover(cp2)),
-            "mlconv": ([PY, "-m", "mlconv", ml1, back], remover(back)),
+            "mlconv": ([*MLCONV, ml1, back], remover(back)),
         }, runs=args.runs)
         if not os.path.exists(back):
             os.system(f"{PY} -m mlconv {ml1} {back}")

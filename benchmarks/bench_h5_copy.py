@@ -19,7 +19,7 @@ import shutil
 import subprocess
 
 from bench_relayout import H5_READ, H5_WRITE
-from harness import PY, compare, remover, run_function, run_once, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, run_once, tempdir
 
 PEERS = {("safetensors", "hdf5"): H5_WRITE, ("hdf5", "safetensors"): H5_READ}  # one copy
 EXT = {"safetensors": ".safetensors", "hdf5": ".h5"}
@@ -72,7 +72,7 @@ def main() -> None:
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     tmp = tempdir()
     j = lambda n: os.path.join(tmp, n)  # noqa: E731
-    mlconv = [PY, "-m", "mlconv", "-q"]
+    mlconv = [*MLCONV, "-q"]
     cache = j("verdicts")
     os.environ["MLCONV_CACHE_DIR"] = cache
     env = "/usr/bin/env"

@@ -20,7 +20,7 @@ import os
 import shutil
 import warnings
 
-from harness import PY, compare, remover, run_function, table_columns, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, table_columns, tempdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -106,7 +106,7 @@ def bench_table(tmp: str, args) -> None:
     print(load())
     res = compare({
         "cp": (["cp", src, outs[0]], remover(outs[0])),
-        "mlconv": ([PY, "-m", "mlconv", src, outs[1]], remover(outs[1])),
+        "mlconv": ([*MLCONV, src, outs[1]], remover(outs[1])),
         "pandas read_hdf + to_parquet": ([PY, "-c", PANDAS, src, outs[2]], remover(outs[2])),
         "h5py + pyarrow by hand": ([PY, "-c", BY_HAND, src, outs[3]], remover(outs[3])),
     }, runs=args.runs)
@@ -126,7 +126,7 @@ def bench_tensor(tmp: str, args) -> None:
     print(f"\n{args.gib} GiB contiguous float32 h5 dataset -> safetensors")
     compare({
         "cp": (["cp", src, out_cp], remover(out_cp)),
-        "mlconv": ([PY, "-m", "mlconv", src, out_ml], remover(out_ml)),
+        "mlconv": ([*MLCONV, src, out_ml], remover(out_ml)),
     }, runs=args.runs)
 
 

@@ -13,7 +13,7 @@ import os
 import shutil
 
 import numpy as np
-from harness import PY, compare, remover, run_function, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, tempdir
 
 
 def make_npy(path: str, gib: float) -> None:
@@ -44,7 +44,7 @@ def main() -> None:
               f"{os.cpu_count()} cores")
         compare({
             "cp": (["cp", src, out_cp], remover(out_cp)),
-            "mlconv": ([PY, "-m", "mlconv", src, out_ml], remover(out_ml)),
+            "mlconv": ([*MLCONV, src, out_ml], remover(out_ml)),
             "safetensors save_file(np.load)": ([PY, "-c", peer, src, out_peer],
                                                remover(out_peer)),
         }, runs=args.runs)

@@ -17,7 +17,7 @@ import glob
 import os
 import shutil
 
-from harness import PY, compare, remover, run_function, run_once, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, run_once, tempdir
 
 EXPORT = """
 import sys, onnx
@@ -73,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = tempdir()
     j = lambda n: os.path.join(tmp, n)  # noqa: E731
-    ml = [PY, "-m", "mlconv"]
+    ml = MLCONV
     rows = []
     print(f"{args.gib} GiB float32, {args.runs} alternating runs; {_load()}")
     try:

@@ -15,7 +15,7 @@ import argparse
 import os
 import shutil
 
-from harness import PY, compare, remover, run_function, run_once, table_columns, tempdir
+from harness import MLCONV, PY, compare, remover, run_function, run_once, table_columns, tempdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -85,16 +85,16 @@ def main() -> None:
               f"MiB) -> Arrow IPC, {args.runs} alternating runs")
         compare({
             "cp": (["cp", src, j("cp.parquet")], remover(j("cp.parquet"))),
-            "mlconv": ([PY, "-m", "mlconv", src, j("ml.arrow")], remover(j("ml.arrow"))),
+            "mlconv": ([*MLCONV, src, j("ml.arrow")], remover(j("ml.arrow"))),
             "pq.read_table + write_feather": ([PY, "-c", PQ_TO_IPC, src, j("pa.arrow")],
                                               remover(j("pa.arrow"))),
         }, runs=args.runs)
         ipc = j("ml.arrow")
-        run_once([PY, "-m", "mlconv", src, ipc, "--force"])
+        run_once([*MLCONV, src, ipc, "--force"])
         print(f"\nArrow IPC ({os.path.getsize(ipc) / 2**20:.0f} MiB) -> Parquet")
         compare({
             "cp": (["cp", ipc, j("cp.arrow")], remover(j("cp.arrow"))),
-            "mlconv": ([PY, "-m", "mlconv", ipc, j("back.parquet")], remover(j("back.parquet"))),
+            "mlconv": ([*MLCONV, ipc, j("back.parquet")], remover(j("back.parquet"))),
             "read_feather + pq.write_table": ([PY, "-c", IPC_TO_PQ, ipc, j("pa.parquet")],
                                               remover(j("pa.parquet"))),
         }, runs=args.runs)
@@ -112,7 +112,7 @@ def main() -> None:
               "rows layout")
         compare({
             "cp": (["cp", npz, j("cp.npz")], remover(j("cp.npz"))),
-            "mlconv": ([PY, "-m", "mlconv", npz, j("ml.parquet")], remover(j("ml.parquet"))),
+            "mlconv": ([*MLCONV, npz, j("ml.parquet")], remover(j("ml.parquet"))),
             "numpy + pyarrow by hand": ([PY, "-c", TENSORS_BY_HAND, npz, j("hand.parquet")],
                                         remover(j("hand.parquet"))),
         }, runs=args.runs)

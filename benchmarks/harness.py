@@ -13,6 +13,10 @@ import tempfile
 import time
 
 PY = sys.executable
+# what people type: the console script beside this interpreter (``python -m mlconv`` also
+# imports runpy); the module where no script is installed
+_SCRIPT = os.path.join(os.path.dirname(PY), "mlconv")
+MLCONV = [_SCRIPT] if os.access(_SCRIPT, os.X_OK) else [PY, "-m", "mlconv"]
 
 
 # A child's ru_maxrss starts at its parent's peak (kept across fork+exec), so where GNU time
@@ -41,11 +45,13 @@ def run_once(cmd: list[str], cleanup=None) -> tuple[float, float]:
 
 
 def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
-            baseline: str = "cp", quiet: bool = False) -> dict[str, tuple[float, float, float]]:
+            baseline: str = "cp", quiet: bool = False) -> dict[str, tuple]:
     """Run every case ``runs`` times, alternating; print medians, ratios and peak RSS
     (``quiet``: only return them, for a script that prints one table at the end).
-    Returns {case: (median s, peak RSS MiB, best s)}: on a shared virtual machine, where
-    noise only ever adds time, the best run is the steadier figure to compare."""
+    Returns {case: (median s, peak RSS MiB, best s, paired ratio)}. On a shared virtual
+    machine, where noise only ever adds time and the machine's speed drifts from minute to
+    minute, the best run and the paired ratio (the median over rounds of this case's time
+    ÷ the baseline's in the same round) are the steadier figures to compare."""
     times = {name: [] for name in cases}
     rss = {name: 0.0 for name in cases}
     for cmd, cleanup in cases.values():  # warm-up: page cache, imports
@@ -58,15 +64,18 @@ def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
             times[name].append(t)
             rss[name] = max(rss[name], r)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    got = {name: (med[name], rss[name], min(times[name])) for name in cases}
+    base_times = times.get(baseline)
+    paired = {name: statistics.median(t / b for t, b in zip(ts, base_times, strict=True))
+              if base_times else None for name, ts in times.items()}
+    got = {name: (med[name], rss[name], min(times[name]), paired[name]) for name in cases}
     if quiet:
         return got
     base = med[baseline]
-    print(f"{'case':<34} {'median s':>9} {'x ' + baseline:>8} {'best s':>7} "
+    print(f"{'case':<34} {'median s':>9} {'x ' + baseline:>8} {'paired':>7} {'best s':>7} "
           f"{'peak RSS MiB':>13}")
     for name in cases:
-        print(f"{name:<34} {med[name]:>9.3f} {med[name] / base:>8.2f} {got[name][2]:>7.3f} "
-              f"{rss[name]:>13.1f}")
+        print(f"{name:<34} {med[name]:>9.3f} {med[name] / base:>8.2f} {paired[name]:>7.2f} "
+              f"{got[name][2]:>7.3f} {rss[name]:>13.1f}")
     return got
 
 
