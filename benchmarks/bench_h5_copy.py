@@ -112,7 +112,7 @@ def main() -> None:
         print(f"\nbare imports ({load()}):")
         for code in ("pass", "import numpy", "import h5py", "import ml_dtypes",
                      "import mlconv.cli"):
-            t, _ = run_once([PY, "-c", code])
+            t = run_once([PY, "-c", code])[0]
             print(f"  python -c {code!r:<22} {t:.3f} s")
     finally:
         shutil.rmtree(tmp)

@@ -140,15 +140,17 @@ def main() -> None:
     print(f"\n{args.gib} GiB, float32, medians of {args.runs} alternated runs, "
           f"{os.cpu_count()} cores, load average {load:.1f}, warm page cache")
     print("÷ cp: of the medians; paired: median over rounds of mlconv ÷ cp in the same "
-          "round; best: of each side's fastest run (noise only adds time)")
+          "round; best: of each side's fastest run (noise only adds time); CPU: of the "
+          "median user + system seconds")
     print(f"{'conversion':<36} {'tensors':>7} {'cp s':>6} {'mlconv s':>8} {'÷ cp':>6} "
-          f"{'paired':>6} {'best':>5} {'peer s':>7} {'÷ peer':>7} {'RSS MiB':>8} "
+          f"{'paired':>6} {'best':>5} {'CPU':>5} {'peer s':>7} {'÷ peer':>7} {'RSS MiB':>8} "
           f"{'peer RSS':>8}")
     for label, count, got in rows:
-        (cp, _, cp_best, _), (m, mr, m_best, m_paired), (p, pr, _, _) = \
+        (cp, _, cp_best, _, cp_cpu), (m, mr, m_best, m_paired, m_cpu), (p, pr, *_) = \
             got["cp"], got["mlconv"], got["peer"]
         print(f"{label:<36} {count:>7} {cp:>6.2f} {m:>8.2f} {m / cp:>6.2f} {m_paired:>6.2f} "
-              f"{m_best / cp_best:>5.2f} {p:>7.2f} {m / p:>7.2f} {mr:>8.0f} {pr:>8.0f}")
+              f"{m_best / cp_best:>5.2f} {m_cpu / cp_cpu:>5.2f} {p:>7.2f} {m / p:>7.2f} "
+              f"{mr:>8.0f} {pr:>8.0f}")
     for label, a, b in startup:
         print(f"{label:<52} {a:>6.3f} s  ÷ {b:.3f} s = {a / b:.2f}")
 

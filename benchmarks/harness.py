@@ -24,12 +24,14 @@ MLCONV = [_SCRIPT] if os.access(_SCRIPT, os.X_OK) else [PY, "-m", "mlconv"]
 GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
 
 
-def run_once(cmd: list[str], cleanup=None) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one child process; raises if it fails."""
+def run_once(cmd: list[str], cleanup=None) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MiB, CPU seconds: user + system) of one child process; raises
+    if it fails. CPU time leaves out waiting (for a busy host, for the disk), so on a
+    noisy machine it is the steadier figure of what the command itself costs."""
     if cleanup:
         cleanup()
     os.sync()  # no dirty pages from the previous case slowing this one down
-    full = [GNU_TIME, "-f", "maxrss=%M", *cmd] if GNU_TIME else cmd
+    full = [GNU_TIME, "-f", "maxrss=%M cpu=%U+%S", *cmd] if GNU_TIME else cmd
     t0 = time.perf_counter()
     proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -38,21 +40,24 @@ def run_once(cmd: list[str], cleanup=None) -> tuple[float, float]:
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd} failed: {err}")
-    kib = usage.ru_maxrss
+    kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     if GNU_TIME:
-        kib = int(err.strip().rsplit("maxrss=", 1)[1])
-    return elapsed, kib / 1024
+        last = err.strip().rsplit("maxrss=", 1)[1]
+        kib = int(last.split()[0])
+        cpu = sum(float(x) for x in last.split("cpu=", 1)[1].split("+"))
+    return elapsed, kib / 1024, cpu
 
 
 def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
             baseline: str = "cp", quiet: bool = False) -> dict[str, tuple]:
     """Run every case ``runs`` times, alternating; print medians, ratios and peak RSS
     (``quiet``: only return them, for a script that prints one table at the end).
-    Returns {case: (median s, peak RSS MiB, best s, paired ratio)}. On a shared virtual
-    machine, where noise only ever adds time and the machine's speed drifts from minute to
-    minute, the best run and the paired ratio (the median over rounds of this case's time
-    ÷ the baseline's in the same round) are the steadier figures to compare."""
+    Returns {case: (median s, peak RSS MiB, best s, paired ratio, median CPU s)}. On a
+    shared virtual machine, where noise only ever adds time and the machine's speed drifts
+    from minute to minute, the best run, the paired ratio (the median over rounds of this
+    case's time ÷ the baseline's in the same round) and CPU time are the steadier figures."""
     times = {name: [] for name in cases}
+    cpus = {name: [] for name in cases}
     rss = {name: 0.0 for name in cases}
     for cmd, cleanup in cases.values():  # warm-up: page cache, imports
         run_once(cmd, cleanup)
@@ -60,14 +65,16 @@ def compare(cases: dict[str, tuple[list[str], object]], runs: int = 5,
     for i in range(runs):
         for name in order[i % len(order):] + order[:i % len(order)]:  # rotate who goes first
             cmd, cleanup = cases[name]
-            t, r = run_once(cmd, cleanup)
+            t, r, c = run_once(cmd, cleanup)
             times[name].append(t)
+            cpus[name].append(c)
             rss[name] = max(rss[name], r)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     base_times = times.get(baseline)
     paired = {name: statistics.median(t / b for t, b in zip(ts, base_times, strict=True))
               if base_times else None for name, ts in times.items()}
-    got = {name: (med[name], rss[name], min(times[name]), paired[name]) for name in cases}
+    got = {name: (med[name], rss[name], min(times[name]), paired[name],
+                  statistics.median(cpus[name])) for name in cases}
     if quiet:
         return got
     base = med[baseline]
