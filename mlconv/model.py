@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 
 from .dtypes import DType, from_numpy
-from .errors import FormatError, UnsupportedError
+from .errors import FormatError, MlconvError, UnsupportedError
 from .fileio import CHUNK
 from .sources import ArraySource, CastSource, Source
 
@@ -26,13 +26,14 @@ from .sources import ArraySource, CastSource, Source
 class Tensor:
     kind = "tensor"
     # a file can hold a million of these: slots, and no empty dicts until asked for
-    __slots__ = ("source", "_attrs", "_encoding")
+    __slots__ = ("source", "_attrs", "_encoding", "held")
 
     def __init__(self, source: Source, attrs: dict | None = None,
                  encoding: dict | None = None):
         self.source = source
         self._attrs = dict(attrs) if attrs else None
         self._encoding = dict(encoding) if encoding else None
+        self.held = None  # see _readable
 
     @property
     def attrs(self) -> dict:
@@ -87,15 +88,19 @@ class Tensor:
     @property
     def span(self):
         """(path, offset, nbytes) when the payload lies verbatim in a file, else None."""
+        _readable(self)
         return self.source.span
 
     def numpy(self):
         """The data as a numpy array: a memory map wherever the file allows it."""
+        _readable(self)
         return self.source.array()
 
     def chunks(self, size: int = CHUNK) -> Iterator[memoryview]:
         """The canonical payload (C order, little-endian) in pieces of about ``size`` bytes."""
-        return self.source.chunks(size)
+        _readable(self)
+        pieces = self.source.chunks(size)
+        return pieces if self.held is None else _while_open(pieces, self)
 
     def write_to(self, sink, digest=None) -> None:
         """Append the canonical payload to a ``fileio.Sink``, file-to-file where possible;
@@ -148,7 +153,9 @@ class Tensor:
 
     def cast(self, dtype: DType) -> Tensor:
         """A lazy view of this tensor converted to ``dtype`` (numpy ``astype`` rules)."""
-        return Tensor(CastSource(self.source, dtype), self.attrs)
+        out = Tensor(CastSource(self.source, dtype), self.attrs)
+        out.held = self.held
+        return out
 
     # numpy-like access for loaders: np.asarray(t), len(t), t[rows] reads only those rows
     def __array__(self, dtype=None, copy=None):
@@ -185,6 +192,7 @@ class Tensor:
     def row_reader(self, cache=None):
         """A function ``i -> self[i]`` for many single-row reads: made once, so each read
         is little more than numpy's own indexing where the source allows."""
+        _readable(self)
         fast = self.source.row_reader()
         if fast is not None:
             return fast
@@ -199,6 +207,7 @@ class Tensor:
             from .sources import element_dtype
 
             return np.empty((0,) + self.shape[1:], element_dtype(self.dtype, self.itemsize))
+        _readable(self)
         out = self.source.rows(index, cache)
         if not out.dtype.isnative:  # big-endian in the file: loaders (torch) want native
             out = out.astype(out.dtype.newbyteorder("="))
@@ -263,10 +272,12 @@ class Table:
         self.num_rows = source.num_rows
         self.attrs = dict(attrs or {})
         self.encoding = dict(encoding or {})
+        self.held = None  # see _readable
 
     @property
     def schema(self):
         """The ``pyarrow.Schema`` of the table."""
+        _readable(self)
         return self.source.schema()
 
     @property
@@ -274,22 +285,49 @@ class Table:
         """(rows of each piece, read(k, columns)) where the reader has random access."""
         if self.source.piece_rows is None:
             return None
-        return self.source.piece_rows, self.source.piece
+        _readable(self)
+        return self.source.piece_rows, self._piece
+
+    def _piece(self, k: int, columns):
+        _readable(self)
+        return self.source.piece(k, columns)
 
     def batches(self, rows: int = 65536, columns: list[str] | None = None) -> Iterator:
         """Record batches of at most ``rows`` rows, of only ``columns`` when given."""
-        for batch in self.source.batches(rows, columns):
+        _readable(self)
+        got = self.source.batches(rows, columns)
+        for batch in got if self.held is None else _while_open(got, self):
             yield batch.select(columns) if columns is not None else batch
 
     def project(self, keep: list[str]) -> Table:
         """This table with only the columns ``keep``, in its own order; the others are never
         read. On-disk details (``encoding``) describe the whole table, so they go."""
         names = [c for c, _ in self.columns if c in keep]
-        return Table([c for c in self.columns if c[0] in names],
-                     Projected(self.source, names), self.attrs)
+        out = Table([c for c in self.columns if c[0] in names], Projected(self.source, names),
+                    self.attrs)
+        out.held = self.held
+        return out
 
     def __repr__(self) -> str:
         return f"Table({len(self.columns)} columns, rows={self.num_rows})"
+
+
+def _readable(entry) -> None:
+    """An entry read from a remote file holds ``(copy, name)``: the file's local copy,
+    which lives as long as the bundle or any such entry does (``load(url)["x"].numpy()``)
+    and goes when the bundle is closed. Reading after that is this error, not whatever the
+    released copy would give (zeros where bytes were never fetched, a closed descriptor)."""
+    held = entry.held
+    if held is not None and held[0].closed:
+        raise MlconvError("its bundle was closed; open the file again to read this entry",
+                          held[0].path, held[1])
+
+
+def _while_open(items, entry):
+    """``items``, each checked by ``_readable`` first: a bundle closed midway stops them."""
+    for item in items:
+        _readable(entry)
+        yield item
 
 
 def _project_schema(schema, names: list[str]):

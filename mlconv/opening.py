@@ -3,8 +3,6 @@ dataset API read files through (local paths, fsspec URLs and file objects alike)
 
 from __future__ import annotations
 
-import weakref
-
 from .errors import MlconvError
 from .formats import detect
 from .formats.base import MAX_MEMORY, ReadOptions
@@ -40,6 +38,5 @@ def load(path, format: str | None = None, *, allow_external: bool = False,
         raise
     if local != storage.shown(path):
         bundle.path = storage.shown(path)  # for messages; the readers keep the copy's path
-        bundle.on_close(cleanup)
-        weakref.finalize(bundle, cleanup)
+        storage.hold_copy(bundle, cleanup)
     return bundle

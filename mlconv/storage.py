@@ -29,6 +29,7 @@ import contextlib
 import os
 import re
 import struct
+import weakref
 
 from . import ranged
 from .errors import (
@@ -357,6 +358,28 @@ _FETCHERS: dict[str, _Sparse] = {}  # copies staged with lazy=True that hold hea
 def fetcher_for(path: str):
     """The fetcher of a copy staged with ``lazy=True`` holding headers only, or None."""
     return _FETCHERS.get(path)
+
+
+class _Copy:
+    """A remote file's local copy, shared by its bundle and every entry read from it (each
+    entry's ``held``): removed at the bundle's ``close()``, or once neither the bundle nor
+    any of those entries is left, so ``load(url)["x"].numpy()`` reads a live copy."""
+
+    def __init__(self, path: str, cleanup):
+        self.path, self.closed = path, False
+        self._remove = weakref.finalize(self, cleanup)
+
+    def close(self) -> None:
+        self.closed = True
+        self._remove()
+
+
+def hold_copy(bundle, cleanup) -> None:
+    """Tie the local copy's removal (``cleanup``) to ``bundle`` and its entries."""
+    copy = _Copy(bundle.path, cleanup)
+    bundle.on_close(copy.close)
+    for name, entry in bundle.items():
+        entry.held = (copy, name)
 
 
 def lazy_bundle(bundle, path: str, fetcher) -> None:

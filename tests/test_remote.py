@@ -598,3 +598,74 @@ def test_ranged_reads_fetch_what_is_converted(mem, tmp_path, kind):
     assert 0.99 * local.stat().st_size <= stats["bytes"] < 1.1 * local.stat().st_size, stats
     mlconv.convert(local, tmp_path / f"all-here{local.suffix}")
     assert out.read_bytes() == (tmp_path / f"all-here{local.suffix}").read_bytes()
+
+
+def _writable():
+    from mlconv.formats import all_formats
+
+    return [f for f in all_formats() if f.can_write]
+
+
+def _entry_values(entry):
+    """Every value of a tensor, or of a one-column table, flat."""
+    if hasattr(entry, "batches"):
+        import pyarrow as pa
+
+        return pa.Table.from_batches(list(entry.batches(1000)), entry.schema).column(0) \
+            .to_numpy().reshape(-1)
+    return entry.numpy().reshape(-1)
+
+
+@pytest.mark.parametrize("fmt", _writable(), ids=lambda f: f.id)
+def test_an_entry_outlives_its_remote_bundle(mem, tmp_path, fmt):
+    """``load(url)["x"]`` drops the bundle at once: the entry keeps the local copy alive
+    and reads the exact values (it read a closed descriptor, a deleted file or, for Arrow
+    IPC, zeros where nothing was fetched yet). The copy goes with the last entry."""
+    import gc
+
+    fs, root = mem
+    values = np.arange(200_000, dtype=np.float32)
+    local = tmp_path / f"x{fmt.extensions[0]}"
+    mlconv.save({"x": values}, local)
+    url = f"memory://{root}/{local.name}"
+    fs.put_file(str(local), url)
+    name = next(iter(mlconv.load(local)))
+    entry = mlconv.load(url)[name]
+    gc.collect()
+    assert np.array_equal(_entry_values(entry), values)
+    copy = entry.held[0]
+    removed = copy._remove
+    assert removed.alive
+    del entry, copy
+    gc.collect()
+    assert not removed.alive  # the copy's folder is gone with the last entry
+
+
+@pytest.mark.parametrize("fmt", _writable(), ids=lambda f: f.id)
+def test_reading_after_close_is_a_clear_error(s3, tmp_path, fmt):
+    """After ``close()`` (or the ``with`` block), an entry of a remote bundle, or a cast
+    or projection made from it, refuses to read with an error naming the file and entry;
+    arrays taken before close keep their values."""
+    fs, bucket = s3
+    values = np.arange(50_000, dtype=np.float32)
+    local = tmp_path / f"x{fmt.extensions[0]}"
+    mlconv.save({"x": values}, local)
+    url = f"s3://{bucket}/{local.name}"
+    fs.put(str(local), url)
+    with mlconv.open(url) as bundle:
+        name = next(iter(bundle))
+        entry = bundle[name]
+        before = _entry_values(entry)
+        made = entry.project([entry.columns[0][0]]) if hasattr(entry, "batches") else \
+            entry.cast(mlconv.DType("float64"))
+    assert np.array_equal(before, values)
+    for e in (entry, made):
+        with pytest.raises(MlconvError) as err:
+            _entry_values(e)
+        assert "closed" in str(err.value) and url in str(err.value) and \
+            f":{name}" in str(err.value)
+    if not hasattr(entry, "batches"):
+        with pytest.raises(MlconvError):
+            list(entry.chunks())
+        with pytest.raises(MlconvError):
+            mlconv.save({"y": entry}, tmp_path / "y.safetensors")
