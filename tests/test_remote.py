@@ -669,3 +669,20 @@ def test_reading_after_close_is_a_clear_error(s3, tmp_path, fmt):
             list(entry.chunks())
         with pytest.raises(MlconvError):
             mlconv.save({"y": entry}, tmp_path / "y.safetensors")
+
+
+def test_remote_quantized_gguf_to_gguf_is_exact(mem, tmp_path):
+    """GGML blocks of a remote file are fetched by a wrapper around their source; the GGUF
+    writer recognised blocks by class and refused them ("GGUF cannot hold bytes")."""
+    gguf = pytest.importorskip("gguf")
+    from tests.test_gguf import gg_write
+
+    fs, root = mem
+    w32 = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    src = gg_write(tmp_path / "q.gguf", [("blk.0.q8", gguf.quants.quantize(w32, q8), q8),
+                                         ("blk.0.f32", w32, None)], {})
+    fs.put_file(str(src), f"{root}/q.gguf")
+    mlconv.convert(src, tmp_path / "here.gguf")
+    mlconv.convert(f"memory://{root}/q.gguf", tmp_path / "there.gguf")
+    assert (tmp_path / "there.gguf").read_bytes() == (tmp_path / "here.gguf").read_bytes()

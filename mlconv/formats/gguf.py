@@ -644,8 +644,8 @@ def _tensor_type(entry, name, path) -> tuple[int, list[int]]:
     if isinstance(entry, Table):
         raise UnsupportedError("GGUF holds tensors, not tables", path, name)
     src = entry.source
-    if isinstance(src, BlockSource):
-        gtype, shape = src.gtype, src.logical_shape
+    if getattr(src, "codec_format", None) == "gguf":  # GGML blocks (maybe in a wrapper that
+        gtype, shape = src.gtype, src.logical_shape    # fetches a remote file's range)
     elif entry.dtype in _BY_DTYPE:
         gtype, shape = _BY_DTYPE[entry.dtype], entry.shape
     else:
