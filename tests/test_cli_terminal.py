@@ -179,3 +179,54 @@ def test_many_files_under_a_terminal_and_piped(tmp_path):
     for i in range(3):
         assert (tmp_path / "tty" / f"m{i}.npz").read_bytes() == \
             (tmp_path / "pipe" / f"m{i}.npz").read_bytes()
+
+
+@pytest.mark.parametrize("args", [["inspect", "x.npy"], ["inspect", "--json", "x.npy"],
+                                  ["formats"], ["validate", "x.npy"], ["x.npy", "y.npz"]])
+def test_a_reader_that_leaves_is_not_an_error(tmp_path, args):
+    """``mlconv inspect x | head`` where head has gone before mlconv writes: exit 0 and
+    nothing on stderr (click made it exit 1; a flush at exit would print a traceback)."""
+    np.save(tmp_path / "x.npy", np.arange(10))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before mlconv starts
+    proc = subprocess.run([MLCONV, *args], stdout=write, stderr=subprocess.PIPE,
+                          cwd=tmp_path, timeout=120, check=False)
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+
+
+EXIT_PROBE = """
+import atexit, sys, threading
+
+class Teardown:
+    def __del__(self):  # a module global: deleted in the interpreter's teardown
+        sys.__stderr__.write("teardown\\n")
+
+mark = Teardown()
+atexit.register(lambda: sys.__stderr__.write("atexit\\n"))
+if sys.argv[1] == "thread":
+    threading.Thread(target=threading.Event().wait, args=(0.5,)).start()
+sys.argv = ["mlconv", *sys.argv[2:]]
+from mlconv.cli.main import main
+main()
+"""
+
+
+@pytest.mark.parametrize("thread", [False, True])
+@pytest.mark.parametrize("args, code", [(["inspect", "x.npy"], 0),
+                                        (["inspect", "missing.npy"], 1),
+                                        (["inspect", "--bogus"], 2)])
+def test_the_program_skips_the_interpreters_teardown(tmp_path, args, code, thread):
+    """Run as the program, mlconv ends without tearing down every module (10-20 ms), after
+    flushing its output and running exit handlers; with another thread running it exits
+    normally (which waits for the thread). Exit codes and output are the same either way."""
+    np.save(tmp_path / "x.npy", np.arange(10))
+    proc = subprocess.run([sys.executable, "-c", EXIT_PROBE, "thread" if thread else "-",
+                           *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode == code
+    lines = proc.stderr.splitlines()
+    assert "atexit" in lines and ("teardown" in lines) == thread
+    assert len([line for line in lines if line.startswith("mlconv")]) == (code != 0)
+    if code == 0:
+        assert proc.stdout.startswith("path ") and proc.stdout.endswith("\n")
