@@ -279,3 +279,34 @@ def test_corpus_bad_models(row):
             mlconv.load(path)
     else:
         assert "topologically" in report.problems[0].reason
+
+
+@pytest.mark.parametrize("where", ["typed", "raw", "external"])
+@pytest.mark.parametrize("code, values", [(TensorProto.INT4, [1, -2, 3]),
+                                          (TensorProto.UINT4, [1, 15, 3, 4, 5])])
+def test_an_odd_count_of_4_bit_values(tmp_path, where, code, values):
+    """Three int4 values are two bytes, the last half padding, as onnx writes them: read
+    (raw_data and external data were refused: 'needs None'), equal to onnx's numpy_helper,
+    and written back unchanged. A length that is not the padded size is still refused."""
+    t = helper.make_tensor("x", code, [len(values)], values)
+    if where != "typed":
+        t = numpy_helper.from_array(numpy_helper.to_array(t), "x")
+    model = helper.make_model(helper.make_graph([], "g", [], [], initializer=[t]))
+    src = tmp_path / "m.onnx"
+    if where == "external":
+        onnx.save(model, src, save_as_external_data=True, location="m.data", size_threshold=0)
+    else:
+        onnx.save(model, src)
+    ref = numpy_helper.to_array(onnx.load(src).graph.initializer[0])
+    with mlconv.open(src) as b:
+        got = b["x"].numpy()
+    assert got.dtype == ref.dtype and got.tolist() == ref.tolist() == values
+    mlconv.convert(src, tmp_path / "back.onnx")
+    back = numpy_helper.to_array(onnx.load(tmp_path / "back.onnx").graph.initializer[0])
+    assert back.dtype == ref.dtype and back.tolist() == values
+    if where == "raw":
+        t.raw_data = t.raw_data[:-1]
+        model = helper.make_model(helper.make_graph([], "g", [], [], initializer=[t]))
+        onnx.save(model, tmp_path / "short.onnx")
+        with pytest.raises(FormatError, match="raw_data holds"):
+            mlconv.load(tmp_path / "short.onnx")

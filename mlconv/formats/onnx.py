@@ -27,7 +27,7 @@ from .. import dtypes as D
 from ..dtypes import DType
 from ..errors import FormatError, MlconvError, UnsafeInputError, UnsupportedError
 from ..model import Bundle, Tensor
-from ..sources import ArraySource, FileMap, FileSource, unpack4
+from ..sources import ArraySource, FileMap, FileSource, check_memory, unpack4
 from . import _protobuf as pb
 from .base import ALIGN, Capabilities, Format, option, stem_name
 
@@ -171,8 +171,8 @@ def safe_location(folder: str, location: str, path, entry) -> str:
 
 
 class _Reader:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, max_memory: int | None = None):
+        self.path, self.max_memory = path, max_memory
         self.folder = os.path.dirname(os.path.abspath(path))
         self.maps: dict[str, FileMap] = {}
 
@@ -198,6 +198,8 @@ class _Reader:
         nbytes = dtype.nbytes(shape)
         raw = msg.span(_T_RAW)
         if raw is not None:
+            if _odd_packed(dtype, shape, raw[1]):
+                return Tensor(self.unpacked(msg.buf[raw[0]:raw[0] + raw[1]], dtype, shape, name))
             if nbytes is None or raw[1] != nbytes:
                 raise FormatError(f"raw_data holds {raw[1]} bytes, {dtype.value} "
                                   f"{list(shape)} needs {nbytes}", self.path, name)
@@ -222,11 +224,20 @@ class _Reader:
         except UnicodeDecodeError:  # not text after all: kept as raw bytes, never mangled
             return np.array(raw, dtype=bytes).reshape(shape)
 
+    def unpacked(self, buf, dtype: DType, shape, name) -> ArraySource:
+        """An odd count of 4-bit values: the packed bytes end in half a byte of padding,
+        which no payload of ours has, so the values are held unpacked, one per byte."""
+        count = _count(shape)
+        check_memory(count, self.max_memory, self.path, name)
+        return ArraySource(unpack4(bytes(buf), dtype, count).reshape(shape), dtype)
+
     def external(self, msg: pb.Message, name, dtype, shape):
         info = _entries(msg, _T_EXTERNAL, "external data")
         target = safe_location(self.folder, info.get("location", ""), self.path, name)
         size = os.path.getsize(target)
         nbytes = dtype.nbytes(shape)
+        if nbytes is None and dtype.is_subbyte:  # an odd count: with half a byte of padding
+            nbytes = (dtype.bits * _count(shape) + 7) // 8
         try:
             offset = int(info.get("offset", 0))
             length = int(info.get("length", nbytes if nbytes is not None else -1))
@@ -236,6 +247,10 @@ class _Reader:
         if offset < 0 or length < 0 or offset + length > size:
             raise FormatError(f"external data {offset}+{length} lies outside the {size}-byte "
                               f"file {info.get('location')!r}", self.path, name)
+        if length == nbytes and _odd_packed(dtype, shape, length):
+            with open(target, "rb") as f:
+                f.seek(offset)
+                return self.unpacked(f.read(length), dtype, shape, name)
         if nbytes is None or length != nbytes:
             raise FormatError(f"external data holds {length} bytes, {dtype.value} "
                               f"{list(shape)} needs {nbytes}", self.path, name)
@@ -244,6 +259,19 @@ class _Reader:
     def close(self) -> None:
         for fmap in self.maps.values():
             fmap.close()
+
+
+def _odd_packed(dtype: DType, shape, length: int) -> bool:
+    """Is this an odd count of 4-bit values, packed in ``length`` bytes with its padding?"""
+    count = _count(shape)
+    return dtype.is_subbyte and count % 2 == 1 and length == (count + 1) // 2
+
+
+def _count(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _plausible(reader: _Reader, msg: pb.Message) -> bool:
@@ -435,7 +463,7 @@ class Onnx(Format):
         return True
 
     def read(self, path: str, options) -> Bundle:
-        reader = _Reader(path)
+        reader = _Reader(path, options.max_memory)
         bundle = Bundle(path=path, format=self.id)
         bundle.on_close(reader.close)
         buf = _pages(path)
