@@ -230,3 +230,18 @@ def test_the_program_skips_the_interpreters_teardown(tmp_path, args, code, threa
     assert len([line for line in lines if line.startswith("mlconv")]) == (code != 0)
     if code == 0:
         assert proc.stdout.startswith("path ") and proc.stdout.endswith("\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["inspect", "x.npy"], ["inspect", "--json", "x.npy"],
+                                  ["formats"]])
+def test_stdout_on_a_full_disk_is_one_line(tmp_path, args):
+    """Output that cannot be written is the user's to fix, said in one line and exit 1:
+    it was an 'internal error (a bug in mlconv)'."""
+    np.save(tmp_path / "x.npy", np.arange(10))
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([MLCONV, *args], stdout=full, stderr=subprocess.PIPE,
+                              cwd=tmp_path, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == \
+        "mlconv: error: cannot write to stdout: No space left on device\n"

@@ -47,11 +47,28 @@ class _ReaderLeft(Exception):
     """Our output's reader went away (``mlconv inspect x | head``): not an error."""
 
 
+class _OutputFailed(Exception):
+    """Our own output could not be written (stdout on a full disk): the user's to fix."""
+
+
 def say(text: str, err: bool = False, nl: bool = True) -> None:
+    # both raised past _run (which takes OSError for the data's) and click (exit 1)
     try:
         click.echo(text, err=err, nl=nl)
-    except BrokenPipeError:  # raised past _run (it is an OSError) and click (exit 1)
+    except BrokenPipeError:
         raise _ReaderLeft from None
+    except OSError as e:
+        raise _OutputFailed(f"cannot write to {'stderr' if err else 'stdout'}: "
+                            f"{e.strerror or e}") from None
+
+
+def _discard_output() -> None:
+    """What is still buffered for stdout and stderr goes nowhere, rather than failing
+    again (with a traceback) when the interpreter flushes it at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
 
 
 def fail_line(text: str) -> str:
@@ -92,12 +109,13 @@ class MlconvGroup(click.Group):
             say("mlconv: aborted", err=True)
             sys.exit(130)
         except _ReaderLeft:
-            # what is still buffered goes nowhere, rather than failing again at exit
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(OSError, ValueError):
-                    os.dup2(devnull, stream.fileno())
+            _discard_output()
             sys.exit(0)
+        except _OutputFailed as e:
+            with contextlib.suppress(_OutputFailed, _ReaderLeft):
+                say(fail_line(str(e)), err=True)
+            _discard_output()
+            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
