@@ -149,7 +149,7 @@ def main() -> None:
         (cp, _, cp_best, _, cp_cpu), (m, mr, m_best, m_paired, m_cpu), (p, pr, *_) = \
             got["cp"], got["mlconv"], got["peer"]
         print(f"{label:<36} {count:>7} {cp:>6.2f} {m:>8.2f} {m / cp:>6.2f} {m_paired:>6.2f} "
-              f"{m_best / cp_best:>5.2f} {m_cpu / cp_cpu:>5.2f} {p:>7.2f} {m / p:>7.2f} "
+              f"{m_best / cp_best:>5.2f} {m_cpu / max(cp_cpu, 0.01):>5.2f} {p:>7.2f} {m / p:>7.2f} "
               f"{mr:>8.0f} {pr:>8.0f}")
     for label, a, b in startup:
         print(f"{label:<52} {a:>6.3f} s  ÷ {b:.3f} s = {a / b:.2f}")

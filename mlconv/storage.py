@@ -373,6 +373,12 @@ class _Copy:
         self.closed = True
         self._remove()
 
+    def __copy__(self):  # a copied entry reads the same copy, and keeps it alive too
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
 
 def hold_copy(bundle, cleanup) -> None:
     """Tie the local copy's removal (``cleanup``) to ``bundle`` and its entries."""
@@ -494,6 +500,10 @@ class _Fetching:
     def rows(self, index, cache=None):
         self._ensure()
         return self.inner.rows(index, cache)
+
+    def row_reader(self):
+        self._ensure()  # a memory map of the copy sees only what was fetched
+        return self.inner.row_reader()
 
 
 @contextlib.contextmanager

@@ -181,18 +181,43 @@ def test_many_files_under_a_terminal_and_piped(tmp_path):
             (tmp_path / "pipe" / f"m{i}.npz").read_bytes()
 
 
-@pytest.mark.parametrize("args", [["inspect", "x.npy"], ["inspect", "--json", "x.npy"],
-                                  ["formats"], ["validate", "x.npy"], ["x.npy", "y.npz"]])
-def test_a_reader_that_leaves_is_not_an_error(tmp_path, args):
-    """``mlconv inspect x | head`` where head has gone before mlconv writes: exit 0 and
-    nothing on stderr (click made it exit 1; a flush at exit would print a traceback)."""
+@pytest.mark.parametrize("args, code", [
+    (["inspect", "x.npy"], 0), (["inspect", "--json", "x.npy"], 0), (["formats"], 0),
+    (["validate", "x.npy"], 0), (["x.npy", "y.npz"], 0),
+    (["validate", "bad.npy"], 1),  # the verdict is the exit code, read or not
+    (["many/*.npy", "out/", "--to", "npz"], 0),  # and every file is converted
+])
+def test_a_reader_that_leaves_drops_the_output_not_the_work(tmp_path, args, code):
+    """``mlconv ... | head`` where head has gone before mlconv writes: what nobody reads
+    is dropped, nothing on stderr, and the command runs to its own end and exit code
+    (click made every such run exit 1; a flush at exit would print a traceback)."""
     np.save(tmp_path / "x.npy", np.arange(10))
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    (tmp_path / "many").mkdir()
+    (tmp_path / "out").mkdir()
+    for i in range(12):
+        np.save(tmp_path / "many" / f"m{i}.npy", np.arange(i + 1))
     read, write = os.pipe()
     os.close(read)  # the reader is gone before mlconv starts
     proc = subprocess.run([MLCONV, *args], stdout=write, stderr=subprocess.PIPE,
                           cwd=tmp_path, timeout=120, check=False)
     os.close(write)
+    assert proc.returncode == code
+    assert proc.stderr == b"" or code == 1
+    if "many/*.npy" in args:
+        assert len(list((tmp_path / "out").glob("*.npz"))) == 12
+
+
+@pytest.mark.parametrize("args", [["x.npy", "y.npz"], ["inspect", "--json", "x.npy"]])
+def test_started_with_stdout_closed(tmp_path, args):
+    """``mlconv x.npy y.npz >&-``: Python has no sys.stdout at all; the work is done, exit 0,
+    no traceback."""
+    np.save(tmp_path / "x.npy", np.arange(10))
+    proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', MLCONV, *args],
+                          stderr=subprocess.PIPE, cwd=tmp_path, timeout=120, check=False)
     assert (proc.returncode, proc.stderr) == (0, b"")
+    if "y.npz" in args:
+        assert np.load(tmp_path / "y.npz")["x"].tolist() == list(range(10))
 
 
 EXIT_PROBE = """
@@ -207,8 +232,8 @@ atexit.register(lambda: sys.__stderr__.write("atexit\\n"))
 if sys.argv[1] == "thread":
     threading.Thread(target=threading.Event().wait, args=(0.5,)).start()
 sys.argv = ["mlconv", *sys.argv[2:]]
-from mlconv.cli.main import main
-main()
+from mlconv.cli import program
+program()
 """
 
 
@@ -217,9 +242,10 @@ main()
                                         (["inspect", "missing.npy"], 1),
                                         (["inspect", "--bogus"], 2)])
 def test_the_program_skips_the_interpreters_teardown(tmp_path, args, code, thread):
-    """Run as the program, mlconv ends without tearing down every module (10-20 ms), after
-    flushing its output and running exit handlers; with another thread running it exits
-    normally (which waits for the thread). Exit codes and output are the same either way."""
+    """Run as the program (the console script, ``python -m mlconv``), mlconv ends without
+    tearing down every module (10-20 ms), after flushing its output and running exit
+    handlers; with another thread running it exits normally (which waits for the thread).
+    Exit codes and output are the same either way."""
     np.save(tmp_path / "x.npy", np.arange(10))
     proc = subprocess.run([sys.executable, "-c", EXIT_PROBE, "thread" if thread else "-",
                            *args], capture_output=True, text=True, cwd=tmp_path,
@@ -245,3 +271,28 @@ def test_stdout_on_a_full_disk_is_one_line(tmp_path, args):
     assert proc.returncode == 1
     assert proc.stderr.decode() == \
         "mlconv: error: cannot write to stdout: No space left on device\n"
+
+
+def test_what_exit_handlers_print_is_not_lost(tmp_path):
+    """Output buffered by an exit handler (stdout a pipe, not a terminal) is flushed before
+    the program leaves."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('from a handler'))\n"
+            "sys.argv = ['mlconv', 'formats']\n"
+            "from mlconv.cli import program\n"
+            "program()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.endswith("from a handler\n")
+
+
+def test_main_called_from_python_keeps_its_process(monkeypatch, capsys):
+    """``main()`` with sys.argv, from a test or a script, ends in SystemExit, never os._exit
+    (that is ``program``, the console script's)."""
+    from mlconv.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mlconv", "formats"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None) and "safetensors" in capsys.readouterr().out

@@ -686,3 +686,39 @@ def test_remote_quantized_gguf_to_gguf_is_exact(mem, tmp_path):
     mlconv.convert(src, tmp_path / "here.gguf")
     mlconv.convert(f"memory://{root}/q.gguf", tmp_path / "there.gguf")
     assert (tmp_path / "there.gguf").read_bytes() == (tmp_path / "here.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("ext", [".safetensors", ".npy", ".npz"])
+def test_dataset_rows_of_a_remote_shard(mem, tmp_path, ext):
+    """Single rows of a remote shard whose tensors are fetched on first use: the fast row
+    reader mapped the copy before anything was fetched, so rows came back as zeros."""
+    fs, root = mem
+    values = np.arange(200_000, dtype=np.float32).reshape(2000, 100) + 1
+    local = tmp_path / f"d{ext}"
+    if ext == ".npy":
+        np.save(local, values)
+    else:
+        mlconv.save({"x": values}, local)
+    fs.put_file(str(local), f"{root}/d{ext}")
+    ds = mlconv.dataset(f"memory://{root}/d{ext}")
+    key = next(iter(ds[0]))
+    for i in (1500, 7, 1999):
+        assert np.array_equal(ds[i][key], values[i])
+    assert np.array_equal(ds[[3, 1500]][key], values[[3, 1500]])
+
+
+def test_a_copied_remote_entry_is_closed_with_its_bundle(mem, tmp_path):
+    """``copy.deepcopy`` of an entry shares its bundle's local copy: it keeps it alive, and
+    after ``close()`` refuses to read like the entry itself (it read a deleted file)."""
+    import copy
+
+    fs, root = mem
+    local = tmp_path / "p.h5"
+    mlconv.save({"x": np.arange(10.0)}, local)
+    fs.put_file(str(local), f"{root}/p.h5")
+    bundle = mlconv.load(f"memory://{root}/p.h5")
+    twin = copy.deepcopy(bundle["x"])
+    assert twin.numpy().tolist() == list(range(10))
+    bundle.close()
+    with pytest.raises(MlconvError, match="closed"):
+        twin.numpy()

@@ -1,5 +1,5 @@
 """The click application (``mlconv``)."""
 
-from .main import cli, main
+from .main import cli, main, program
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "program"]

@@ -43,32 +43,32 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
-class _ReaderLeft(Exception):
-    """Our output's reader went away (``mlconv inspect x | head``): not an error."""
-
-
 class _OutputFailed(Exception):
     """Our own output could not be written (stdout on a full disk): the user's to fix."""
 
 
 def say(text: str, err: bool = False, nl: bool = True) -> None:
-    # both raised past _run (which takes OSError for the data's) and click (exit 1)
+    stream = sys.stderr if err else sys.stdout
     try:
         click.echo(text, err=err, nl=nl)
     except BrokenPipeError:
-        raise _ReaderLeft from None
-    except OSError as e:
+        # the reader left (`mlconv inspect x | head`): what nobody reads is dropped, and
+        # the command goes on to its own end and exit code (files still to convert, a
+        # validation that failed); click would make it exit 1 here
+        _discard(stream)
+    except OSError as e:  # raised past _run, which takes OSError for the data's
         raise _OutputFailed(f"cannot write to {'stderr' if err else 'stdout'}: "
                             f"{e.strerror or e}") from None
 
 
-def _discard_output() -> None:
-    """What is still buffered for stdout and stderr goes nowhere, rather than failing
-    again (with a traceback) when the interpreter flushes it at exit."""
+def _discard(*streams) -> None:
+    """What is still buffered for these streams goes nowhere, rather than failing again
+    (with a traceback) when the interpreter flushes it at exit."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+    for stream in streams:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
             os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def fail_line(text: str) -> str:
@@ -108,13 +108,10 @@ class MlconvGroup(click.Group):
         except click.Abort:
             say("mlconv: aborted", err=True)
             sys.exit(130)
-        except _ReaderLeft:
-            _discard_output()
-            sys.exit(0)
         except _OutputFailed as e:
-            with contextlib.suppress(_OutputFailed, _ReaderLeft):
+            with contextlib.suppress(_OutputFailed):
                 say(fail_line(str(e)), err=True)
-            _discard_output()
+            _discard(sys.stdout, sys.stderr)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -596,27 +593,41 @@ def formats(as_json, as_graph):
 
 
 def main(argv=None) -> None:
-    """Console entry point: a bug is one line too (--debug shows its traceback). Run as the
-    program (no ``argv``), it ends through ``_leave``; called with ``argv`` it raises
-    SystemExit like any click command."""
+    """The command line, from Python: a bug is one line too (--debug shows its traceback);
+    ends with SystemExit like any click command."""
     args = sys.argv[1:] if argv is None else list(argv)
     # mlconv does no linear algebra, yet numpy (imported for h5py) starts OpenBLAS's thread
     # pool: 15-30 ms of every HDF5 start on 2 cores, and a thread competing with the copy.
     # Only the CLI, whose process this is; a user's value wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
-        try:
-            cli.main(args=args, prog_name="mlconv")
-        except Exception as e:  # a bug, not the user's doing; keep it to one line
-            if "--debug" in args:
-                _print_traceback()
-            say(f"mlconv: internal error: {one_line(f'{type(e).__name__}: {e}')} "
-                "(a bug in mlconv; --debug shows the traceback)", err=True)
-            sys.exit(1)
+        cli.main(args=args, prog_name="mlconv")
+    except Exception as e:  # a bug, not the user's doing; keep it to one line
+        if "--debug" in args:
+            _print_traceback()
+        say(f"mlconv: internal error: {one_line(f'{type(e).__name__}: {e}')} "
+            "(a bug in mlconv; --debug shows the traceback)", err=True)
+        sys.exit(1)
+
+
+def program() -> None:
+    """The ``mlconv`` console script and ``python -m mlconv``: ``main()``, then ``_leave``.
+    (Code that calls ``main`` keeps its process.)"""
+    try:
+        main()
     except SystemExit as e:
-        if argv is None:
-            _leave(e.code)
+        _leave(e.code)
         raise
+
+
+def _flush() -> bool:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: started with the descriptor closed (`>&-`)
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a full disk, a stream already closed
+                return False
+    return True
 
 
 def _leave(code) -> None:
@@ -630,12 +641,9 @@ def _leave(code) -> None:
 
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if threading.active_count() > 1 or run_exit_handlers is None or \
-            not (code is None or isinstance(code, int)):
-        return
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a reader that left, a stream already closed
+            not (code is None or isinstance(code, int)) or not _flush():
         return
     run_exit_handlers()
+    if not _flush():  # what the exit handlers printed
+        return
     os._exit(code or 0)

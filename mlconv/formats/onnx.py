@@ -29,7 +29,7 @@ from ..errors import FormatError, MlconvError, UnsafeInputError, UnsupportedErro
 from ..model import Bundle, Tensor
 from ..sources import ArraySource, FileMap, FileSource, check_memory, unpack4
 from . import _protobuf as pb
-from .base import ALIGN, Capabilities, Format, option, stem_name
+from .base import ALIGN, MAX_MEMORY, Capabilities, Format, option, stem_name
 
 EXTERNAL_LIMIT = (2 << 30) - (16 << 20)  # protobuf's 2 GiB cap, with room for the graph
 LFS = b"version https://git-lfs"
@@ -171,7 +171,7 @@ def safe_location(folder: str, location: str, path, entry) -> str:
 
 
 class _Reader:
-    def __init__(self, path: str, max_memory: int | None = None):
+    def __init__(self, path: str, max_memory: int | None = MAX_MEMORY):
         self.path, self.max_memory = path, max_memory
         self.folder = os.path.dirname(os.path.abspath(path))
         self.maps: dict[str, FileMap] = {}
