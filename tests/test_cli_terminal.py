@@ -208,13 +208,18 @@ def test_a_reader_that_leaves_drops_the_output_not_the_work(tmp_path, args, code
         assert len(list((tmp_path / "out").glob("*.npz"))) == 12
 
 
-@pytest.mark.parametrize("args", [["x.npy", "y.npz"], ["inspect", "--json", "x.npy"]])
+@pytest.mark.parametrize("args", [["x.npy", "y.npz"], ["inspect", "--json", "x.npy"],
+                                  ["x.h5", "y.npz"]])
 def test_started_with_stdout_closed(tmp_path, args):
     """``mlconv x.npy y.npz >&-``: Python has no sys.stdout at all; the work is done, exit 0,
-    no traceback."""
+    no traceback (the exit, and the HDF5 guard's fork, flushed None)."""
     np.save(tmp_path / "x.npy", np.arange(10))
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = np.arange(10)
+    env = dict(os.environ, MLCONV_HDF5_GUARD="1", MLCONV_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', MLCONV, *args],
-                          stderr=subprocess.PIPE, cwd=tmp_path, timeout=120, check=False)
+                          stderr=subprocess.PIPE, cwd=tmp_path, env=env, timeout=120,
+                          check=False)
     assert (proc.returncode, proc.stderr) == (0, b"")
     if "y.npz" in args:
         assert np.load(tmp_path / "y.npz")["x"].tolist() == list(range(10))
