@@ -606,6 +606,15 @@ def _writable():
     return [f for f in all_formats() if f.can_write]
 
 
+def _uploaded(put, prefix: str, tmp_path, fmt, count: int):
+    """``count`` float32 values saved as ``fmt`` and put at ``prefix``/x.ext: (values, URL)."""
+    values = np.arange(count, dtype=np.float32)
+    local = tmp_path / f"x{fmt.extensions[0]}"
+    mlconv.save({"x": values}, local)
+    put(str(local), f"{prefix}/{local.name}")
+    return values, f"{prefix}/{local.name}"
+
+
 def _entry_values(entry):
     """Every value of a tensor, or of a one-column table, flat."""
     if hasattr(entry, "batches"):
@@ -624,12 +633,8 @@ def test_an_entry_outlives_its_remote_bundle(mem, tmp_path, fmt):
     import gc
 
     fs, root = mem
-    values = np.arange(200_000, dtype=np.float32)
-    local = tmp_path / f"x{fmt.extensions[0]}"
-    mlconv.save({"x": values}, local)
-    url = f"memory://{root}/{local.name}"
-    fs.put_file(str(local), url)
-    name = next(iter(mlconv.load(local)))
+    values, url = _uploaded(fs.put_file, f"memory://{root}", tmp_path, fmt, 200_000)
+    name = next(iter(mlconv.load(tmp_path / url.rsplit("/", 1)[1])))
     entry = mlconv.load(url)[name]
     gc.collect()
     assert np.array_equal(_entry_values(entry), values)
@@ -647,11 +652,7 @@ def test_reading_after_close_is_a_clear_error(s3, tmp_path, fmt):
     or projection made from it, refuses to read with an error naming the file and entry;
     arrays taken before close keep their values."""
     fs, bucket = s3
-    values = np.arange(50_000, dtype=np.float32)
-    local = tmp_path / f"x{fmt.extensions[0]}"
-    mlconv.save({"x": values}, local)
-    url = f"s3://{bucket}/{local.name}"
-    fs.put(str(local), url)
+    values, url = _uploaded(fs.put, f"s3://{bucket}", tmp_path, fmt, 50_000)
     with mlconv.open(url) as bundle:
         name = next(iter(bundle))
         entry = bundle[name]
