@@ -19,6 +19,19 @@ _NO_CLONE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.E
              errno.EBADF, errno.EPERM, errno.ETXTBSY}
 
 
+def flush_std() -> bool:
+    """Flush stdout and stderr where they exist (None: the process started with that
+    descriptor closed); False when one cannot be flushed (a full disk, a closed stream)."""
+    ok = True
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                ok = False
+    return ok
+
+
 def _read_piece(fd: int, buf, offset: int, left: int, path) -> int:
     """Read the next piece of a copy (``left`` bytes still to come) into ``buf``: straight
     into it where the platform has preadv. Nothing read means the file shrank."""

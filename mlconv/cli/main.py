@@ -620,16 +620,6 @@ def program() -> None:
         raise
 
 
-def _flush() -> bool:
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:  # None: started with the descriptor closed (`>&-`)
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a full disk, a stream already closed
-                return False
-    return True
-
-
 def _leave(code) -> None:
     """End the program without the interpreter's teardown of every module, which costs
     10-20 ms (more with numpy and h5py loaded) and has nothing left to do: outputs are
@@ -639,11 +629,13 @@ def _leave(code) -> None:
     import atexit
     import threading
 
+    from ..fileio import flush_std
+
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if threading.active_count() > 1 or run_exit_handlers is None or \
-            not (code is None or isinstance(code, int)) or not _flush():
+            not (code is None or isinstance(code, int)) or not flush_std():
         return
     run_exit_handlers()
-    if not _flush():  # what the exit handlers printed
+    if not flush_std():  # what the exit handlers printed
         return
     os._exit(code or 0)

@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import os
 
+from ..atomic import temp_path
+
 ENV = "MLCONV_CACHE_DIR"
 
 
@@ -63,8 +65,7 @@ def remember(path: str, st: os.stat_result, allow_external: bool) -> None:
             return  # changed while the guard read it: no verdict for either version
         dest = _file(st, allow_external)
         os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-        # a new name beside dest (not tempfile: its import costs 3 ms of every start)
-        tmp = os.path.join(os.path.dirname(dest), f".verdict.{os.urandom(8).hex()}")
+        tmp = temp_path(os.path.dirname(dest), os.path.basename(dest))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with open(fd, "w", encoding="utf-8") as f:

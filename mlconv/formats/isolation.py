@@ -13,7 +13,6 @@ would stay held in the child forever).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -145,10 +144,9 @@ def fork(fn, args, cpu: int = CPU):
     if not hasattr(os, "fork") or not _alone():
         return None
     memory = _mapped_bytes() + MEMORY
-    for stream in (sys.stdout, sys.stderr):  # else the child would write it out again
-        if stream is not None:  # None: the process started with that descriptor closed
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+    from ..fileio import flush_std
+
+    flush_std()  # else the child would write what is buffered out again
     pid = os.fork()
     if pid:
         return Forked(pid)

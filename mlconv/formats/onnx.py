@@ -20,6 +20,7 @@ file's data is ever replaced. ``--template MODEL.onnx`` replaces initializers of
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -122,9 +123,7 @@ def _typed(msg: pb.Message, code: int, dtype: DType, shape, name):
     reads them: (b)float16, float8, bool and small ints are int32_data's low bits."""
     import numpy as np
 
-    count = 1
-    for d in shape:
-        count *= d
+    count = math.prod(shape)
     if code in (1, 14):
         arr = np.frombuffer(_fixed(msg, _T_FLOAT, 4), "<f4")
     elif code in (11, 15):
@@ -209,9 +208,7 @@ class _Reader:
     def strings(self, msg: pb.Message, name: str, shape):
         import numpy as np
 
-        count = 1
-        for d in shape:
-            count *= d
+        count = math.prod(shape)
         spans = msg.spans(_T_STRING)
         if count != len(spans):
             raise FormatError(f"string_data holds {len(spans)} values for {list(shape)}",
@@ -227,7 +224,7 @@ class _Reader:
     def unpacked(self, buf, dtype: DType, shape, name) -> ArraySource:
         """An odd count of 4-bit values: the packed bytes end in half a byte of padding,
         which no payload of ours has, so the values are held unpacked, one per byte."""
-        count = _count(shape)
+        count = math.prod(shape)
         check_memory(count, self.max_memory, self.path, name)
         return ArraySource(unpack4(bytes(buf), dtype, count).reshape(shape), dtype)
 
@@ -237,7 +234,7 @@ class _Reader:
         size = os.path.getsize(target)
         nbytes = dtype.nbytes(shape)
         if nbytes is None and dtype.is_subbyte:  # an odd count: with half a byte of padding
-            nbytes = (dtype.bits * _count(shape) + 7) // 8
+            nbytes = (dtype.bits * math.prod(shape) + 7) // 8
         try:
             offset = int(info.get("offset", 0))
             length = int(info.get("length", nbytes if nbytes is not None else -1))
@@ -247,7 +244,7 @@ class _Reader:
         if offset < 0 or length < 0 or offset + length > size:
             raise FormatError(f"external data {offset}+{length} lies outside the {size}-byte "
                               f"file {info.get('location')!r}", self.path, name)
-        if length == nbytes and _odd_packed(dtype, shape, length):
+        if _odd_packed(dtype, shape, length):
             with open(target, "rb") as f:
                 f.seek(offset)
                 return self.unpacked(f.read(length), dtype, shape, name)
@@ -263,15 +260,8 @@ class _Reader:
 
 def _odd_packed(dtype: DType, shape, length: int) -> bool:
     """Is this an odd count of 4-bit values, packed in ``length`` bytes with its padding?"""
-    count = _count(shape)
+    count = math.prod(shape)
     return dtype.is_subbyte and count % 2 == 1 and length == (count + 1) // 2
-
-
-def _count(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _plausible(reader: _Reader, msg: pb.Message) -> bool:
